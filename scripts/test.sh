@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# scripts/test.sh -- THE test command of walvault:   bash scripts/test.sh [pytest args...]
+#
+# Runs, in order, stopping at the first failure and exiting with its code:
+#   ruff check src tests; ruff format --check src tests; mypy;
+#   python -m pytest -q -p no:cacheprovider "$@"
+# pytest's "no tests collected" (exit 5) is a failure too.
+#
+# The integration tests start real PostgreSQL clusters, and PostgreSQL refuses to
+# run as root, so:
+#   * As root (CI runs `bash .ci/run` as root): make sure the system user
+#     walvault-test exists (home /var/lib/walvault-test), copy the working tree
+#     (without .git, .venv, caches, *.egg-info) to a fresh /var/tmp/walvault-test/src
+#     owned by that user, create the venv /var/tmp/walvault-test/venv from
+#     /usr/bin/python3 as that user (reused while the sha256 of pyproject.toml and
+#     the Python version are unchanged), `pip install -e src[test]` into it and run
+#     every check as that user with a minimal environment (HOME, PATH, LANG, CI,
+#     TERM and WALVAULT_* are passed through). Runs are serialised with a lock.
+#   * As any other user: use the venv ${WALVAULT_VENV:-<repo>/.venv} (made from
+#     /usr/bin/python3 if present, else python3), install into it and run the
+#     checks in place.
+#
+# Environment knobs:
+#   WALVAULT_SKIP_LINT=1   skip ruff and mypy (quick local runs), pytest only
+#   WALVAULT_SKIP_PG=1     skip the tests that need a real PostgreSQL
+#   WALVAULT_PG_BINDIR     PostgreSQL server binaries to use (default: version 15)
+#   WALVAULT_VENV          venv location for non-root runs
+#
+# Examples:  bash scripts/test.sh
+#            WALVAULT_SKIP_LINT=1 bash scripts/test.sh tests/integration -x
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+TEST_USER=walvault-test
+TEST_HOME=/var/lib/walvault-test
+WORK=/var/tmp/walvault-test
+
+section() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+# venv_stamp PYTHON -> what the venv was built for (pyproject.toml + interpreter)
+venv_stamp() {
+    local py="$1" pyproject="$2"
+    printf '%s %s\n' \
+        "$(sha256sum "$pyproject" | cut -d' ' -f1)" \
+        "$("$py" -c 'import sys; print(sys.version.split()[0])')"
+}
+
+# Run the checks from the current directory with the venv's tools on PATH.
+# Used in both modes (as root: invoked as the test user via "--as-test-user").
+run_checks() {
+    local rc=0
+    if [[ "${WALVAULT_SKIP_LINT:-0}" == 1 ]]; then
+        section "lint and type checks skipped (WALVAULT_SKIP_LINT=1)"
+    else
+        section "ruff check src tests"
+        ruff check src tests || return $?
+        section "ruff format --check src tests"
+        ruff format --check src tests || return $?
+        section "mypy"
+        mypy || return $?
+    fi
+    section "pytest${*:+ $*}"
+    python -m pytest -q -p no:cacheprovider "$@" || rc=$?
+    if [[ $rc -eq 5 ]]; then
+        echo "test.sh: pytest collected no tests (exit 5): treated as a failure" >&2
+    fi
+    return "$rc"
+}
+
+# quietly PROGRAM ARGS...: run, show the output only if it fails
+quietly() {
+    local log rc=0
+    log="$(mktemp)"
+    "$@" >"$log" 2>&1 || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        cat "$log" >&2
+        echo "test.sh: failed (exit $rc): $*" >&2
+    fi
+    rm -f "$log"
+    return "$rc"
+}
+
+# ensure_venv VENV_DIR BASE_PYTHON SRC_DIR: create/reuse the venv, install SRC_DIR[test]
+ensure_venv() {
+    local venv="$1" base_py="$2" src="$3"
+    local want have=""
+    want="$(venv_stamp "$base_py" "$src/pyproject.toml")"
+    [[ -f "$venv/.walvault-stamp" ]] && have="$(cat "$venv/.walvault-stamp")"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1
+    if [[ "$want" != "$have" || ! -x "$venv/bin/python" ]]; then
+        section "creating venv $venv (installing $src[test])"
+        rm -rf "$venv"
+        "$base_py" -m venv "$venv"
+        quietly "$venv/bin/python" -m pip install --upgrade pip 'setuptools>=68' wheel
+        quietly "$venv/bin/python" -m pip install --no-build-isolation -e "$src[test]"
+        printf '%s\n' "$want" >"$venv/.walvault-stamp"
+    else
+        section "reusing venv $venv (reinstalling $src in editable mode)"
+        # Dependencies are unchanged (same pyproject.toml); refresh the editable
+        # install of this tree only.
+        quietly "$venv/bin/python" -m pip install --no-build-isolation --no-deps -e "$src"
+    fi
+}
+
+# ---------------------------------------------------------------- test-user side
+if [[ "${1:-}" == "--as-test-user" ]]; then
+    shift
+    if [[ "$(id -u)" == 0 ]]; then
+        echo "test.sh: --as-test-user is internal; run 'bash scripts/test.sh' instead" >&2
+        exit 2
+    fi
+    cd "$WORK/src"
+    ensure_venv "$WORK/venv" /usr/bin/python3 "$WORK/src"
+    export PATH="$WORK/venv/bin:$PATH"
+    run_checks "$@"
+    exit $?
+fi
+
+# ---------------------------------------------------------------- not root
+if [[ "$(id -u)" != 0 ]]; then
+    cd "$REPO"
+    venv="${WALVAULT_VENV:-$REPO/.venv}"
+    base_py=/usr/bin/python3
+    [[ -x "$base_py" ]] || base_py="$(command -v python3)"
+    ensure_venv "$venv" "$base_py" "$REPO"
+    export PATH="$venv/bin:$PATH"
+    run_checks "$@"
+    exit $?
+fi
+
+# ---------------------------------------------------------------- root
+section "preparing unprivileged user $TEST_USER"
+if ! id -u "$TEST_USER" >/dev/null 2>&1; then
+    useradd --system --create-home --home-dir "$TEST_HOME" --shell /bin/bash "$TEST_USER"
+fi
+mkdir -p "$TEST_HOME"
+chown "$TEST_USER:" "$TEST_HOME"
+
+mkdir -p "$WORK"
+chown "$TEST_USER:" "$WORK"
+chmod 755 "$WORK"
+
+# One run at a time: the source copy and the venv are shared.
+exec 9>"$WORK/.lock"
+if ! flock -n 9; then
+    echo "test.sh: another run holds $WORK/.lock, waiting..." >&2
+    flock 9
+fi
+
+section "copying $REPO to $WORK/src"
+rm -rf "$WORK/src"
+install -d -o "$TEST_USER" -g "$(id -gn "$TEST_USER")" -m 755 "$WORK/src"
+tar -C "$REPO" -cf - \
+    --exclude=./.git --exclude=.venv --exclude=__pycache__ --exclude='*.egg-info' \
+    --exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis \
+    . | tar -C "$WORK/src" --no-same-owner -xf -
+chown -R "$TEST_USER:" "$WORK/src"
+
+# The helper copy of this script, runnable by the test user.
+script="$WORK/src/scripts/test.sh"
+
+env_args=(
+    "HOME=$TEST_HOME"
+    "USER=$TEST_USER"
+    "LOGNAME=$TEST_USER"
+    "PATH=/usr/local/bin:/usr/bin:/bin"
+    "LANG=C.UTF-8"
+    "MYPY_CACHE_DIR=$WORK/mypy_cache"
+    "RUFF_CACHE_DIR=$WORK/ruff_cache"
+)
+[[ -n "${CI:-}" ]] && env_args+=("CI=$CI")
+[[ -n "${TERM:-}" ]] && env_args+=("TERM=$TERM")
+while IFS='=' read -r var _; do
+    env_args+=("$var=${!var}")
+done < <(env | grep -E '^WALVAULT_[A-Z0-9_]*=' || true)
+
+cd /
+rc=0
+runuser -u "$TEST_USER" -- env -i "${env_args[@]}" \
+    bash "$script" --as-test-user "$@" </dev/null || rc=$?
+if [[ $rc -eq 0 ]]; then
+    section "all checks passed"
+else
+    section "FAILED (exit $rc)"
+fi
+exit "$rc"

@@ -1,0 +1,104 @@
+"""What every command receives: global options, the lazily loaded configuration, output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from walvault.config import Config, ServerConfig, find_config_file, load_config
+from walvault.errors import ServerError
+
+log = logging.getLogger("walvault")
+
+
+@dataclass
+class Context:
+    """Global options plus the configuration, loaded on first use."""
+
+    config_option: str | None = None
+    output_format: str = "console"
+    quiet: bool = False
+    debug: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        """The configuration; warnings are printed once, when it is loaded."""
+        if self._config is None:
+            path = find_config_file(self.config_option)
+            self._config = load_config(os.path.abspath(path))
+            setup_logging(self._config, self.quiet)
+            for warning in self._config.warnings:
+                self.warn(warning)
+        return self._config
+
+    def server(
+        self, name: str, *, allow_inactive: bool = True, allow_disabled: bool = False
+    ) -> ServerConfig:
+        """The named server; a one-line error when unknown, disabled or (optionally) inactive."""
+        server = self.config.servers.get(name)
+        if server is None:
+            known = ", ".join(self.config.servers) or "none configured"
+            raise ServerError(f"unknown server '{name}' (configured: {known})")
+        if server.disabled and not allow_disabled:
+            reasons = "; ".join(server.messages)
+            raise ServerError(f"server '{name}' is disabled: {reasons}")
+        if not server.active and not allow_inactive:
+            raise ServerError(f"server '{name}' is inactive (active = false)")
+        return server
+
+    def servers(self, names: list[str]) -> list[ServerConfig]:
+        """Servers named on the command line; ``all`` means every configured server."""
+        if names == ["all"] or "all" in names:
+            return list(self.config.servers.values())
+        return [self.server(name, allow_disabled=True) for name in names]
+
+    def info(self, text: str = "") -> None:
+        """A line of normal output (stdout), suppressed by ``-q``."""
+        if not self.quiet:
+            print(text, file=self.out, flush=True)
+
+    def result(self, text: str = "") -> None:
+        """A line that is the command's answer (printed even with ``-q``)."""
+        print(text, file=self.out, flush=True)
+
+    def warn(self, text: str) -> None:
+        """``WARNING: ...`` on stderr, and in the log."""
+        log.warning(text)
+        if not self.quiet:
+            print(f"WARNING: {text}", file=self.err, flush=True)
+
+    def emit_json(self, data: Any) -> None:
+        """Print a JSON document on stdout."""
+        print(json.dumps(data, indent=4, sort_keys=True), file=self.out, flush=True)
+
+
+_configured = False
+
+
+def setup_logging(config: Config, quiet: bool) -> None:
+    """Log to ``log_file`` in Barman's format when set; otherwise warnings go to stderr only."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    log.setLevel(config.log_level)
+    log.propagate = False
+    if config.log_file:
+        try:
+            os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
+            handler: logging.Handler = logging.FileHandler(config.log_file)
+        except OSError as exc:
+            print(
+                f"WARNING: cannot open log_file '{config.log_file}': {exc.strerror}",
+                file=sys.stderr,
+            )
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter(config.log_format))
+        log.addHandler(handler)

@@ -1,0 +1,111 @@
+"""The ``walvault`` command: global options, sub-command dispatch, errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from walvault import __version__
+from walvault.cli import processes, receive_wal, servers
+from walvault.cli.context import Context
+from walvault.errors import WalvaultError
+
+log = logging.getLogger("walvault")
+log.addHandler(logging.NullHandler())  # nothing reaches stderr before log_file is known
+log.propagate = False
+
+#: Modules that add sub-commands; each has ``register(subparsers)``.
+COMMAND_MODULES = (servers, receive_wal, processes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="walvault",
+        description="Continuous WAL streaming, archiving and point-in-time recovery "
+        "for PostgreSQL (Barman-compatible).",
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"walvault {__version__}")
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="configuration file (default: see README)"
+    )
+    parser.add_argument(
+        "-f", "--format", choices=("console", "json"), default="console", help="output format"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only what was asked")
+    parser.add_argument(
+        "-d", "--debug", action="store_true", help="show tracebacks for unexpected errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def _drop_privileges(ctx: Context) -> None:
+    """Run as ``walvault_user`` when it is set: switch to it from root, refuse otherwise."""
+    wanted = ctx.config.walvault_user
+    if not wanted:
+        return
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(wanted)
+    except KeyError:
+        raise WalvaultError(f"walvault_user '{wanted}' does not exist on this system") from None
+    if os.geteuid() == entry.pw_uid:
+        return
+    if os.geteuid() != 0:
+        raise WalvaultError(f"please run walvault as the '{wanted}' user (walvault_user)")
+    os.initgroups(wanted, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.environ["HOME"] = entry.pw_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code (see README, "Exit codes")."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    ctx = Context(
+        config_option=args.config, output_format=args.format, quiet=args.quiet, debug=args.debug
+    )
+    try:
+        _drop_privileges(ctx)
+        code: int = args.func(ctx, args)
+        return code
+    except WalvaultError as exc:
+        log.error("%s", exc.message)
+        print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:
+        log.exception("unexpected error")
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(
+                f"ERROR: unexpected {type(exc).__name__}: {exc} (run with -d for details)",
+                file=sys.stderr,
+            )
+        return 1
+
+
+def run() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

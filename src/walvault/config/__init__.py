@@ -1,0 +1,6 @@
+"""Barman-compatible configuration: loading, validation and the typed server configuration."""
+
+from walvault.config.loader import Config, find_config_file, load_config
+from walvault.config.server import ServerConfig
+
+__all__ = ["Config", "ServerConfig", "find_config_file", "load_config"]

@@ -1,0 +1,378 @@
+"""Loading the INI configuration: file search, [walvault]/[barman] global section, server sections.
+
+Every server section becomes a :class:`ServerConfig`. Problems are reported, never hidden:
+unknown options are warnings naming file, section and option; invalid values and other fatal
+problems disable only the server concerned, with every reason kept in ``messages``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import glob
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from walvault.config.options import (
+    BARMAN_ONLY,
+    DIRECTORY_OPTIONS,
+    GLOBAL_ALIASES,
+    GLOBAL_ONLY,
+    OPTIONS,
+    OPTIONS_BY_NAME,
+)
+from walvault.config.parsers import parse_abs_path, parse_bool
+from walvault.config.server import ServerConfig
+from walvault.conninfo import mask_conninfo, parse_conninfo
+from walvault.errors import ConfigError
+
+DEFAULT_LOCATIONS = ("~/.walvault.conf", "/etc/walvault.conf", "/etc/walvault/walvault.conf")
+ENV_VAR = "WALVAULT_CONFIG_FILE"
+GLOBAL_SECTIONS = ("walvault", "barman")
+DEFAULT_LOG_FORMAT = "%(asctime)s [%(process)s] %(name)s %(levelname)s: %(message)s"
+SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_QUOTED_RE = re.compile(r"""^(['"])(.*)\1$""", re.DOTALL)
+_INTERP_RE = re.compile(r"%\(([^)]+)\)s|%%|%")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: global settings and the servers, by name."""
+
+    path: str
+    walvault_home: str
+    walvault_user: str | None
+    lock_directory: str
+    log_file: str | None
+    log_level: str
+    log_format: str
+    lock_directory_cleanup: bool
+    servers: Mapping[str, ServerConfig]
+    warnings: tuple[str, ...] = ()
+    files: tuple[str, ...] = field(default=())
+
+
+def find_config_file(explicit: str | None) -> str:
+    """Pick the configuration file: ``-c``, then ``$WALVAULT_CONFIG_FILE``, then the defaults."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"configuration file '{explicit}' does not exist or is not a file")
+        return explicit
+    from_env = os.environ.get(ENV_VAR)
+    if from_env:
+        if not os.path.isfile(from_env):
+            raise ConfigError(f"configuration file '{from_env}' (from ${ENV_VAR}) does not exist")
+        return from_env
+    for candidate in DEFAULT_LOCATIONS:
+        path = os.path.expanduser(candidate)
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(
+        "could not find a configuration file: use -c FILE, set $"
+        + ENV_VAR
+        + ", or create one of "
+        + ", ".join(DEFAULT_LOCATIONS)
+    )
+
+
+def _read_file(path: str) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\0")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file '{path}': {exc.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot parse configuration file '{path}': {first}") from None
+    return {section: dict(parser.items(section, raw=True)) for section in parser.sections()}
+
+
+def _unquote(raw: str) -> str | None:
+    """Barman's rules: matching quotes are removed; an empty value or ``None`` means None."""
+    value = raw.strip()
+    match = _QUOTED_RE.match(value)
+    if match:
+        value = match.group(2)
+    if value == "" or value == "None":
+        return None
+    return value
+
+
+class _Interpolator:
+    """``%(key)s`` expansion against resolved values, then the section, then the global section."""
+
+    def __init__(self, *sources: Mapping[str, str | None]) -> None:
+        self.sources = sources
+
+    def expand(self, text: str, depth: int = 0) -> str:
+        if depth > 10:
+            raise ValueError("interpolation is too deeply nested (a loop?)")
+
+        def substitute(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token == "%%":
+                return "%"
+            if token == "%":
+                raise ValueError("a lone '%' must be written '%%'")
+            key = match.group(1).lower()
+            for source in self.sources:
+                if key in source and source[key] is not None:
+                    return self.expand(str(source[key]), depth + 1)
+            raise ValueError(f"'%({key})s' refers to an option that is not set")
+
+        return _INTERP_RE.sub(substitute, text)
+
+
+def _refers_to_unset(template: str, resolved: Mapping[str, str | None]) -> bool:
+    """True when a default template names an option that resolved to nothing."""
+    return any(resolved.get(key) is None for key in re.findall(r"%\(([^)]+)\)s", template))
+
+
+def _display(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _merge_sections(paths: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    merged: dict[str, dict[str, str]] = {}
+    origin: dict[str, str] = {}
+    for index, path in enumerate(paths):
+        for section, values in _read_file(path).items():
+            if index > 0 and section in GLOBAL_SECTIONS and values:
+                raise ConfigError(
+                    f"'{path}' (from configuration_files_directory) must not contain a "
+                    f"[{section}] section with options"
+                )
+            merged.setdefault(section, {}).update(values)
+            origin.setdefault(section, path)
+    return merged, origin
+
+
+def load_config(path: str) -> Config:
+    """Load ``path`` and everything it includes; raise :class:`ConfigError` if unusable."""
+    first = _read_file(path)
+    global_raw: dict[str, str] = {}
+    for name in reversed(GLOBAL_SECTIONS):  # [walvault] wins over [barman]
+        global_raw.update(first.get(name, {}))
+    if not any(name in first for name in GLOBAL_SECTIONS):
+        raise ConfigError(f"'{path}' has no [walvault] section (or Barman's [barman])")
+    warnings: list[str] = []
+    glob_values: dict[str, str | None] = {}
+    for key, raw in global_raw.items():
+        canonical = GLOBAL_ALIASES.get(key, key)
+        if canonical not in GLOBAL_ONLY and canonical not in OPTIONS_BY_NAME:
+            if canonical not in BARMAN_ONLY:
+                warnings.append(
+                    f'Invalid configuration option "{key}" in the global section of '
+                    f"'{path}': ignored"
+                )
+            continue
+        if canonical in glob_values and key != canonical:
+            continue  # the walvault spelling wins over Barman's alias
+        glob_values[canonical] = _unquote(raw)
+
+    expander = _Interpolator(glob_values)
+    try:
+        home = glob_values.get("walvault_home")
+        if not home:
+            raise ConfigError(
+                f"parameter 'walvault_home' (or Barman's 'barman_home') is required in the "
+                f"[walvault] section of '{path}'"
+            )
+        home = parse_abs_path(os.path.expanduser(expander.expand(home)))
+        lock_dir_raw = glob_values.get("walvault_lock_directory")
+        lock_dir = parse_abs_path(expander.expand(lock_dir_raw)) if lock_dir_raw else home
+        log_file_raw = glob_values.get("log_file")
+        log_file = parse_abs_path(expander.expand(log_file_raw)) if log_file_raw else None
+        log_level = (glob_values.get("log_level") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level '{log_level}': accepted: " + ", ".join(LOG_LEVELS))
+        cleanup_raw = glob_values.get("lock_directory_cleanup")
+        cleanup = parse_bool(cleanup_raw) if cleanup_raw else True
+        conf_dir = glob_values.get("configuration_files_directory")
+    except ValueError as exc:
+        raise ConfigError(f"invalid global setting in '{path}': {exc}") from None
+
+    files = [path]
+    if conf_dir:
+        conf_dir = os.path.expanduser(expander.expand(conf_dir))
+        if not os.path.isdir(conf_dir):
+            raise ConfigError(f"configuration_files_directory '{conf_dir}' is not a directory")
+        files += sorted(glob.glob(os.path.join(conf_dir, "*.conf")))
+    sections, origin = _merge_sections(files)
+
+    global_for_servers = {k: v for k, v in glob_values.items() if k in OPTIONS_BY_NAME}
+    servers: dict[str, ServerConfig] = {}
+    for section, raw_values in sections.items():
+        if section in GLOBAL_SECTIONS:
+            continue
+        if section == "all" or not SERVER_NAME_RE.fullmatch(section):
+            raise ConfigError(
+                f"invalid server name [{section}] in '{origin[section]}': accepted: letters, "
+                "digits, '.', '_' and '-' (at most 64, not starting with '.', '_' or '-'), "
+                "and not 'all'"
+            )
+        values = {k: _unquote(v) for k, v in raw_values.items()}
+        if str(values.get("model") or "").lower() in ("true", "on", "yes", "1"):
+            warnings.append(
+                f"configuration model [{section}] in '{origin[section]}' ignored: walvault "
+                "does not support configuration models"
+            )
+            continue
+        servers[section] = _build_server(
+            section, origin[section], values, global_for_servers, home, lock_dir, warnings
+        )
+    servers = _check_cross_server_paths(servers)
+    return Config(
+        path=path,
+        walvault_home=home,
+        walvault_user=glob_values.get("walvault_user"),
+        lock_directory=lock_dir,
+        log_file=log_file,
+        log_level=log_level,
+        log_format=glob_values.get("log_format") or DEFAULT_LOG_FORMAT,
+        lock_directory_cleanup=cleanup,
+        servers=dict(sorted(servers.items())),
+        warnings=tuple(warnings),
+        files=tuple(files),
+    )
+
+
+def _build_server(
+    name: str,
+    source: str,
+    values: dict[str, str | None],
+    global_values: dict[str, str | None],
+    home: str,
+    lock_dir: str,
+    warnings: list[str],
+) -> ServerConfig:
+    messages: list[str] = []
+    for key in values:
+        if key not in OPTIONS_BY_NAME and key not in BARMAN_ONLY:
+            warnings.append(
+                f"Invalid configuration option \"{key}\" in [{name}] section of '{source}': ignored"
+            )
+    resolved: dict[str, str | None] = {"name": name, "walvault_home": home, "barman_home": home}
+    typed: dict[str, Any] = {}
+    shown: list[tuple[str, str]] = []
+    expander = _Interpolator(resolved, values, global_values)
+    for option in OPTIONS:
+        if option.name in values:
+            raw = values[option.name]
+        elif option.global_ok and option.name in global_values:
+            raw = global_values[option.name]
+        else:
+            raw = None
+        if raw is None:  # None stops inheritance: back to the default
+            raw = option.default
+            if raw is not None and _refers_to_unset(raw, resolved):
+                raw = None  # e.g. streaming_conninfo when conninfo itself is missing
+        if raw is None:
+            resolved[option.name] = None
+            typed[option.name] = None
+            shown.append((option.name, "None"))
+            continue
+        try:
+            text = expander.expand(raw)
+            value = option.parser(text) if option.parser else text
+        except ValueError as exc:
+            shown_raw = "*****" if option.secret else raw
+            messages.append(
+                f"invalid value '{shown_raw}' for option '{option.name}' in [{name}] "
+                f"('{source}'): {exc}"
+            )
+            resolved[option.name] = None
+            typed[option.name] = None
+            shown.append((option.name, "<invalid>"))
+            continue
+        resolved[option.name] = text
+        typed[option.name] = value
+        shown.append((option.name, mask_conninfo(text) if option.secret else _display(value)))
+
+    messages += _server_problems(name, typed, warnings)
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    kwargs = {k: v for k, v in typed.items() if k in fields and v is not None}
+    if not typed.get("streaming_archiver") and not typed.get("archiver"):
+        kwargs["archiver"] = True
+        shown = [(k, "True" if k == "archiver" else v) for k, v in shown]
+    return ServerConfig(
+        name=name,
+        walvault_home=home,
+        lock_directory=lock_dir,
+        config_file=source,
+        messages=tuple(messages),
+        shown=tuple(sorted(shown)),
+        **kwargs,
+    )
+
+
+def _server_problems(name: str, typed: dict[str, Any], warnings: list[str]) -> list[str]:
+    messages: list[str] = []
+    if not typed.get("conninfo"):
+        messages.append(f"PostgreSQL connection: Missing 'conninfo' parameter for server '{name}'")
+    for key in ("conninfo", "streaming_conninfo", "wal_streaming_conninfo", "wal_conninfo"):
+        if typed.get(key):
+            try:
+                parse_conninfo(typed[key])
+            except ValueError as exc:
+                messages.append(f"'{key}' of server '{name}': {exc}")
+    if typed.get("streaming_archiver") and not typed.get("archiver") and not typed.get("slot_name"):
+        messages.append(
+            "Streaming-only archiver requires 'streaming_conninfo' and 'slot_name' options "
+            "to be properly configured"
+        )
+    if not typed.get("streaming_archiver") and not typed.get("archiver"):
+        warnings.append(
+            f"No archiver enabled for server '{name}'. Please turn on 'archiver', "
+            "'streaming_archiver' or both. Forcing 'archiver = on'"
+        )
+    if typed.get("encryption") not in (None, "none"):
+        messages.append(f"encryption = {typed['encryption']} is not supported by walvault")
+    seen: dict[str, str] = {}
+    for option in DIRECTORY_OPTIONS:
+        path = typed.get(option)
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            messages.append(
+                f"Conflicting path: {option}={path} conflicts with '{seen[real]}' "
+                f"for server '{name}'"
+            )
+        else:
+            seen[real] = option
+    return messages
+
+
+def _check_cross_server_paths(servers: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
+    owners: dict[str, tuple[str, str]] = {}
+    extra: dict[str, list[str]] = {}
+    for server in servers.values():
+        for option in DIRECTORY_OPTIONS:
+            path = getattr(server, option)
+            if not path:
+                continue
+            real = os.path.realpath(path)
+            if real in owners and owners[real][0] != server.name:
+                other, other_option = owners[real]
+                text = (
+                    f"Conflicting path: {option}={path} of server '{server.name}' is also "
+                    f"{other_option} of server '{other}'"
+                )
+                extra.setdefault(server.name, []).append(text)
+                extra.setdefault(other, []).append(text)
+            else:
+                owners.setdefault(real, (server.name, option))
+    return {
+        name: dataclasses.replace(server, messages=server.messages + tuple(extra[name]))
+        if name in extra
+        else server
+        for name, server in servers.items()
+    }

@@ -1,0 +1,171 @@
+"""The table of server options: name, Barman's default (a ``%(key)s`` template), parser, scope.
+
+The order matters: options are resolved in this order, and a default template may only refer to
+options resolved before it (plus ``name`` and ``walvault_home``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from walvault.config import parsers as p
+
+
+def _compression(raw: str) -> str | None:
+    from walvault.archive.compression import canonical_algorithm
+
+    return canonical_algorithm(raw.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    """One server option."""
+
+    name: str
+    default: str | None
+    parser: Callable[[str], Any] | None = None  # None: keep the string
+    global_ok: bool = True  # may be set in the [walvault] section and inherited
+    secret: bool = False  # a conninfo: shown masked
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("active", "true", p.parse_bool, global_ok=False),
+    Option("description", None, global_ok=False),
+    Option("conninfo", None, global_ok=False, secret=True),
+    Option("streaming_conninfo", "%(conninfo)s", global_ok=False, secret=True),
+    Option("wal_streaming_conninfo", None, global_ok=False, secret=True),
+    Option("wal_conninfo", None, global_ok=False, secret=True),
+    Option("streaming_archiver", "off", p.parse_bool),
+    Option("streaming_archiver_name", "walvault_receive_wal"),
+    Option("streaming_archiver_batch_size", "0", p.parse_non_negative_int),
+    Option("streaming_archiver_synchronous", "auto", p.choice("auto", "on", "off")),
+    Option("streaming_status_interval", "1", p.parse_positive_int),
+    Option("streaming_backup_name", "walvault_streaming_backup"),
+    Option("archiver", "off", p.parse_bool),
+    Option("archiver_batch_size", "0", p.parse_non_negative_int),
+    Option("slot_name", None, p.parse_slot_name),
+    Option("create_slot", "manual", p.choice("manual", "auto")),
+    Option("path_prefix", None, p.parse_path_list),
+    Option("backup_directory", "%(walvault_home)s/%(name)s", p.parse_abs_path, global_ok=False),
+    Option("basebackups_directory", "%(backup_directory)s/base", p.parse_abs_path, False),
+    Option("wals_directory", "%(backup_directory)s/wals", p.parse_abs_path, False),
+    Option("incoming_wals_directory", "%(backup_directory)s/incoming", p.parse_abs_path, False),
+    Option("streaming_wals_directory", "%(backup_directory)s/streaming", p.parse_abs_path, False),
+    Option("errors_directory", "%(backup_directory)s/errors", p.parse_abs_path, False),
+    Option("xlogdb_directory", "%(wals_directory)s", p.parse_abs_path),
+    Option("compression", None, _compression),
+    Option("compression_level", "medium", p.parse_compression_level),
+    Option(
+        "backup_method",
+        "postgres",
+        p.choice("postgres", "rsync", "local-rsync", "snapshot", "local-to-cloud"),
+    ),
+    Option("minimum_redundancy", "0", p.parse_non_negative_int),
+    Option("retention_policy", None, p.parse_retention_policy),
+    Option("wal_retention_policy", "main", p.choice("main")),
+    Option("last_wal_maximum_age", None, p.parse_age),
+    Option("check_timeout", "30", p.parse_non_negative_int),
+    Option("max_incoming_wals_queue", None, p.parse_non_negative_int),
+    Option("parallel_jobs", "1", p.parse_positive_int),
+    Option("recovery_options", "", p.parse_csv_choices(("get-wal", "delta-restore"))),
+    Option("encryption", "none", p.choice("none", "gpg")),
+)
+
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+#: Options of the global section only.
+GLOBAL_ONLY = (
+    "walvault_home",
+    "walvault_user",
+    "walvault_lock_directory",
+    "configuration_files_directory",
+    "log_file",
+    "log_level",
+    "log_format",
+    "lock_directory_cleanup",
+)
+
+#: Barman's spelling of global options.
+GLOBAL_ALIASES = {
+    "barman_home": "walvault_home",
+    "barman_user": "walvault_user",
+    "barman_lock_directory": "walvault_lock_directory",
+}
+
+#: Barman options that walvault accepts in a Barman file without a warning but does not use.
+#: They change nothing in walvault (see the README's "coming from Barman" section).
+BARMAN_ONLY = frozenset(
+    {
+        "backup_options",
+        "backup_compression",
+        "backup_compression_format",
+        "backup_compression_level",
+        "backup_compression_location",
+        "backup_compression_workers",
+        "bandwidth_limit",
+        "basebackup_retry_sleep",
+        "basebackup_retry_times",
+        "check_timeout_for_remote",
+        "cluster",
+        "config_changes_queue",
+        "custom_compression_filter",
+        "custom_compression_magic",
+        "custom_decompression_filter",
+        "forward_config_path",
+        "immediate_checkpoint",
+        "keepalive_interval",
+        "last_backup_maximum_age",
+        "last_backup_minimum_size",
+        "model",
+        "network_compression",
+        "parallel_jobs_start_batch_period",
+        "parallel_jobs_start_batch_size",
+        "post_archive_retry_script",
+        "post_archive_script",
+        "post_backup_retry_script",
+        "post_backup_script",
+        "post_delete_retry_script",
+        "post_delete_script",
+        "post_recovery_retry_script",
+        "post_recovery_script",
+        "post_wal_delete_retry_script",
+        "post_wal_delete_script",
+        "pre_archive_retry_script",
+        "pre_archive_script",
+        "pre_backup_retry_script",
+        "pre_backup_script",
+        "pre_delete_retry_script",
+        "pre_delete_script",
+        "pre_recovery_retry_script",
+        "pre_recovery_script",
+        "pre_wal_delete_retry_script",
+        "pre_wal_delete_script",
+        "primary_checkpoint_timeout",
+        "primary_conninfo",
+        "primary_ssh_command",
+        "recovery_staging_path",
+        "retention_policy_mode",
+        "reuse_backup",
+        "slot_name_backup",
+        "snapshot_disks",
+        "snapshot_gcp_project",
+        "snapshot_instance",
+        "snapshot_provider",
+        "snapshot_zone",
+        "ssh_command",
+        "tablespace_bandwidth_limit",
+        "worm_mode",
+    }
+)
+
+#: The directories that must all differ (within a server and between servers).
+DIRECTORY_OPTIONS = (
+    "backup_directory",
+    "basebackups_directory",
+    "errors_directory",
+    "incoming_wals_directory",
+    "streaming_wals_directory",
+    "wals_directory",
+)

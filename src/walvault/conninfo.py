@@ -1,0 +1,64 @@
+"""libpq connection strings: parsing with libpq's own rules, masking secrets, adding defaults."""
+
+from __future__ import annotations
+
+from psycopg import Error as PsycopgError
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+#: Keys whose values are secrets and never shown.
+SECRET_KEYS = frozenset({"password", "sslpassword"})
+MASK = "*****"
+
+
+def parse_conninfo(conninfo: str) -> dict[str, str]:
+    """Parse a key=value or URI conninfo with libpq's rules.
+
+    Raises :class:`ValueError` with libpq's reason; the message never contains the string
+    itself, so a password in it cannot leak.
+    """
+    try:
+        parsed = conninfo_to_dict(conninfo)
+    except PsycopgError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
+        raise ValueError(f"invalid connection string: {reason}") from None
+    return {key: str(value) for key, value in parsed.items() if value is not None}
+
+
+def mask_conninfo(conninfo: str) -> str:
+    """Return ``conninfo`` with every secret replaced by ``*****`` (keys sorted for stability)."""
+    try:
+        params = parse_conninfo(conninfo)
+    except ValueError:
+        return "<invalid connection string>"
+    return make_conninfo(
+        "", **{key: (MASK if key in SECRET_KEYS else value) for key, value in params.items()}
+    )
+
+
+def with_defaults(conninfo: str, **defaults: str) -> str:
+    """Add each of ``defaults`` to ``conninfo`` only where the user did not set it."""
+    params = parse_conninfo(conninfo)
+    for key, value in defaults.items():
+        params.setdefault(key, value)
+    return make_conninfo("", **params)
+
+
+def with_overrides(conninfo: str, **overrides: str) -> str:
+    """Set each of ``overrides`` in ``conninfo``, replacing what the user set."""
+    params = parse_conninfo(conninfo)
+    params.update(overrides)
+    return make_conninfo("", **params)
+
+
+def mask_text(text: str, conninfos: list[str]) -> str:
+    """Remove from free text every password that appears in ``conninfos`` (for log lines)."""
+    for conninfo in conninfos:
+        try:
+            params = parse_conninfo(conninfo)
+        except ValueError:
+            continue
+        for key in SECRET_KEYS:
+            secret = params.get(key)
+            if secret:
+                text = text.replace(secret, MASK)
+    return text

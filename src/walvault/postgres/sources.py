@@ -1,0 +1,100 @@
+"""The WAL source of a server, inspected and verified before anything streams from it.
+
+``wal_streaming_conninfo`` (else ``streaming_conninfo``) is the replication source;
+``wal_conninfo`` (else ``wal_streaming_conninfo``, else ``conninfo``) monitors it. Both must reach
+the same cluster as ``conninfo``, and the monitoring user needs monitoring privileges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from walvault.config import ServerConfig
+from walvault.errors import WalvaultError
+from walvault.fs import durable_replace_bytes
+from walvault.postgres.connection import connect, connect_replication
+from walvault.postgres.replication import SystemIdentity, identify_system
+from walvault.postgres.status import ServerInfo, SlotInfo, get_slot, has_monitoring_privileges
+from walvault.postgres.status import server_info as read_server_info
+
+
+@dataclass(frozen=True)
+class WalSource:
+    """What the WAL source told us."""
+
+    identity: SystemIdentity
+    info: ServerInfo
+    slot: SlotInfo | None
+
+
+def inspect_wal_source(server: ServerConfig, timeout: int = 10) -> WalSource:
+    """Connect to the WAL source (replication and monitoring) and verify it.
+
+    Raises :class:`WalvaultError` naming the problem: a connection failure, missing monitoring
+    privileges, or sources that do not reach the same cluster as ``conninfo``.
+    """
+    stream_dsn = server.wal_source_conninfo
+    monitor_dsn = server.wal_monitoring_conninfo
+    if not stream_dsn or not monitor_dsn or not server.conninfo:
+        raise WalvaultError(f"server '{server.name}' has no streaming connection configured")
+    with connect_replication(stream_dsn, timeout=timeout) as repl:
+        identity = identify_system(repl)
+    with connect(monitor_dsn, timeout=timeout) as conn:
+        if not has_monitoring_privileges(conn):
+            which = "wal_conninfo" if server.wal_conninfo else "conninfo"
+            raise WalvaultError(
+                f"the user of '{which}' of server '{server.name}' lacks monitoring privileges: "
+                "grant it pg_monitor (or both pg_read_all_settings and pg_read_all_stats), "
+                "or use a superuser"
+            )
+        info = read_server_info(conn)
+        slot = get_slot(conn, server.slot_name) if server.slot_name else None
+    if info.system_identifier != identity.system_identifier:
+        raise WalvaultError(
+            f"the monitoring connection of server '{server.name}' reaches system "
+            f"{info.system_identifier} but the streaming connection reaches system "
+            f"{identity.system_identifier}: they must be the same cluster"
+        )
+    if server.has_separate_wal_source and monitor_dsn != server.conninfo:
+        with connect(server.conninfo, timeout=timeout) as conn:
+            backup_info = read_server_info(conn)
+        if backup_info.system_identifier != identity.system_identifier:
+            raise WalvaultError(
+                f"wal_streaming_conninfo/wal_conninfo of server '{server.name}' reach system "
+                f"{identity.system_identifier} but conninfo reaches system "
+                f"{backup_info.system_identifier}: they must point at the same cluster "
+                "(a primary and its standby share one system identifier)"
+            )
+    return WalSource(identity, info, slot)
+
+
+def read_identity(server: ServerConfig) -> dict[str, str] | None:
+    """``identity.json`` (Barman's format), or None before the first contact."""
+    try:
+        with open(server.identity_path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise WalvaultError(f"{server.identity_path} is not valid JSON") from None
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def check_or_record_identity(server: ServerConfig, source: WalSource) -> None:
+    """Record the system identifier on first contact; refuse a different cluster afterwards."""
+    stored = read_identity(server)
+    systemid = source.identity.system_identifier
+    if stored is None:
+        os.makedirs(server.backup_directory, exist_ok=True)
+        payload = {"systemid": systemid, "version": str(source.info.major)}
+        text = json.dumps(payload, indent=4, sort_keys=True) + "\n"
+        durable_replace_bytes(server.identity_path, text.encode())
+        return
+    if stored.get("systemid") != systemid:
+        raise WalvaultError(
+            f"the system identifier of the PostgreSQL server ({systemid}) differs from the one "
+            f"stored in {server.identity_path} ({stored.get('systemid')}): is the "
+            "configuration pointing at another cluster?"
+        )

@@ -1,0 +1,99 @@
+"""Running pg_receivewal in the foreground: its lines to the log, signals forwarded, exit mapped."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from walvault.config import ServerConfig
+from walvault.errors import WalvaultError
+from walvault.receiver.command import ReceiverCommand
+from walvault.receiver.state import LineKeeper, ReceiverState, save_state
+
+log = logging.getLogger("walvault.receiver")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if walvault dies, so no orphan keeps holding the slot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_receiver(
+    server: ServerConfig,
+    command: ReceiverCommand,
+    state: ReceiverState,
+    echo: Callable[[str], None],
+) -> int:
+    """Run pg_receivewal until it ends; return 0 for a requested stop or a clean end.
+
+    Raises :class:`WalvaultError` with the reason when pg_receivewal fails or is killed.
+    """
+    env = {**os.environ, **command.env}
+    log.info("%s: running %s", server.name, command.shown())
+    proc = subprocess.Popen(
+        list(command.argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        preexec_fn=_die_with_parent,
+    )
+    stop_requested = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    state.child_pid = proc.pid
+    keeper = LineKeeper(server, state)
+    keeper.flush()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            log.info("%s: %s", server.name, line)
+            echo(f"{server.name}: {line}")
+            keeper.add(line)
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state.ended_at = time.time()
+    state.exit_code = code
+    if stop_requested:
+        state.exit_reason = "stopped on request (SIGINT/SIGTERM)"
+    elif code < 0:
+        state.exit_reason = f"pg_receivewal terminated by signal: {-code}"
+    elif code > 0:
+        state.exit_reason = f"pg_receivewal terminated with error code: {code}"
+    else:
+        state.exit_reason = "pg_receivewal ended (the server closed the stream)"
+    keeper.flush()
+    save_state(server, state)
+    if stop_requested:
+        echo("SIGINT received. Terminate gracefully.")
+        return 0
+    if code != 0:
+        last = next((line for line in reversed(keeper.lines) if line.strip()), "")
+        detail = f" (last message: {last})" if last else ""
+        raise WalvaultError(f"{state.exit_reason}{detail}")
+    return 0

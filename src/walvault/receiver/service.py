@@ -1,0 +1,248 @@
+"""receive-wal: preflight, slots, gap-safe positioning, reset, and running pg_receivewal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from walvault.archive.layout import newest_archived_segment
+from walvault.config import ServerConfig
+from walvault.errors import LockBusy, WalvaultError
+from walvault.fs import durable_replace_bytes
+from walvault.locks import ServerLock
+from walvault.postgres.connection import connect_replication
+from walvault.postgres.replication import (
+    SlotExists,
+    create_physical_slot,
+    drop_physical_slot,
+)
+from walvault.postgres.sources import WalSource, check_or_record_identity, inspect_wal_source
+from walvault.receiver.binary import RECEIVEWAL_NAMES, find_program, require_compatible
+from walvault.receiver.command import build_receiver_command, streaming_dsn
+from walvault.receiver.gaps import record_gap
+from walvault.receiver.position import resume_segment, scan_streaming, truncate_bad_partial
+from walvault.receiver.process import run_receiver
+from walvault.receiver.state import ReceiverState, load_state
+from walvault.receiver.sync import parse_sync_standby_names
+from walvault.wal.names import Segment, lsn_to_segment
+
+log = logging.getLogger("walvault.receiver")
+Echo = Callable[[str], None]
+
+
+def _require_streaming(server: ServerConfig) -> None:
+    if not server.streaming_archiver:
+        raise WalvaultError(
+            "Unable to start receive-wal process: streaming_archiver option set to 'off' in "
+            "walvault configuration file"
+        )
+
+
+def _require_slot_name(server: ServerConfig, action: str) -> str:
+    if not server.slot_name:
+        raise WalvaultError(
+            f"Unable to {action} a physical replication slot: slot_name configuration "
+            "option required"
+        )
+    return server.slot_name
+
+
+def create_slot(server: ServerConfig, echo: Echo, *, if_not_exists: bool = False) -> None:
+    """``receive-wal --create-slot``: a physical slot that reserves WAL immediately."""
+    slot = _require_slot_name(server, "create")
+    conninfo = server.wal_source_conninfo
+    if not conninfo:
+        raise WalvaultError(
+            "Unable to create a physical replication slot: streaming connection not configured"
+        )
+    echo(f"Creating physical replication slot '{slot}' on server '{server.name}'")
+    with connect_replication(conninfo) as conn:
+        try:
+            create_physical_slot(conn, slot, server.name)
+        except SlotExists:
+            if not if_not_exists:
+                raise
+            echo(
+                f"Replication slot '{slot}' already exists and --if-not-exists was specified. "
+                "Skipping creation"
+            )
+            return
+    echo(f"Replication slot '{slot}' created")
+
+
+def drop_slot(server: ServerConfig, echo: Echo) -> None:
+    """``receive-wal --drop-slot``: refused while the slot is in use."""
+    slot = _require_slot_name(server, "drop")
+    conninfo = server.wal_source_conninfo
+    if not conninfo:
+        raise WalvaultError(
+            "Unable to drop a physical replication slot: streaming connection not configured"
+        )
+    echo(f"Dropping physical replication slot '{slot}' on server '{server.name}'")
+    with connect_replication(conninfo) as conn:
+        drop_physical_slot(conn, slot, server.name)
+    echo(f"Replication slot '{slot}' dropped")
+
+
+def is_synchronous(server: ServerConfig, source: WalSource, application_name: str) -> bool:
+    """``--synchronous`` when forced on, or when the server lists our application_name."""
+    if server.streaming_archiver_synchronous != "auto":
+        return server.streaming_archiver_synchronous == "on"
+    try:
+        names = parse_sync_standby_names(source.info.synchronous_standby_names)
+    except ValueError:
+        return False
+    return names.lists(application_name)
+
+
+def _receive_lock(server: ServerConfig, reset: bool) -> ServerLock:
+    lock = ServerLock(server.lock_directory, server.name, "receive-wal")
+    try:
+        lock.acquire()
+    except LockBusy:
+        if reset:
+            raise WalvaultError(
+                f"Unable to reset the status of receive-wal for server {server.name}. "
+                "Process is still running"
+            ) from None
+        raise WalvaultError(
+            f"Another receive-wal process is already running for server {server.name}."
+        ) from None
+    return lock
+
+
+def receive_wal(server: ServerConfig, echo: Echo, warn: Echo, *, reset: bool = False) -> int:
+    """Run pg_receivewal for ``server`` in the foreground (or reposition it with ``reset``)."""
+    _require_streaming(server)
+    if not reset:
+        echo(f"Starting receive-wal for server {server.name}")
+    lock = _receive_lock(server, reset)
+    try:
+        os.makedirs(server.streaming_wals_directory, exist_ok=True)
+        source = inspect_wal_source(server)
+        check_or_record_identity(server, source)
+        if source.info.in_recovery:
+            warn(
+                f"streaming WAL of server '{server.name}' from a standby: its WAL stops "
+                "at what it has replayed, and a promotion switches the timeline"
+            )
+        program = find_program(RECEIVEWAL_NAMES, server.search_path)
+        require_compatible(program, "pg_receivewal", source.info.version_num)
+        assert program is not None
+        _ensure_slot(server, source, echo, reset)
+        if reset:
+            return reset_position(server, source, echo)
+        _guard_against_silent_skip(server, source, echo)
+        message = truncate_bad_partial(
+            server.streaming_wals_directory,
+            scan_streaming(server.streaming_wals_directory),
+            source.info.wal_segment_size,
+        )
+        if message:
+            echo(message)
+        _, _, app_name = streaming_dsn(
+            server.wal_source_conninfo or "", server.streaming_archiver_name
+        )
+        synchronous = is_synchronous(server, source, app_name)
+        command = build_receiver_command(server, program.path, synchronous=synchronous)
+        previous = load_state(server)
+        state = ReceiverState(
+            pid=os.getpid(),
+            started_at=time.time(),
+            program=program.path,
+            version=program.version.full,
+            synchronous=synchronous,
+            application_name=command.application_name,
+            restarts=previous.restarts,
+            consecutive_failures=previous.consecutive_failures,
+            next_start_after=previous.next_start_after,
+        )
+        if synchronous:
+            echo(f"Synchronous WAL streaming for {command.application_name}: True")
+        return run_receiver(server, command, state, echo)
+    finally:
+        lock.release()
+
+
+def _ensure_slot(server: ServerConfig, source: WalSource, echo: Echo, reset: bool) -> None:
+    if not server.slot_name:
+        return
+    if source.slot is None:
+        if server.create_slot == "auto" and not reset:
+            echo(f"Creating replication slot '{server.slot_name}'")
+            create_slot(server, echo, if_not_exists=True)
+            return
+        raise WalvaultError(
+            f"replication slot '{server.slot_name}' doesn't exist. Please execute "
+            f"'walvault receive-wal --create-slot {server.name}'"
+        )
+    if source.slot.active:
+        raise WalvaultError(f"replication slot '{server.slot_name}' is already in use")
+
+
+def _guard_against_silent_skip(server: ServerConfig, source: WalSource, echo: Echo) -> None:
+    """With streaming/ empty, resume after the newest archived segment, never at the slot.
+
+    pg_receivewal starts from the slot when its directory is empty, which would silently skip
+    whatever lies between the archive and the slot. An empty ``.partial`` of the next segment
+    makes it resume exactly where the archive ends (or fail loudly if that WAL is gone).
+    """
+    seg_size = source.info.wal_segment_size
+    files = scan_streaming(server.streaming_wals_directory)
+    if resume_segment(files, seg_size) is not None:
+        return
+    newest = newest_archived_segment(server)
+    if newest is None:
+        return
+    start = Segment.from_name(newest).next(seg_size)
+    path = os.path.join(server.streaming_wals_directory, f"{start.name}.partial")
+    durable_replace_bytes(path, b"")
+    echo(f"Resuming streaming after the newest archived segment {newest}: created {path}")
+
+
+def reset_position(server: ServerConfig, source: WalSource, echo: Echo) -> int:
+    """``--reset``: restart streaming where the server still has WAL, recording any gap."""
+    info = source.info
+    seg_size = info.wal_segment_size
+    if info.current_lsn is None:
+        raise WalvaultError(f"cannot read the current WAL position of server '{server.name}'")
+    current = lsn_to_segment(info.current_lsn, info.timeline, seg_size)
+    restart_lsn = source.slot.restart_lsn if source.slot else None
+    target = lsn_to_segment(restart_lsn, info.timeline, seg_size) if restart_lsn else current
+    files = scan_streaming(server.streaming_wals_directory)
+    resume = resume_segment(files, seg_size)
+    if resume is None:
+        newest = newest_archived_segment(server)
+        resume = Segment.from_name(newest).next(seg_size) if newest else None
+    if resume is None or resume.segno(seg_size) == target.segno(seg_size):
+        echo("Nothing to do. Position of receive-wal is aligned.")
+        return 0
+    if resume.segno(seg_size) > current.segno(seg_size):
+        raise WalvaultError(
+            f"The receive-wal position is ahead of PostgreSQL current WAL lsn "
+            f"({resume.name} > {current.name})"
+        )
+    if resume.segno(seg_size) > target.segno(seg_size):
+        echo("Nothing to do. Position of receive-wal is aligned (the server still has its WAL).")
+        return 0
+    last_missing = target.previous(seg_size)
+    gap = record_gap(
+        server,
+        resume.name,
+        Segment(resume.tli, last_missing.log, last_missing.seg).name,
+        "receive-wal --reset: the server no longer had this WAL",
+    )
+    echo(f"Recording a WAL gap: {gap.first_missing}..{gap.last_missing} will never be archived")
+    echo("Resetting receive-wal directory status")
+    newest = files.newest_partial
+    if newest:
+        path = os.path.join(server.streaming_wals_directory, newest)
+        if os.path.getsize(path) == 0:
+            echo(f"Removing status file {path}")
+            os.unlink(path)
+    status = os.path.join(server.streaming_wals_directory, f"{target.name}.partial")
+    echo(f"Creating status file {status}")
+    durable_replace_bytes(status, b"")
+    return 0

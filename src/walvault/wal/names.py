@@ -1,0 +1,270 @@
+"""WAL file names: strict classification, segment arithmetic and LSN helpers."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from walvault.errors import InvalidWalName
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "MAX_LSN",
+    "MAX_SEGMENT_SIZE",
+    "MIN_SEGMENT_SIZE",
+    "Segment",
+    "WalKind",
+    "classify",
+    "format_lsn",
+    "hash_dir",
+    "is_any_wal_name",
+    "is_backup_label",
+    "is_history",
+    "is_partial",
+    "is_segment",
+    "lsn_to_name_offset",
+    "lsn_to_segment",
+    "parse_lsn",
+    "segment_range",
+    "segments_per_log",
+    "timeline_of",
+    "valid_segment_size",
+    "validate_wal_name",
+]
+
+MIN_SEGMENT_SIZE = 1 << 20  # 1 MiB, PostgreSQL's WalSegMinSize
+MAX_SEGMENT_SIZE = 1 << 30  # 1 GiB, PostgreSQL's WalSegMaxSize
+DEFAULT_SEGMENT_SIZE = 16 << 20
+MAX_LSN = (1 << 64) - 1
+_UINT32_MAX = 0xFFFFFFFF
+_MAX_SHOWN_NAME = 128
+
+# re.fullmatch only succeeds when the whole string matches, so (unlike
+# ``re.match(r"...$")``) a trailing newline is never accepted.
+_SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
+_HISTORY_RE = re.compile(r"[0-9A-F]{8}\.history")
+_BACKUP_RE = re.compile(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup")
+_PARTIAL_RE = re.compile(r"[0-9A-F]{24}\.partial")
+_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
+class WalKind(enum.Enum):
+    """The kinds of file that live in a WAL archive."""
+
+    SEGMENT = "segment"
+    HISTORY = "history"
+    BACKUP = "backup"
+    PARTIAL = "partial"
+
+
+def is_segment(name: str) -> bool:
+    """True for a plain 24-hex-digit segment name."""
+    return _SEGMENT_RE.fullmatch(name) is not None
+
+
+def is_history(name: str) -> bool:
+    """True for a timeline history file name (``<8 hex>.history``)."""
+    return _HISTORY_RE.fullmatch(name) is not None
+
+
+def is_backup_label(name: str) -> bool:
+    """True for a backup history file name (``<24 hex>.<8 hex>.backup``)."""
+    return _BACKUP_RE.fullmatch(name) is not None
+
+
+def is_partial(name: str) -> bool:
+    """True for a partial segment name (``<24 hex>.partial``)."""
+    return _PARTIAL_RE.fullmatch(name) is not None
+
+
+def classify(name: str) -> WalKind | None:
+    """Return the kind of WAL file ``name`` is, or None when it is not one."""
+    if is_segment(name):
+        return WalKind.SEGMENT
+    if is_partial(name):
+        return WalKind.PARTIAL
+    if is_backup_label(name):
+        return WalKind.BACKUP
+    if is_history(name):
+        return WalKind.HISTORY
+    return None
+
+
+def is_any_wal_name(name: str) -> bool:
+    """True when ``name`` is any of the accepted WAL file names."""
+    return classify(name) is not None
+
+
+def _shown(name: str) -> str:
+    """Escape control and non-ASCII characters so a name is safe to print."""
+    text = name if len(name) <= _MAX_SHOWN_NAME else name[:_MAX_SHOWN_NAME] + "..."
+    return text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+
+
+def validate_wal_name(name: str) -> str:
+    """Return ``name`` unchanged when it is a WAL file name, else raise InvalidWalName."""
+    if isinstance(name, str) and is_any_wal_name(name):
+        return name
+    shown = _shown(name) if isinstance(name, str) else _shown(repr(name))
+    raise InvalidWalName(
+        f"'{shown}' is not a valid WAL file name (expected 24 hex digits, optionally with"
+        " .partial or .<8 hex>.backup, or <8 hex>.history)"
+    )
+
+
+def valid_segment_size(size: int) -> bool:
+    """True when ``size`` is a power of two between 1 MiB and 1 GiB (inclusive)."""
+    if not isinstance(size, int) or isinstance(size, bool):
+        return False
+    return MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE and size & (size - 1) == 0
+
+
+def _check_size(seg_size: int) -> int:
+    if not valid_segment_size(seg_size):
+        raise ValueError(f"invalid WAL segment size {seg_size!r}")
+    return seg_size
+
+
+def segments_per_log(seg_size: int) -> int:
+    """Segments per 4 GiB "log" id (PostgreSQL's XLogSegmentsPerXLogId): 256 for 16 MiB."""
+    return 0x100000000 // _check_size(seg_size)
+
+
+def _max_segno(seg_size: int) -> int:
+    return (MAX_LSN + 1) // seg_size - 1
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    """A WAL segment identified by timeline, log id and segment index within the log id."""
+
+    tli: int
+    log: int
+    seg: int
+
+    def __post_init__(self) -> None:
+        for field in ("tli", "log", "seg"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Segment.{field} must be an int, not {type(value).__name__}")
+            if not 0 <= value <= _UINT32_MAX:
+                raise ValueError(f"Segment.{field} out of range: {value}")
+
+    @property
+    def name(self) -> str:
+        """The 24-character segment file name."""
+        return f"{self.tli:08X}{self.log:08X}{self.seg:08X}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Segment:
+        """Build from a segment, partial or backup label name (raises InvalidWalName)."""
+        kind = classify(validate_wal_name(name))
+        if kind is WalKind.HISTORY:
+            raise InvalidWalName(f"'{_shown(name)}' is a timeline history file, not a segment")
+        return cls(int(name[0:8], 16), int(name[8:16], 16), int(name[16:24], 16))
+
+    @classmethod
+    def from_segno(cls, tli: int, segno: int, seg_size: int) -> Segment:
+        """Build from an absolute segment number (PostgreSQL's XLogSegNo)."""
+        if not 0 <= segno <= _max_segno(_check_size(seg_size)):
+            raise ValueError(f"segment number {segno} out of range for size {seg_size}")
+        per_log = segments_per_log(seg_size)
+        return cls(tli, segno // per_log, segno % per_log)
+
+    def segno(self, seg_size: int) -> int:
+        """The absolute segment number; ValueError if ``seg`` is too big for ``seg_size``."""
+        per_log = segments_per_log(seg_size)
+        if self.seg >= per_log:
+            raise ValueError(
+                f"{self.name} is not a valid segment for {seg_size}-byte segments "
+                f"(segment index must be below {per_log:X})"
+            )
+        return self.log * per_log + self.seg
+
+    def to_lsn(self, seg_size: int) -> int:
+        """The LSN at which this segment starts."""
+        return self.segno(seg_size) * seg_size
+
+    def next(self, seg_size: int) -> Segment:
+        """The following segment on the same timeline."""
+        segno = self.segno(seg_size)
+        if segno >= _max_segno(seg_size):
+            raise ValueError(f"{self.name} is the last possible segment")
+        return Segment.from_segno(self.tli, segno + 1, seg_size)
+
+    def previous(self, seg_size: int) -> Segment:
+        """The preceding segment on the same timeline."""
+        segno = self.segno(seg_size)
+        if segno == 0:
+            raise ValueError(f"{self.name} is the first possible segment")
+        return Segment.from_segno(self.tli, segno - 1, seg_size)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def hash_dir(name: str) -> str:
+    """Archive sub-directory for ``name``: its first 16 chars, or "" for history files."""
+    kind = classify(validate_wal_name(name))
+    return "" if kind is WalKind.HISTORY else name[:16]
+
+
+def timeline_of(name: str) -> int:
+    """Timeline ID encoded in any WAL file name (raises InvalidWalName)."""
+    return int(validate_wal_name(name)[:8], 16)
+
+
+def parse_lsn(text: str) -> int:
+    """Parse ``"16/B374D848"`` into an integer LSN (ValueError on anything else)."""
+    match = _LSN_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"invalid LSN {text!r} (expected <hex>/<hex>, e.g. 16/B374D848)")
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+
+def _check_lsn(lsn: int) -> int:
+    if not isinstance(lsn, int) or isinstance(lsn, bool) or not 0 <= lsn <= MAX_LSN:
+        raise ValueError(f"LSN out of range: {lsn!r}")
+    return lsn
+
+
+def format_lsn(lsn: int) -> str:
+    """Format an integer LSN the way PostgreSQL does (``%X/%X``)."""
+    _check_lsn(lsn)
+    return f"{lsn >> 32:X}/{lsn & _UINT32_MAX:X}"
+
+
+def lsn_to_segment(lsn: int, tli: int, seg_size: int, *, prev_on_boundary: bool = False) -> Segment:
+    """Segment holding ``lsn`` (XLByteToSeg).
+
+    With ``prev_on_boundary`` an LSN exactly at a segment start is taken to
+    belong to the previous segment (XLByteToPrevSeg, as ``pg_walfile_name``
+    does), which is what you want for an *end* position.
+    """
+    _check_lsn(lsn)
+    _check_size(seg_size)
+    if prev_on_boundary and lsn > 0:
+        return Segment.from_segno(tli, (lsn - 1) // seg_size, seg_size)
+    return Segment.from_segno(tli, lsn // seg_size, seg_size)
+
+
+def lsn_to_name_offset(lsn: int, tli: int, seg_size: int) -> tuple[str, int]:
+    """Segment name and byte offset within it, like ``pg_walfile_name_offset``."""
+    return lsn_to_segment(lsn, tli, seg_size).name, lsn % seg_size
+
+
+def segment_range(begin: Segment, end: Segment, seg_size: int) -> Iterator[Segment]:
+    """Iterate from ``begin`` to ``end`` inclusive (empty if begin > end).
+
+    Arguments are checked eagerly: a timeline mismatch or an index that does
+    not fit ``seg_size`` raises ValueError at call time, not on iteration.
+    """
+    if begin.tli != end.tli:
+        raise ValueError(
+            f"segment range crosses timelines: {begin.name} (TLI {begin.tli}) "
+            f"to {end.name} (TLI {end.tli})"
+        )
+    tli, first, last = begin.tli, begin.segno(seg_size), end.segno(seg_size)
+    return (Segment.from_segno(tli, segno, seg_size) for segno in range(first, last + 1))
