@@ -12,7 +12,8 @@ which switches to the unprivileged ``walvault-test`` user by itself.
 Every cluster has these roles (passwords are random, kept on the object):
 
 * ``postgres``           superuser (trust over the unix socket, password over TCP)
-* ``walvault``           LOGIN, member of ``pg_monitor`` and ``pg_checkpoint``
+* ``walvault``           LOGIN, member of ``pg_monitor`` and ``pg_checkpoint``, may run
+                         ``pg_switch_wal()`` and ``pg_create_restore_point(text)``
 * ``streaming_walvault`` LOGIN REPLICATION
 * ``nomonitor``          LOGIN and nothing else
 """
@@ -424,6 +425,13 @@ class PgCluster:
                     pgsql.Identifier(MONITOR_USER)
                 )
             )
+            # what walvault's documentation asks of a non-superuser backup user
+            for function in ("pg_switch_wal()", "pg_create_restore_point(text)"):
+                conn.execute(
+                    pgsql.SQL("GRANT EXECUTE ON FUNCTION " + function + " TO {}").format(
+                        pgsql.Identifier(MONITOR_USER)
+                    )
+                )
         self._roles_pending = False
 
     # ---------------------------------------------------------------- processes

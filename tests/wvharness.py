@@ -110,3 +110,79 @@ def segment_names(directory: Path | str) -> list[str]:
     import re
 
     return sorted(n for n in os.listdir(directory) if re.fullmatch(r"[0-9A-F]{24}", n))
+
+
+def start_restored(template: Any, cluster_dir: Path, name: str) -> Any:
+    """Start the PostgreSQL data directory ``cluster_dir/data`` (e.g. made by ``recover``).
+
+    It gets its own port and socket directory and is destroyed together with ``template``.
+    """
+    import tempfile
+
+    from pgharness import PgCluster, free_port
+
+    socket_dir = Path(tempfile.mkdtemp(prefix="wvpg-", dir="/tmp"))
+    settings = dict(template.settings)
+    settings.update(cluster_name=name, port=free_port(), unix_socket_directories=str(socket_dir))
+    cluster = PgCluster(
+        name=name,
+        cluster_dir=cluster_dir,
+        bindir=template.bindir,
+        port=int(settings["port"]),
+        socket_dir=socket_dir,
+        passwords=template.passwords,
+        settings=settings,
+    )
+    cluster._write_settings()
+    template.standbys.append(cluster)
+    cluster.start()
+    return cluster
+
+
+class WriteLoad:
+    """Clients that insert one row per transaction and remember every acknowledged commit."""
+
+    def __init__(self, conninfo: str, clients: int = 2) -> None:
+        import threading
+
+        self.conninfo = conninfo
+        self.acknowledged: set[int] = set()
+        self.attempted: set[int] = set()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+        self.next_id = 0
+
+    def _take_id(self) -> int:
+        with self.lock:
+            self.next_id += 1
+            self.attempted.add(self.next_id)
+            return self.next_id
+
+    def _run(self, _client: int) -> None:
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+        except psycopg.Error:
+            return
+        with conn:
+            while not self.stop.is_set():
+                ident = self._take_id()
+                try:
+                    conn.execute(
+                        "INSERT INTO load (id, pad) VALUES (%s, repeat('x', 200))", (ident,)
+                    )
+                except psycopg.Error:
+                    return  # the server died: this one was not acknowledged
+                with self.lock:
+                    self.acknowledged.add(ident)
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)

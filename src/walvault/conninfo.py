@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from psycopg import Error as PsycopgError
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+# psycopg is imported inside the functions: importing it costs ~80 ms, which commands that
+# never parse a connection string (get-wal, the restore client) must not pay.
 
 #: Keys whose values are secrets and never shown.
 SECRET_KEYS = frozenset({"password", "sslpassword"})
@@ -16,6 +16,9 @@ def parse_conninfo(conninfo: str) -> dict[str, str]:
     Raises :class:`ValueError` with libpq's reason; the message never contains the string
     itself, so a password in it cannot leak.
     """
+    from psycopg import Error as PsycopgError
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         parsed = conninfo_to_dict(conninfo)
     except PsycopgError as exc:
@@ -26,6 +29,8 @@ def parse_conninfo(conninfo: str) -> dict[str, str]:
 
 def mask_conninfo(conninfo: str) -> str:
     """Return ``conninfo`` with every secret replaced by ``*****`` (keys sorted for stability)."""
+    from psycopg.conninfo import make_conninfo
+
     try:
         params = parse_conninfo(conninfo)
     except ValueError:
@@ -37,6 +42,8 @@ def mask_conninfo(conninfo: str) -> str:
 
 def with_defaults(conninfo: str, **defaults: str) -> str:
     """Add each of ``defaults`` to ``conninfo`` only where the user did not set it."""
+    from psycopg.conninfo import make_conninfo
+
     params = parse_conninfo(conninfo)
     for key, value in defaults.items():
         params.setdefault(key, value)
@@ -45,6 +52,8 @@ def with_defaults(conninfo: str, **defaults: str) -> str:
 
 def with_overrides(conninfo: str, **overrides: str) -> str:
     """Set each of ``overrides`` in ``conninfo``, replacing what the user set."""
+    from psycopg.conninfo import make_conninfo
+
     params = parse_conninfo(conninfo)
     params.update(overrides)
     return make_conninfo("", **params)

@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -193,6 +194,79 @@ def remove_durably(path: StrPath, *, missing_ok: bool = False) -> bool:
         return False
     fsync_dir(Path(path).parent)
     return True
+
+
+def durable_move(
+    src: StrPath, dst: StrPath, *, batch: SyncBatch | None = None, sync_data: bool = True
+) -> None:
+    """Move ``src`` onto ``dst`` durably: fsync its data, rename, fsync both directories.
+
+    The directory fsyncs happen now, or in ``batch.flush()`` when a batch is given.  Across
+    filesystems the file is durably copied (mode and mtime kept) and only then removed.  The
+    caller makes sure ``dst`` does not exist (a rename replaces it).  ``sync_data=False``
+    skips the data fsync (for entries that may not be regular files, such as a FIFO).
+    """
+    source, target = Path(src), Path(dst)
+    if sync_data:
+        fsync_file(source)
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        mode = stat.S_IMODE(os.stat(source).st_mode)
+        durable_copy(source, target, preserve_mtime=True, mode=mode)
+        os.unlink(source)
+    for directory in dict.fromkeys((target.parent, source.parent)):
+        if batch is not None:
+            batch.add_dir(directory)
+        else:
+            fsync_dir(directory)
+
+
+def remove_files(paths: Iterable[StrPath]) -> int:
+    """Unlink ``paths`` (missing ones are fine), then fsync each directory once; return count."""
+    removed = 0
+    dirs: dict[Path, None] = {}
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed += 1
+        dirs[Path(path).parent] = None
+    for directory in dirs:
+        fsync_dir(directory)
+    return removed
+
+
+def truncate_torn_tail(path: StrPath, terminator: bytes = b"\n") -> int:
+    """Cut a torn last record (after the last ``terminator``) off a file; return bytes cut.
+
+    An append interrupted by a crash can leave a partial last line; appending after it would
+    glue it to the next record.  Callers hold the lock that serialises appends.
+    """
+    with open(path, "r+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return 0
+        handle.seek(end - 1)
+        if handle.read(1) == terminator:
+            return 0
+        pos = end
+        keep = 0
+        while pos > 0:
+            step = min(COPY_CHUNK, pos)
+            pos -= step
+            handle.seek(pos)
+            index = handle.read(step).rfind(terminator)
+            if index >= 0:
+                keep = pos + index + len(terminator)
+                break
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+        return end - keep
 
 
 def ensure_dir(path: StrPath, mode: int = 0o700) -> Path:

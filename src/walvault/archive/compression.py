@@ -1,18 +1,16 @@
-"""WAL compression codecs (gzip, bzip2, xz, zstd, lz4) as bounded-memory streaming filters."""
+"""WAL compression codecs (gzip, bzip2, xz, zstd, lz4) as bounded-memory streaming filters.
+
+Each codec's module is imported when that codec is first used, so identifying a file or
+reading an uncompressed one costs no codec imports (get-wal's start-up budget).
+"""
 
 from __future__ import annotations
 
-import bz2
 import io
 import itertools
-import lzma
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
-
-import lz4.frame
-import zstandard
-from zlib_ng import zlib_ng
 
 from walvault.errors import WalvaultError
 
@@ -108,6 +106,8 @@ class _Lz4Compressor:
     """Adapts lz4.frame's begin/compress/flush protocol to compress/flush."""
 
     def __init__(self, level: int) -> None:
+        import lz4.frame
+
         self._ctx = lz4.frame.LZ4FrameCompressor(compression_level=level)
         self._header: bytes = self._ctx.begin()
 
@@ -125,12 +125,20 @@ class _Lz4Compressor:
 def _new_compressor(algo: str, level: int) -> _Compressor:
     """Create a fresh, unshared compressor (so concurrent threads never share state)."""
     if algo == "gzip":
+        from zlib_ng import zlib_ng
+
         obj: _Compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
     elif algo == "bzip2":
+        import bz2
+
         obj = bz2.BZ2Compressor(level)
     elif algo == "xz":
+        import lzma
+
         obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level)
     elif algo == "zstd":
+        import zstandard
+
         obj = zstandard.ZstdCompressor(level=level).compressobj()
     else:
         obj = _Lz4Compressor(level)
@@ -152,6 +160,8 @@ def compress_stream(
     lvl = resolve_level(algo, level)
     pending: list[bytes] = []
     if algo == "zstd":
+        import zstandard
+
         head = src.read(ZSTD_ONESHOT_MAX)
         more = src.read(CHUNK_SIZE) if head else b""
         if not more:
@@ -215,6 +225,8 @@ class _ZlibDecoder:
     """zlib-ng gzip decompressor: ``max_length`` with ``unconsumed_tail``."""
 
     def __init__(self) -> None:
+        from zlib_ng import zlib_ng
+
         self._obj = zlib_ng.decompressobj(31)
         self.eof = False
 
@@ -236,6 +248,8 @@ class _ZstdDecoder:
     """zstandard decompressobj: uncapped output, so input is fed in small slices."""
 
     def __init__(self) -> None:
+        import zstandard
+
         self._obj = zstandard.ZstdDecompressor().decompressobj()
         self.eof = False
         self._rest = b""
@@ -255,22 +269,50 @@ class _ZstdDecoder:
         return self._rest
 
 
+def _bz2_decoder() -> _Decoder:
+    import bz2
+
+    return _LimitedDecoder(bz2.BZ2Decompressor())
+
+
+def _xz_decoder() -> _Decoder:
+    import lzma
+
+    return _LimitedDecoder(lzma.LZMADecompressor(format=lzma.FORMAT_XZ))
+
+
+def _lz4_decoder() -> _Decoder:
+    import lz4.frame
+
+    return _LimitedDecoder(lz4.frame.LZ4FrameDecompressor())
+
+
 _DECODERS: dict[str, Callable[[], _Decoder]] = {
     "gzip": _ZlibDecoder,
-    "bzip2": lambda: _LimitedDecoder(bz2.BZ2Decompressor()),
-    "xz": lambda: _LimitedDecoder(lzma.LZMADecompressor(format=lzma.FORMAT_XZ)),
+    "bzip2": _bz2_decoder,
+    "xz": _xz_decoder,
     "zstd": _ZstdDecoder,
-    "lz4": lambda: _LimitedDecoder(lz4.frame.LZ4FrameDecompressor()),
+    "lz4": _lz4_decoder,
 }
-_CODEC_ERRORS: tuple[type[Exception], ...] = (
-    cast("type[Exception]", zlib_ng.error),  # its stub mistypes it as an instance
-    OSError,
-    EOFError,
-    lzma.LZMAError,
-    zstandard.ZstdError,
-    RuntimeError,
-    ValueError,
-)
+_COMMON_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, RuntimeError, ValueError)
+
+
+def _codec_errors(algo: str) -> tuple[type[Exception], ...]:
+    """The exceptions the ``algo`` decoder raises on bad input."""
+    if algo == "gzip":
+        from zlib_ng import zlib_ng
+
+        # its stub mistypes the error class as an instance
+        return (cast("type[Exception]", zlib_ng.error), *_COMMON_ERRORS)
+    if algo == "xz":
+        import lzma
+
+        return (lzma.LZMAError, *_COMMON_ERRORS)
+    if algo == "zstd":
+        import zstandard
+
+        return (zstandard.ZstdError, *_COMMON_ERRORS)
+    return _COMMON_ERRORS
 
 
 def iter_decompressed(src: BinaryIO, algorithm: str | None) -> Iterator[bytes]:
@@ -286,6 +328,7 @@ def iter_decompressed(src: BinaryIO, algorithm: str | None) -> Iterator[bytes]:
         while chunk := src.read(CHUNK_SIZE):
             yield chunk
         return
+    errors = _codec_errors(algo)
     decoder: _Decoder | None = None
     streams = 0
     while data := src.read(CHUNK_SIZE):
@@ -298,7 +341,7 @@ def iter_decompressed(src: BinaryIO, algorithm: str | None) -> Iterator[bytes]:
                 streams += 1
             try:
                 yield from decoder.feed(data)
-            except _CODEC_ERRORS as exc:
+            except errors as exc:
                 raise CompressionError(f"corrupt {algo} data: {exc}") from exc
             data = b""
             if decoder.eof:

@@ -3,12 +3,15 @@
 wals/<TLI+log, 16 hex>/<segment>[.partial | .<offset>.backup]
 wals/<TLI>.history
 <server>-xlog.db in xlogdb_directory
+<backup_directory>/walvault-archive-wal.journal   (archive-wal's intent record, see ingest)
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from walvault.config import ServerConfig
 from walvault.wal.names import hash_dir, is_segment, validate_wal_name
@@ -30,6 +33,31 @@ def incoming_path(server: ServerConfig, name: str) -> str:
 def streaming_path(server: ServerConfig, name: str) -> str:
     """``streaming/<name>`` for a validated WAL name."""
     return os.path.join(server.streaming_wals_directory, validate_wal_name(name))
+
+
+def lookup_paths(server: ServerConfig, name: str, *, partial: bool = False) -> list[str]:
+    """Where get-wal looks for ``name``, in order (Barman's order, repeats included).
+
+    The archive, ``incoming/``, ``streaming/``; with ``partial`` (plain segments only)
+    ``streaming/<name>.partial``, ``streaming/<name>`` again (pg_receivewal may have just
+    completed it), ``wals/<hash>/<name>.partial``, ``incoming/<name>.partial``; and the
+    archive once more, in case archive-wal moved the file while we looked.
+    """
+    paths = [
+        archived_path(server, name),
+        incoming_path(server, name),
+        streaming_path(server, name),
+    ]
+    if partial and is_segment(name):
+        partial_name = name + ".partial"
+        paths += [
+            streaming_path(server, partial_name),
+            streaming_path(server, name),
+            archived_path(server, partial_name),
+            incoming_path(server, partial_name),
+        ]
+    paths.append(archived_path(server, name))
+    return paths
 
 
 def hash_dirs(server: ServerConfig) -> list[str]:
@@ -57,3 +85,55 @@ def newest_archived_segment(server: ServerConfig, timeline: int | None = None) -
         if segments:
             return segments[-1]
     return None
+
+
+def archive_journal_path(server: ServerConfig) -> str:
+    """archive-wal's journal: the catalogue lines of the batch being committed."""
+    return os.path.join(server.backup_directory, "walvault-archive-wal.journal")
+
+
+def archive_dir_path(server: ServerConfig, name: str) -> str:
+    """The directory that holds (or will hold) the archived ``name``."""
+    return os.path.dirname(archived_path(server, name))
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One entry met while walking ``wals/``: ``directory`` is "" at the top level."""
+
+    directory: str
+    name: str
+    path: str
+    is_dir: bool
+
+
+def walk_archive(server: ServerConfig) -> Iterator[ArchiveEntry]:
+    """Every entry of ``wals/`` in Barman's order: top level sorted, hash dirs descended.
+
+    Dot files (temporary files of writers) are skipped; sub-directories of hash dirs and
+    top-level directories that are not hash dirs are yielded with ``is_dir`` set.
+    """
+    top = server.wals_directory
+    try:
+        names = sorted(os.listdir(top))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith("."):
+            continue
+        path = os.path.join(top, name)
+        if not os.path.isdir(path):
+            yield ArchiveEntry("", name, path, False)
+            continue
+        if not _HASH_DIR_RE.fullmatch(name):
+            yield ArchiveEntry("", name, path, True)
+            continue
+        try:
+            inner = sorted(os.listdir(path))
+        except FileNotFoundError:
+            continue
+        for child in inner:
+            if child.startswith("."):
+                continue
+            child_path = os.path.join(path, child)
+            yield ArchiveEntry(name, child, child_path, os.path.isdir(child_path))

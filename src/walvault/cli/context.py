@@ -23,6 +23,8 @@ class Context:
     output_format: str = "console"
     quiet: bool = False
     debug: bool = False
+    #: False for commands that never connect (see ``load_config(check_conninfo=...)``).
+    check_conninfo: bool = True
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     _config: Config | None = None
@@ -32,7 +34,7 @@ class Context:
         """The configuration; warnings are printed once, when it is loaded."""
         if self._config is None:
             path = find_config_file(self.config_option)
-            self._config = load_config(os.path.abspath(path))
+            self._config = load_config(os.path.abspath(path), check_conninfo=self.check_conninfo)
             setup_logging(self._config, self.quiet)
             for warning in self._config.warnings:
                 self.warn(warning)

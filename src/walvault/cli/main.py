@@ -10,7 +10,20 @@ import traceback
 from collections.abc import Sequence
 
 from walvault import __version__
-from walvault.cli import processes, receive_wal, servers
+from walvault.cli import (
+    archive_wal,
+    backup,
+    check,
+    cron,
+    get_wal,
+    processes,
+    receive_wal,
+    recover,
+    replication_status,
+    servers,
+    status,
+    switch_wal,
+)
 from walvault.cli.context import Context
 from walvault.errors import WalvaultError
 
@@ -19,7 +32,20 @@ log.addHandler(logging.NullHandler())  # nothing reaches stderr before log_file 
 log.propagate = False
 
 #: Modules that add sub-commands; each has ``register(subparsers)``.
-COMMAND_MODULES = (servers, receive_wal, processes)
+COMMAND_MODULES = (
+    servers,
+    receive_wal,
+    processes,
+    archive_wal,
+    get_wal,
+    cron,
+    check,
+    status,
+    replication_status,
+    switch_wal,
+    backup,
+    recover,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_option=args.config, output_format=args.format, quiet=args.quiet, debug=args.debug
     )
     try:
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:  # checks that must come before the configuration is read
+            prepare(ctx, args)
         _drop_privileges(ctx)
         code: int = args.func(ctx, args)
         return code

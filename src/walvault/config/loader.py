@@ -154,8 +154,14 @@ def _merge_sections(paths: list[str]) -> tuple[dict[str, dict[str, str]], dict[s
     return merged, origin
 
 
-def load_config(path: str) -> Config:
-    """Load ``path`` and everything it includes; raise :class:`ConfigError` if unusable."""
+def load_config(path: str, *, check_conninfo: bool = True) -> Config:
+    """Load ``path`` and everything it includes; raise :class:`ConfigError` if unusable.
+
+    ``check_conninfo=False`` skips parsing connection strings (which needs libpq through
+    psycopg, ~80 ms to import): for commands that only read the archive (get-wal, the
+    restore client).  Secret options are then shown as ``*****`` and a malformed
+    conninfo does not disable the server.
+    """
     first = _read_file(path)
     global_raw: dict[str, str] = {}
     for name in reversed(GLOBAL_SECTIONS):  # [walvault] wins over [barman]
@@ -226,7 +232,14 @@ def load_config(path: str) -> Config:
             )
             continue
         servers[section] = _build_server(
-            section, origin[section], values, global_for_servers, home, lock_dir, warnings
+            section,
+            origin[section],
+            values,
+            global_for_servers,
+            home,
+            lock_dir,
+            warnings,
+            check_conninfo,
         )
     servers = _check_cross_server_paths(servers)
     return Config(
@@ -252,6 +265,7 @@ def _build_server(
     home: str,
     lock_dir: str,
     warnings: list[str],
+    check_conninfo: bool = True,
 ) -> ServerConfig:
     messages: list[str] = []
     for key in values:
@@ -294,9 +308,12 @@ def _build_server(
             continue
         resolved[option.name] = text
         typed[option.name] = value
-        shown.append((option.name, mask_conninfo(text) if option.secret else _display(value)))
+        if option.secret:
+            shown.append((option.name, mask_conninfo(text) if check_conninfo else "*****"))
+        else:
+            shown.append((option.name, _display(value)))
 
-    messages += _server_problems(name, typed, warnings)
+    messages += _server_problems(name, typed, warnings, check_conninfo)
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     kwargs = {k: v for k, v in typed.items() if k in fields and v is not None}
     if not typed.get("streaming_archiver") and not typed.get("archiver"):
@@ -313,12 +330,14 @@ def _build_server(
     )
 
 
-def _server_problems(name: str, typed: dict[str, Any], warnings: list[str]) -> list[str]:
+def _server_problems(
+    name: str, typed: dict[str, Any], warnings: list[str], check_conninfo: bool = True
+) -> list[str]:
     messages: list[str] = []
     if not typed.get("conninfo"):
         messages.append(f"PostgreSQL connection: Missing 'conninfo' parameter for server '{name}'")
     for key in ("conninfo", "streaming_conninfo", "wal_streaming_conninfo", "wal_conninfo"):
-        if typed.get(key):
+        if check_conninfo and typed.get(key):
             try:
                 parse_conninfo(typed[key])
             except ValueError as exc:

@@ -46,6 +46,7 @@ class ServerConfig:
     compression: str | None = None
     compression_level: str | int = "medium"
     backup_method: str = "postgres"
+    immediate_checkpoint: bool = False
     minimum_redundancy: int = 0
     retention_policy: RetentionPolicy | None = None
     wal_retention_policy: str = "main"

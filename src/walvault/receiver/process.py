@@ -22,6 +22,10 @@ log = logging.getLogger("walvault.receiver")
 PR_SET_PDEATHSIG = 1
 
 
+class ReceiverFailed(WalvaultError):
+    """pg_receivewal ran and failed (its exit is already recorded in the state file)."""
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if walvault dies, so no orphan keeps holding the slot."""
     try:
@@ -95,5 +99,5 @@ def run_receiver(
     if code != 0:
         last = next((line for line in reversed(keeper.lines) if line.strip()), "")
         detail = f" (last message: {last})" if last else ""
-        raise WalvaultError(f"{state.exit_reason}{detail}")
+        raise ReceiverFailed(f"{state.exit_reason}{detail}")
     return 0

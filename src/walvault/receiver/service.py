@@ -23,8 +23,8 @@ from walvault.receiver.binary import RECEIVEWAL_NAMES, find_program, require_com
 from walvault.receiver.command import build_receiver_command, streaming_dsn
 from walvault.receiver.gaps import record_gap
 from walvault.receiver.position import resume_segment, scan_streaming, truncate_bad_partial
-from walvault.receiver.process import run_receiver
-from walvault.receiver.state import ReceiverState, load_state
+from walvault.receiver.process import ReceiverFailed, run_receiver
+from walvault.receiver.state import ReceiverState, load_state, save_state
 from walvault.receiver.sync import parse_sync_standby_names
 from walvault.wal.names import Segment, lsn_to_segment
 
@@ -120,50 +120,73 @@ def receive_wal(server: ServerConfig, echo: Echo, warn: Echo, *, reset: bool = F
         echo(f"Starting receive-wal for server {server.name}")
     lock = _receive_lock(server, reset)
     try:
-        os.makedirs(server.streaming_wals_directory, exist_ok=True)
-        source = inspect_wal_source(server)
-        check_or_record_identity(server, source)
-        if source.info.in_recovery:
-            warn(
-                f"streaming WAL of server '{server.name}' from a standby: its WAL stops "
-                "at what it has replayed, and a promotion switches the timeline"
-            )
-        program = find_program(RECEIVEWAL_NAMES, server.search_path)
-        require_compatible(program, "pg_receivewal", source.info.version_num)
-        assert program is not None
-        _ensure_slot(server, source, echo, reset)
-        if reset:
-            return reset_position(server, source, echo)
-        _guard_against_silent_skip(server, source, echo)
-        message = truncate_bad_partial(
-            server.streaming_wals_directory,
-            scan_streaming(server.streaming_wals_directory),
-            source.info.wal_segment_size,
-        )
-        if message:
-            echo(message)
-        _, _, app_name = streaming_dsn(
-            server.wal_source_conninfo or "", server.streaming_archiver_name
-        )
-        synchronous = is_synchronous(server, source, app_name)
-        command = build_receiver_command(server, program.path, synchronous=synchronous)
-        previous = load_state(server)
-        state = ReceiverState(
-            pid=os.getpid(),
-            started_at=time.time(),
-            program=program.path,
-            version=program.version.full,
-            synchronous=synchronous,
-            application_name=command.application_name,
-            restarts=previous.restarts,
-            consecutive_failures=previous.consecutive_failures,
-            next_start_after=previous.next_start_after,
-        )
-        if synchronous:
-            echo(f"Synchronous WAL streaming for {command.application_name}: True")
-        return run_receiver(server, command, state, echo)
+        return _locked_receive_wal(server, echo, warn, reset=reset)
     finally:
         lock.release()
+
+
+def _record_failure(server: ServerConfig, reason: str) -> None:
+    """Keep a start-up failure (wrong password, missing slot...) where status and check look."""
+    state = load_state(server)
+    now = time.time()
+    state.pid, state.child_pid = os.getpid(), None
+    state.started_at, state.ended_at = now, now
+    state.exit_code, state.exit_reason = 1, reason
+    state.last_lines = [*state.last_lines[-10:], f"receive-wal could not start: {reason}"]
+    save_state(server, state)
+
+
+def _locked_receive_wal(server: ServerConfig, echo: Echo, warn: Echo, *, reset: bool) -> int:
+    try:
+        return _start_streaming(server, echo, warn, reset=reset)
+    except WalvaultError as exc:
+        if not reset and not isinstance(exc, ReceiverFailed):
+            _record_failure(server, exc.message)
+        raise
+
+
+def _start_streaming(server: ServerConfig, echo: Echo, warn: Echo, *, reset: bool) -> int:
+    os.makedirs(server.streaming_wals_directory, exist_ok=True)
+    source = inspect_wal_source(server)
+    check_or_record_identity(server, source)
+    if source.info.in_recovery:
+        warn(
+            f"streaming WAL of server '{server.name}' from a standby: its WAL stops "
+            "at what it has replayed, and a promotion switches the timeline"
+        )
+    program = find_program(RECEIVEWAL_NAMES, server.search_path)
+    require_compatible(program, "pg_receivewal", source.info.version_num)
+    assert program is not None
+    _ensure_slot(server, source, echo, reset)
+    if reset:
+        return reset_position(server, source, echo)
+    _guard_against_silent_skip(server, source, echo)
+    message = truncate_bad_partial(
+        server.streaming_wals_directory,
+        scan_streaming(server.streaming_wals_directory),
+        source.info.wal_segment_size,
+    )
+    if message:
+        echo(message)
+    _, _, app_name = streaming_dsn(server.wal_source_conninfo or "", server.streaming_archiver_name)
+    synchronous = is_synchronous(server, source, app_name)
+    command = build_receiver_command(server, program.path, synchronous=synchronous)
+    previous = load_state(server)
+    state = ReceiverState(
+        pid=os.getpid(),
+        started_at=time.time(),
+        program=program.path,
+        version=program.version.full,
+        synchronous=synchronous,
+        application_name=command.application_name,
+        restarts=previous.restarts,
+        consecutive_failures=previous.consecutive_failures,
+        next_start_after=previous.next_start_after,
+        counted_start=previous.counted_start,
+    )
+    if synchronous:
+        echo(f"Synchronous WAL streaming for {command.application_name}: True")
+    return run_receiver(server, command, state, echo)
 
 
 def _ensure_slot(server: ServerConfig, source: WalSource, echo: Echo, reset: bool) -> None:

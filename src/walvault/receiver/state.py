@@ -38,6 +38,7 @@ class ReceiverState:
     restarts: int = 0
     consecutive_failures: int = 0
     next_start_after: float = 0.0
+    counted_start: float | None = None
 
 
 def state_path(server: ServerConfig) -> str:

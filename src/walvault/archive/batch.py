@@ -1,0 +1,134 @@
+"""Choosing what one archive-wal run takes from streaming/ or incoming/, from names alone.
+
+The directory is listed once (names only, no stat) and the batch is the ``batch_size``
+smallest names, picked without sorting the whole backlog, so a run costs the same with 1,000
+or 200,000 files waiting: every per-file operation happens later, on the batch only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass
+
+from walvault.config import ServerConfig
+from walvault.wal.names import WalKind, classify
+
+STREAMING = "streaming"
+INCOMING = "incoming"
+#: The words Barman uses in "Processing xlog segments from <label> for <server>".
+LABELS = {STREAMING: "streaming", INCOMING: "file archival"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The files of one run from one staging directory, in archiving (name) order."""
+
+    source: str
+    directory: str
+    files: tuple[str, ...]
+    unknown: tuple[str, ...]
+    waiting: int
+    held_back: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """How many entries this run handles (WAL files and unknown ones)."""
+        return len(self.files) + len(self.unknown)
+
+    @property
+    def label(self) -> str:
+        """``streaming`` or ``file archival``."""
+        return LABELS[self.source]
+
+
+def list_names(directory: str) -> list[str]:
+    """The entry names of ``directory`` (one scan, no stat); empty when it does not exist."""
+    try:
+        with os.scandir(directory) as entries:
+            return [entry.name for entry in entries]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def ignored(name: str) -> bool:
+    """Dot files and ``*.tmp`` files belong to writers still at work (or to nobody)."""
+    return name.startswith(".") or name.endswith(".tmp")
+
+
+def _take(names: list[str], batch_size: int) -> list[str]:
+    if batch_size <= 0 or batch_size >= len(names):
+        return sorted(names)
+    return heapq.nsmallest(batch_size, names)
+
+
+def _split(
+    candidates: list[str], unknown: list[str], batch_size: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    unknown_set = set(unknown)
+    chosen = _take(candidates + unknown, batch_size)
+    files = tuple(n for n in chosen if n not in unknown_set)
+    errors = tuple(n for n in chosen if n in unknown_set)
+    return files, errors
+
+
+def select_streaming(directory: str, names: list[str], batch_size: int = 0) -> Batch:
+    """What to archive from pg_receivewal's directory.
+
+    Complete segments, ``.history`` and ``.backup`` files, and every ``.partial`` but the
+    newest (the one being written; older ones come from timeline switches).  When no
+    ``.partial`` sorts after the newest complete segment, that segment is held back so a
+    restarted pg_receivewal still finds its position (Barman's rule).  Anything else is
+    unknown.  ``batch_size`` (0 = all) bounds the files plus unknown entries taken.
+    """
+    candidates: list[str] = []
+    unknown: list[str] = []
+    newest_partial: str | None = None
+    newest_segment: str | None = None
+    for name in names:
+        if ignored(name):
+            continue
+        kind = classify(name)
+        if kind is None:
+            unknown.append(name)
+            continue
+        if kind is WalKind.PARTIAL and (newest_partial is None or name > newest_partial):
+            newest_partial = name
+        elif kind is WalKind.SEGMENT and (newest_segment is None or name > newest_segment):
+            newest_segment = name
+        candidates.append(name)
+    held: list[str] = []
+    if newest_partial is not None:
+        held.append(newest_partial)
+    if newest_segment is not None and (newest_partial is None or newest_partial < newest_segment):
+        held.append(newest_segment)
+    if held:
+        held_set = set(held)
+        candidates = [n for n in candidates if n not in held_set]
+    waiting = len(candidates) + len(unknown)
+    files, errors = _split(candidates, unknown, batch_size)
+    return Batch(STREAMING, directory, files, errors, waiting, tuple(sorted(held)))
+
+
+def select_incoming(directory: str, names: list[str], batch_size: int = 0) -> Batch:
+    """What to archive from the ``archive_command`` drop zone: every WAL-like file."""
+    candidates: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        if ignored(name):
+            continue
+        (candidates if classify(name) is not None else unknown).append(name)
+    waiting = len(candidates) + len(unknown)
+    files, errors = _split(candidates, unknown, batch_size)
+    return Batch(INCOMING, directory, files, errors, waiting)
+
+
+def next_batch(server: ServerConfig, source: str) -> Batch:
+    """List the staging directory of ``source`` once and select its next batch."""
+    if source == STREAMING:
+        directory = server.streaming_wals_directory
+        return select_streaming(
+            directory, list_names(directory), server.streaming_archiver_batch_size
+        )
+    directory = server.incoming_wals_directory
+    return select_incoming(directory, list_names(directory), server.archiver_batch_size)

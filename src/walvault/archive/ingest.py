@@ -1,0 +1,226 @@
+"""The per-file steps of archive-wal: inspect a staged file, compare twins, write its copy.
+
+Nothing here decides the order of commits (see :mod:`walvault.archive.archiver`); each
+function looks at or writes one file, and is safe to call from worker threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import stat
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from walvault.archive.compression import (
+    MAGIC_MAX_LEN,
+    CompressionError,
+    compress_stream,
+    identify,
+    identify_file,
+    iter_decompressed,
+)
+from walvault.config import ServerConfig
+from walvault.fs import SyncBatch, durable_replace_bytes, durable_write_from, ensure_dir
+from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, check_segment, parse_long_header
+from walvault.wal.names import WalKind, classify
+
+_HEAD_BYTES = max(MAGIC_MAX_LEN, LONG_HEADER_SIZE)
+_SNIFF_READ = 4096
+
+
+class Verdict(enum.Enum):
+    """What inspecting a staged file concluded."""
+
+    ARCHIVE = "archive"
+    FOREIGN = "foreign"
+    INVALID = "invalid"
+    UNKNOWN = "unknown"
+    VANISHED = "vanished"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file waiting in streaming/ or incoming/, as seen by one ``lstat``."""
+
+    name: str
+    path: str
+    size: int
+    mtime: float
+    compression: str | None  # applied by a client, recognised by its magic
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """The verdict on a staged file; ``problem`` explains FOREIGN and INVALID."""
+
+    verdict: Verdict
+    staged: Staged | None = None
+    header: WalHeader | None = None
+    problem: str = ""
+
+
+class _ShortReads:
+    """Caps each read, so a decoder asked for a header decodes only a little."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    def read(self, size: int = -1, /) -> bytes:
+        limit = _SNIFF_READ if size < 0 else min(size, _SNIFF_READ)
+        return self._handle.read(limit)
+
+
+def decompressed_head(handle: BinaryIO, algorithm: str, size: int = LONG_HEADER_SIZE) -> bytes:
+    """The first ``size`` bytes of the decompressed content (fewer if it is shorter)."""
+    pieces = iter_decompressed(_ShortReads(handle), algorithm)  # type: ignore[arg-type]
+    data = b""
+    for piece in pieces:
+        data += piece
+        if len(data) >= size:
+            break
+    return data[:size]
+
+
+def _check_header(
+    name: str, kind: WalKind, head: bytes, staged: Staged, system_identifier: int | None
+) -> Inspection:
+    if kind is WalKind.PARTIAL and (len(head) < LONG_HEADER_SIZE or not any(head)):
+        return Inspection(Verdict.ARCHIVE, staged)  # an empty status file: nothing to check
+    try:
+        header = parse_long_header(head)
+    except ValueError as exc:
+        return Inspection(Verdict.INVALID, staged, problem=str(exc))
+    if system_identifier is not None and header.system_identifier != system_identifier:
+        return Inspection(
+            Verdict.FOREIGN,
+            staged,
+            header,
+            f"system identifier {header.system_identifier}, expected {system_identifier}",
+        )
+    problems = check_segment(header, expected_name=name)
+    uncompressed = kind is WalKind.SEGMENT and staged.compression is None
+    if uncompressed and staged.size != header.segment_size:
+        problems.append(f"size {staged.size}, the header says {header.segment_size}")
+    if problems:
+        return Inspection(Verdict.INVALID, staged, header, "; ".join(problems))
+    return Inspection(Verdict.ARCHIVE, staged, header)
+
+
+def inspect_staged(directory: str, name: str, *, system_identifier: int | None) -> Inspection:
+    """Look at one staged file: regular?, compressed?, and for segments their long header.
+
+    A segment (or a non-empty ``.partial``) must carry a valid long page header matching
+    its name, and the cluster's ``system_identifier`` when it is known; an uncompressed
+    complete segment must also have the size its header states.
+    """
+    path = os.path.join(directory, name)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Inspection(Verdict.VANISHED)
+    kind = classify(name)
+    if kind is None or not stat.S_ISREG(st.st_mode):
+        return Inspection(Verdict.UNKNOWN)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below, after an optional decode)
+    except FileNotFoundError:
+        return Inspection(Verdict.VANISHED)
+    with handle:
+        head = handle.read(_HEAD_BYTES)
+        algorithm = identify(head)
+        staged = Staged(name, path, st.st_size, st.st_mtime, algorithm)
+        if kind not in (WalKind.SEGMENT, WalKind.PARTIAL):
+            return Inspection(Verdict.ARCHIVE, staged)
+        if algorithm is not None:
+            handle.seek(0)
+            try:
+                head = decompressed_head(handle, algorithm)
+            except CompressionError as exc:
+                return Inspection(Verdict.INVALID, staged, problem=str(exc))
+    return _check_header(name, kind, head[:LONG_HEADER_SIZE], staged, system_identifier)
+
+
+class UnreadableArchive(Exception):
+    """The archived twin of a file cannot be decoded (its magic lies, or it is corrupt)."""
+
+
+def _pieces(path: str, algorithm: str | None, archived: bool) -> Generator[bytes, None, None]:
+    with open(path, "rb") as handle:
+        try:
+            yield from iter_decompressed(handle, algorithm)
+        except CompressionError as exc:
+            if archived:
+                raise UnreadableArchive(f"{path}: {exc}") from exc
+            raise
+
+
+def same_content(archived: str, staged: Staged) -> bool:
+    """Whether the archived twin and the staged file hold the same (decompressed) bytes.
+
+    Compared piece by piece while decoding, without temporary files.  A staged file that
+    does not decode is different; an archived one that does not raises UnreadableArchive.
+    """
+    archived_algo = identify_file(archived)
+    plain = archived_algo is None and staged.compression is None
+    if plain and os.path.getsize(archived) != staged.size:
+        return False
+    left = _pieces(archived, archived_algo, True)
+    right = _pieces(staged.path, staged.compression, False)
+    try:
+        return _equal_streams(left, right)
+    except CompressionError:
+        return False
+    finally:
+        left.close()
+        right.close()
+
+
+def _equal_streams(left: Iterator[bytes], right: Iterator[bytes]) -> bool:
+    a = b = memoryview(b"")
+    while True:
+        if not a:
+            a = memoryview(next(left, b""))
+        if not b:
+            b = memoryview(next(right, b""))
+        if not a or not b:
+            return not a and not b
+        n = min(len(a), len(b))
+        if a[:n] != b[:n]:
+            return False
+        a, b = a[n:], b[n:]
+
+
+def write_archived(
+    staged: Staged,
+    dst: str,
+    algorithm: str | None,
+    level: str | int | None,
+    batch: SyncBatch,
+) -> int:
+    """Write ``staged`` (compressed with ``algorithm``, or copied) to a temporary file
+    beside ``dst``, fsynced here so the sync overlaps other work; ``batch.flush()`` renames
+    it into place.  The source mtime is kept.  Returns the size written.
+    """
+    with open(staged.path, "rb") as source:
+
+        def writer(handle: BinaryIO) -> None:
+            compress_stream(algorithm, level, source, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        return durable_write_from(dst, writer, mtime=staged.mtime, batch=batch)
+
+
+def record_identity(server: ServerConfig, header: WalHeader) -> bool:
+    """Write ``identity.json`` (Barman's format) from a segment header; False if the
+    PostgreSQL version cannot be told from the header's magic."""
+    if header.pg_version is None:
+        return False
+    payload = {"systemid": str(header.system_identifier), "version": str(header.pg_version)}
+    ensure_dir(server.backup_directory)
+    text = json.dumps(payload, indent=4, sort_keys=True) + "\n"
+    durable_replace_bytes(server.identity_path, text.encode())
+    return True

@@ -1,0 +1,1 @@
+"""Base backups over the streaming connection, their metadata, retention and recovery."""

@@ -1,0 +1,370 @@
+"""``backup``: a base backup with pg_basebackup over the streaming connection, in Barman's layout.
+
+Steps, under the server's ``.<server>-backup.lock``:
+
+1. check the source: ``conninfo`` and ``streaming_conninfo`` reach one cluster, the one in
+   ``identity.json`` (recorded on first contact); find a compatible pg_basebackup;
+2. pick the id (local time ``%Y%m%dT%H%M%S``), take ``.<server>-<id>.lock``, record STARTED;
+3. run pg_basebackup into ``base/<id>/data`` (without WAL: streaming archives it); on failure
+   record FAILED with the reason and remove the partial copy;
+4. read begin/end LSN and timeline from ``backup_label`` and ``backup_manifest``; record
+   WAITING_FOR_WALS with every field;
+5. ``pg_create_restore_point('walvault_<id>')`` and ``pg_switch_wal()``, so the last WAL the
+   backup needs is closed and streamed now (a warning when not allowed);
+6. check-backup (DONE once every WAL from begin to end is archived); with ``--wait``, run
+   archive-wal until then.
+
+No WAL is ever removed here: that is retention's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from walvault import locks
+from walvault.backup import info as binfo
+from walvault.backup.info import FAILED, STARTED, WAITING_FOR_WALS, BackupInfo, Tablespace
+from walvault.backup.label import backup_position, parse_backup_label, parse_manifest_ranges
+from walvault.backup.pgbasebackup import BASEBACKUP_NAMES, build_basebackup_command, run_basebackup
+from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
+from walvault.config import ServerConfig
+from walvault.errors import LockBusy, WalvaultError
+from walvault.humanize import pretty_duration, pretty_size
+from walvault.postgres.connection import ConnectionFailed, connect, describe_error
+from walvault.postgres.status import ServerInfo
+from walvault.wal.names import format_lsn
+
+log = logging.getLogger("walvault.backup")
+Echo = Callable[[str], None]
+DEFAULT_WAIT_TIMEOUT = 300
+RESERVED_NAMES = ("latest", "last", "oldest", "first")
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What the server told us before the copy."""
+
+    info: ServerInfo
+    pgdata: str | None
+    config_file: str | None
+    hba_file: str | None
+    ident_file: str | None
+    tablespaces: list[Tablespace]
+
+
+def _setting(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str | None:
+    try:
+        row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    except psycopg.Error:  # needs pg_read_all_settings: only informative
+        return None
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def inspect_source(server: ServerConfig) -> SourceFacts:
+    """Read the server's facts and verify its identity (recording it on first contact)."""
+    from walvault.postgres.connection import connect_replication
+    from walvault.postgres.replication import identify_system
+    from walvault.postgres.sources import WalSource, check_or_record_identity
+    from walvault.postgres.status import server_info
+
+    assert server.conninfo and server.streaming_conninfo
+    timeout = server.check_timeout or 10
+    with connect(server.conninfo, timeout=timeout) as conn:
+        info = server_info(conn)
+        settings = {
+            key: _setting(conn, key)
+            for key in ("data_directory", "config_file", "hba_file", "ident_file")
+        }
+        rows = conn.execute(
+            "SELECT spcname::text, oid::bigint, pg_tablespace_location(oid) FROM pg_tablespace "
+            "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
+        ).fetchall()
+    with connect_replication(
+        server.streaming_conninfo, application_name=server.streaming_backup_name, timeout=timeout
+    ) as repl:
+        identity = identify_system(repl)
+    if identity.system_identifier != info.system_identifier:
+        raise WalvaultError(
+            f"conninfo of server '{server.name}' reaches system {info.system_identifier} but "
+            f"streaming_conninfo reaches system {identity.system_identifier}: they must be "
+            "the same cluster"
+        )
+    check_or_record_identity(server, WalSource(identity, info, None))
+    spaces = [Tablespace(str(r[0]), int(str(r[1])), str(r[2])) for r in rows]
+    return SourceFacts(
+        info,
+        settings["data_directory"],
+        settings["config_file"],
+        settings["hba_file"],
+        settings["ident_file"],
+        spaces,
+    )
+
+
+def validate_name(server: ServerConfig, name: str) -> str:
+    """A ``--name`` must not look like an id or a keyword, and must be unique."""
+    text = name.strip()
+    if not text or "\n" in text or "\0" in text:
+        raise WalvaultError("a backup name must be non-empty text on one line")
+    if binfo.BACKUP_ID_RE.fullmatch(text) or text in RESERVED_NAMES:
+        raise WalvaultError(
+            f"'{text}' cannot be a backup name: it looks like a backup id or is one of "
+            f"{', '.join(RESERVED_NAMES)}"
+        )
+    if any(b.backup_name == text for b in binfo.iter_backups(server)):
+        raise WalvaultError(f"another backup of server '{server.name}' is named '{text}'")
+    return text
+
+
+def _new_backup(server: ServerConfig) -> tuple[str, locks.ServerLock]:
+    """A fresh id (waiting a second while the current one is taken) and its held lock."""
+    while True:
+        backup_id = time.strftime("%Y%m%dT%H%M%S")
+        taken = os.path.exists(binfo.info_path(server, backup_id)) or os.path.lexists(
+            os.path.dirname(binfo.data_dir(server, backup_id))
+        )
+        if not taken:
+            lock = id_lock(server, backup_id)
+            try:
+                return backup_id, lock.acquire()
+            except LockBusy:
+                pass
+        time.sleep(1)
+
+
+def _tree_size(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _finish_info(
+    info: BackupInfo, backup_dir: str, seg_size: int, end_hint: int | None
+) -> BackupInfo:
+    """Fill begin/end WAL and LSN from the copied ``backup_label`` and ``backup_manifest``."""
+    data = os.path.join(backup_dir, "data")
+    label_text = _read(os.path.join(data, "backup_label"))
+    if label_text is None:
+        raise WalvaultError(f"pg_basebackup left no backup_label in {data}")
+    label = parse_backup_label(label_text)
+    manifest = _read(os.path.join(data, "backup_manifest"))
+    ranges = parse_manifest_ranges(manifest) if manifest else None
+    pos = backup_position(label, ranges, seg_size, end_hint)
+    return info.with_(
+        begin_time=label.start_time.astimezone() if label.start_time else info.begin_time,
+        end_time=datetime.now().astimezone(),
+        begin_xlog=format_lsn(pos.begin_lsn),
+        end_xlog=format_lsn(pos.end_lsn),
+        begin_wal=pos.begin_wal,
+        end_wal=pos.end_wal,
+        begin_offset=pos.begin_offset,
+        end_offset=pos.end_offset,
+        timeline=pos.begin_timeline,
+        size=_tree_size(backup_dir),
+    )
+
+
+def _lsn_line(what: str, lsn: str | None, wal: str | None, offset: int | None) -> str:
+    return f"Backup {what} at LSN: {lsn} ({wal}, {offset or 0:08X})"
+
+
+def mark_end(server: ServerConfig, backup_id: str, warn: Echo) -> None:
+    """Restore point ``walvault_<id>`` and a WAL switch; warn (never fail) when refused."""
+    from walvault.postgres import switch
+
+    assert server.conninfo
+    later = (
+        "the backup's last WAL file reaches the archive at the next natural WAL switch "
+        "(--wait waits until then)"
+    )
+    try:
+        conn = connect(server.conninfo, timeout=server.check_timeout or 10)
+    except ConnectionFailed as exc:
+        warn(f"cannot connect to server '{server.name}' to switch WAL: {exc.message}; {later}")
+        return
+    with conn:
+        if switch.is_in_recovery(conn):
+            warn(
+                f"server '{server.name}' is a standby: no restore point and no WAL switch; {later}"
+            )
+            return
+        try:
+            conn.execute("SELECT pg_create_restore_point(%s)", (f"walvault_{backup_id}",))
+        except psycopg.Error as exc:
+            warn(
+                f"cannot create the restore point 'walvault_{backup_id}': "
+                f"{describe_error(exc, server.conninfo)} (grant EXECUTE on "
+                "pg_create_restore_point(text) to the conninfo user)"
+            )
+        try:
+            switch.switch_wal(conn)
+        except WalvaultError as exc:
+            warn(f"cannot switch WAL on server '{server.name}': {exc.message}; {later}")
+
+
+def _fail(server: ServerConfig, info: BackupInfo, reason: str) -> None:
+    binfo.save(
+        server, info.with_(status=FAILED, error=reason, end_time=datetime.now().astimezone())
+    )
+    remove_backup_data(server, info.backup_id)
+    log.error("backup %s of server %s FAILED: %s", info.backup_id, server.name, reason)
+
+
+def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo) -> BackupInfo:
+    """Steps 1-4 (see the module docstring); the caller holds the server's backup lock."""
+    from walvault.receiver.binary import find_program, require_compatible
+
+    facts = inspect_source(server)
+    program = find_program(BASEBACKUP_NAMES, server.search_path)
+    require_compatible(program, "pg_basebackup", facts.info.version_num)
+    assert program is not None
+    backup_id, lock = _new_backup(server)
+    backup_dir = os.path.dirname(binfo.data_dir(server, backup_id))
+    seg_size = facts.info.wal_segment_size
+    try:
+        info = BackupInfo(
+            backup_id,
+            server.name,
+            status=STARTED,
+            backup_name=name,
+            begin_time=datetime.now().astimezone(),
+            timeline=facts.info.timeline,
+            xlog_segment_size=seg_size,
+            systemid=facts.info.system_identifier,
+            version=facts.info.version_num,
+            pgdata=facts.pgdata,
+            config_file=facts.config_file,
+            hba_file=facts.hba_file,
+            ident_file=facts.ident_file,
+            tablespaces=binfo.format_tablespaces(facts.tablespaces),
+        )
+        binfo.save(server, info)
+        echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
+        command = build_basebackup_command(server, program.path, backup_dir, facts.tablespaces)
+        os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+        echo(f"Starting backup copy via pg_basebackup for {backup_id}")
+        started = time.monotonic()
+        try:
+            run = run_basebackup(server, command, debug)
+        except BaseException as exc:
+            _fail(server, info, f"interrupted: {type(exc).__name__}")
+            raise
+        if run.returncode != 0:
+            _fail(server, info, run.failure())
+            raise WalvaultError(
+                f"Backup {backup_id} of server {server.name} FAILED: {run.failure()}"
+            )
+        echo(f"Copy done (time: {pretty_duration(time.monotonic() - started)})")
+        try:
+            info = _finish_info(info, backup_dir, seg_size, run.end_lsn)
+        except (ValueError, WalvaultError) as exc:
+            _fail(server, info, f"cannot read the backup's WAL position: {exc}")
+            raise WalvaultError(
+                f"Backup {backup_id} of server {server.name} FAILED: {exc}"
+            ) from None
+        info = info.with_(status=WAITING_FOR_WALS)
+        binfo.save(server, info)
+    finally:
+        lock.release()
+    echo(_lsn_line("start", info.begin_xlog, info.begin_wal, info.begin_offset))
+    echo(f"Backup size: {pretty_size(info.size or 0)}")
+    echo(_lsn_line("end", info.end_xlog, info.end_wal, info.end_offset))
+    return info
+
+
+def wait_for_backup(
+    server: ServerConfig, info: BackupInfo, timeout: float, echo: Echo, warn: Echo
+) -> BackupInfo:
+    """Run archive-wal until the backup's last WAL is archived, then check the backup."""
+    from walvault.archive.wait import wait_for_wal
+
+    assert info.end_wal
+    limit = f" (max: {timeout:g} seconds)" if timeout else ""
+    echo(f"Waiting for the WAL file {info.end_wal} from server '{server.name}'{limit}")
+    streaming_only = server.streaming_archiver and not server.archiver
+    if streaming_only and not locks.lock_holder(
+        server.lock_directory, server.name, locks.RECEIVE_WAL
+    ):
+        warn(
+            f"receive-wal is not running for server '{server.name}': streamed WAL reaches "
+            f"the archive only through it (start it with 'walvault receive-wal {server.name}' "
+            "or let 'walvault cron' do it)"
+        )
+    arrived = wait_for_wal(server, info.end_wal, timeout, echo, warn, interval=0.5)
+    info = check_backup(server, info.backup_id, wait=30)
+    if info.status == WAITING_FOR_WALS and not arrived:
+        raise WalvaultError(
+            f"The WAL file {info.end_wal} has not been received in {timeout:g} seconds: backup "
+            f"{info.backup_id} stays WAITING_FOR_WALS ('walvault cron' completes it once the "
+            "WAL is archived)"
+        )
+    return info
+
+
+def take_backup(
+    server: ServerConfig,
+    echo: Echo,
+    warn: Echo,
+    debug: Echo,
+    *,
+    name: str | None = None,
+    wait: bool = False,
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+) -> BackupInfo:
+    """The whole ``backup`` command for one server; returns the final metadata.
+
+    Raises :class:`WalvaultError` when the backup cannot start, when it FAILED, and (with
+    ``wait``) when the WAL did not arrive in ``wait_timeout`` seconds (0: no limit).
+    """
+    if server.backup_method != "postgres":
+        raise WalvaultError(
+            f"backup_method = {server.backup_method} is not supported by walvault for server "
+            f"'{server.name}': only 'postgres' (pg_basebackup over the streaming connection)"
+        )
+    if not server.conninfo or not server.streaming_conninfo:
+        raise WalvaultError(f"server '{server.name}' needs conninfo and streaming_conninfo")
+    if name is not None:
+        name = validate_name(server, name)
+    os.makedirs(server.lock_directory, exist_ok=True)
+    lock = locks.ServerLock(server.lock_directory, server.name, locks.BACKUP, wait=False)
+    try:
+        lock.acquire()
+    except LockBusy as exc:
+        raise WalvaultError(
+            f"Another backup process is already running on server {server.name} ({exc.message})"
+        ) from None
+    try:
+        started = time.monotonic()
+        info = copy_backup(server, name, echo, debug)
+        mark_end(server, info.backup_id, warn)
+        info = check_backup(server, info.backup_id, wait=30)
+        begin = info.begin_time.strftime("%Y-%m-%d %H:%M:%S.%f") if info.begin_time else "?"
+        elapsed = pretty_duration(time.monotonic() - started)
+        echo(f"Backup completed (start time: {begin}, elapsed time: {elapsed})")
+        if wait and info.status == WAITING_FOR_WALS:
+            info = wait_for_backup(server, info, wait_timeout, echo, warn)
+    finally:
+        lock.release()
+    if info.status == FAILED:
+        raise WalvaultError(f"Backup {info.backup_id} of server {server.name} FAILED: {info.error}")
+    return info

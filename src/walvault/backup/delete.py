@@ -1,0 +1,115 @@
+"""``delete``: remove a backup (data, then metadata), then the WAL no remaining backup needs.
+
+Order, for crash safety: ``base/<id>`` goes first (a crash leaves metadata without data,
+which a second ``delete`` finishes), then ``meta/<id>-backup.info``, then the WAL older than
+the oldest remaining backup.  The WAL of a kept backup is never touched, ``.history`` files
+are always kept, and with no backup left no WAL is removed at all (unlike Barman).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from walvault import locks
+from walvault.archive.purge import PurgeResult, has_obsolete_wal, remove_wal_before
+from walvault.backup import info as binfo
+from walvault.backup.info import DONE, STARTED, WAITING_FOR_WALS, BackupInfo
+from walvault.backup.walcheck import id_lock, remove_backup_data
+from walvault.config import ServerConfig
+from walvault.errors import WalvaultError
+from walvault.fs import remove_durably
+from walvault.humanize import pretty_duration
+
+Echo = Callable[[str], None]
+#: Statuses whose backups need their WAL (a FAILED backup protects nothing).
+PROTECTING = (DONE, WAITING_FOR_WALS, STARTED)
+
+
+class DeleteRefused(WalvaultError):
+    """The backup may not be deleted (minimum redundancy, or a backup in progress)."""
+
+
+def oldest_needed_wal(backups: Sequence[BackupInfo]) -> str | None:
+    """The begin WAL of the oldest backup that needs WAL, None when there is none (pure)."""
+    begins = [b.begin_wal for b in backups if b.status in PROTECTING and b.begin_wal]
+    return min(begins) if begins else None
+
+
+def _refuse_if_needed(server: ServerConfig, info: BackupInfo, check_redundancy: bool) -> None:
+    if info.status == STARTED and locks.lock_holder(
+        server.lock_directory, server.name, locks.BACKUP
+    ):
+        raise DeleteRefused(
+            f"Cannot delete backup {info.backup_id} of server {server.name}: it is in progress"
+        )
+    if not check_redundancy or info.status != DONE:
+        return
+    done = sum(1 for b in binfo.iter_backups(server) if b.status == DONE)
+    if done <= server.minimum_redundancy:
+        raise DeleteRefused(
+            f"Skipping delete of backup {info.backup_id} for server {server.name} due to "
+            f"minimum redundancy requirements (minimum redundancy = "
+            f"{server.minimum_redundancy}, current redundancy = {done})"
+        )
+
+
+def purge_unneeded_wal(
+    server: ServerConfig, echo: Echo, *, lock_wait: float = 60.0, only_if_needed: bool = False
+) -> PurgeResult:
+    """Remove the WAL older than the oldest backup that needs WAL (nothing without backups).
+
+    ``only_if_needed`` first looks at the oldest archive directory and returns at once when
+    it holds nothing obsolete (what cron does every minute).
+    """
+    keep_from = oldest_needed_wal(list(binfo.iter_backups(server)))
+    if keep_from is None:
+        return PurgeResult()
+    if only_if_needed and not has_obsolete_wal(server, keep_from):
+        return PurgeResult()
+    result = remove_wal_before(server, keep_from, lock_wait=lock_wait)
+    if result.postponed:
+        echo(f"WAL removal postponed: {result.postponed} (the next delete or cron does it)")
+    elif result.removed:
+        echo("Delete associated WAL segments:")
+        for name in result.removed:
+            echo(f"\t{name}")
+    return result
+
+
+@dataclass
+class DeleteResult:
+    """What ``delete`` removed."""
+
+    backup_id: str
+    wal: PurgeResult = field(default_factory=PurgeResult)
+
+
+def delete_backup(
+    server: ServerConfig,
+    backup_id: str,
+    echo: Echo,
+    *,
+    check_redundancy: bool = True,
+    purge_wal: bool = True,
+    lock_wait: float = 60.0,
+) -> DeleteResult:
+    """Delete one backup (see the module docstring).
+
+    Raises :class:`DeleteRefused` below ``minimum_redundancy`` or while the backup is in
+    progress, :class:`walvault.errors.LockBusy` when another process works on the backup.
+    """
+    started, began = time.monotonic(), time.ctime()
+    result = DeleteResult(backup_id)
+    with id_lock(server, backup_id):
+        info = binfo.load(server, backup_id)
+        _refuse_if_needed(server, info, check_redundancy)
+        echo(f"Deleting backup {backup_id} for server {server.name}")
+        remove_backup_data(server, backup_id)
+        remove_durably(binfo.info_path(server, backup_id), missing_ok=True)
+    if purge_wal:
+        result.wal = purge_unneeded_wal(server, echo, lock_wait=lock_wait)
+    elapsed = pretty_duration(time.monotonic() - started)
+    echo(f"Deleted backup {backup_id} (start time: {began}, elapsed time: {elapsed})")
+    return result

@@ -1,0 +1,196 @@
+"""``recover``: a backup copied to a local directory, configured to replay WAL from walvault.
+
+PostgreSQL 12+ style: ``recovery.signal`` (or ``standby.signal``) and settings appended to
+``postgresql.auto.conf``. With get-wal, ``restore_command`` names absolute paths (command and
+configuration file) so it works from the postmaster's environment; without it, the WAL —
+including the streamed ``.partial`` tail — is copied into the destination.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from walvault.backup.info import DONE, BackupInfo, data_dir
+from walvault.backup.targets import RecoveryTarget
+from walvault.backup.walcopy import archived_timelines, copy_wal, needed_wal
+from walvault.config import ServerConfig
+from walvault.errors import WalvaultError
+
+Echo = Callable[[str], None]
+WAL_STAGING = "walvault_wal"
+MARK = "#WALVAULT#"
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    """What the user asked for."""
+
+    destination: str
+    target: RecoveryTarget
+    get_wal: bool
+    standby_mode: bool = False
+    port: int | None = None
+    config_file: str | None = None
+
+
+def _check_destination(path: str) -> None:
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise WalvaultError(f"destination '{path}' exists and is not a directory")
+        if os.listdir(path):
+            raise WalvaultError(
+                f"destination directory '{path}' is not empty: recover only into a new or "
+                "empty directory"
+            )
+
+
+def _check_target(server: ServerConfig, backup: BackupInfo, target: RecoveryTarget) -> int:
+    """Refuse impossible targets; return the highest timeline recovery may follow."""
+    known = archived_timelines(server) | {backup.timeline or 1}
+    tli = target.tli
+    if tli is None or tli == "latest":
+        max_tli = max(known)
+    elif tli == "current":
+        max_tli = backup.timeline or 1
+    else:
+        max_tli = int(tli)
+        if max_tli not in known:
+            raise WalvaultError(
+                f"timeline {max_tli} is not in the archive of server '{server.name}' "
+                f"(it has {', '.join(str(t) for t in sorted(known))})"
+            )
+        if max_tli < (backup.timeline or 1):
+            raise WalvaultError(
+                f"timeline {max_tli} is older than the backup's timeline {backup.timeline}"
+            )
+    if target.time is not None and backup.end_time is not None:
+        end = backup.end_time if backup.end_time.tzinfo else backup.end_time.astimezone()
+        if target.time < end:
+            raise WalvaultError(
+                f"The requested target time {target.time} is before the backup end time {end}"
+            )
+    if target.lsn is not None and backup.end_xlog:
+        from walvault.wal.names import parse_lsn
+
+        if target.lsn < parse_lsn(backup.end_xlog):
+            raise WalvaultError(
+                f"The requested target LSN is before the backup end LSN {backup.end_xlog}"
+            )
+    return max_tli
+
+
+def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
+    """The get-wal restore_command: absolute command path and configuration file."""
+    bindir = os.path.dirname(os.path.abspath(sys.executable))
+    command = os.path.join(bindir, "walvault")
+    if not os.path.exists(command):
+        command = f"{sys.executable} -m walvault.cli.main"
+    partial = "" if options.standby_mode else " -P"
+    config = f" -c {options.config_file}" if options.config_file else ""
+    return f'{command}{config} -q get-wal{partial} {server.name} %f > "%p"'
+
+
+def _disable_archiving(data: str) -> None:
+    """Comment out archive_command (Barman's marker) and turn archive_mode off."""
+    for name in ("postgresql.conf", "postgresql.auto.conf"):
+        path = os.path.join(data, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+        changed = False
+        for i, line in enumerate(lines):
+            key = line.strip().split("=", 1)[0].strip().lower()
+            if key in ("archive_command", "archive_mode", "archive_library") or key.startswith(
+                "recovery_target"
+            ):
+                lines[i] = MARK + line
+                changed = True
+        if changed:
+            shutil.copy2(path, path + ".origin")
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def recover(
+    server: ServerConfig, backup: BackupInfo, options: RecoverOptions, echo: Echo, warn: Echo
+) -> int:
+    """Copy the backup and write its recovery configuration. Returns the exit code."""
+    started = time.monotonic()
+    if backup.status != DONE:
+        raise WalvaultError(f"backup {backup.backup_id} is {backup.status}, not DONE")
+    max_tli = _check_target(server, backup, options.target)
+    destination = os.path.abspath(options.destination)
+    _check_destination(destination)
+    source = data_dir(server, backup.backup_id)
+    if not os.path.isdir(source):
+        raise WalvaultError(f"the data of backup {backup.backup_id} is missing: {source}")
+    echo(f"Starting local restore for server {server.name} using backup {backup.backup_id}")
+    echo(f"Destination directory: {destination}")
+    if options.target.is_pitr:
+        echo("Doing PITR." + "".join(f" {k}: {v}" for k, v in options.target.settings()[:1]))
+    try:
+        from walvault.archive.archiver import archive_wal
+
+        archive_wal(server, lambda _line: None, verbose=False)
+    except WalvaultError as exc:
+        warn(f"archive-wal before the restore failed ({exc}); using what is archived")
+    echo("Copying the base backup.")
+    os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+    shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
+    os.chmod(destination, 0o700)
+    for stale in ("postmaster.pid", "postmaster.opts"):
+        if os.path.exists(os.path.join(destination, stale)):
+            os.unlink(os.path.join(destination, stale))
+    settings: list[tuple[str, str]] = []
+    if options.get_wal:
+        settings.append(("restore_command", _quote(restore_command(server, options))))
+    else:
+        staging = os.path.join(destination, WAL_STAGING)
+        sources = needed_wal(server, backup.begin_wal or "", max_tli)
+        tail = [s for s in sources if s.partial]
+        echo(f"Copying required WAL segments: {len(sources)} files")
+        if tail:
+            echo("Including the streamed tail: " + ", ".join(s.path for s in tail))
+        copy_wal(sources, staging, backup.xlog_segment_size or 16 << 20)
+        settings.append(("restore_command", _quote(f'cp "{staging}/%f" "%p"')))
+        if not options.standby_mode:
+            settings.append(("recovery_end_command", _quote(f'rm -rf "{staging}"')))
+    settings += options.target.settings()
+    settings.append(("archive_mode", "off"))
+    if options.port is not None:
+        settings.append(("port", str(options.port)))
+    echo("Generating recovery configuration")
+    _disable_archiving(destination)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(os.path.join(destination, "postgresql.auto.conf"), "a", encoding="utf-8") as auto:
+        auto.write(
+            f"\n# walvault recover of backup {backup.backup_id} of server {server.name}, {stamp}\n"
+        )
+        auto.writelines(f"{key} = {value}\n" for key, value in settings)
+    signal_file = "standby.signal" if options.standby_mode else "recovery.signal"
+    open(os.path.join(destination, signal_file), "w").close()
+    elapsed = time.monotonic() - started
+    echo(f"Recovery completed (elapsed time: {elapsed:.1f} seconds)")
+    echo("Your PostgreSQL server has been successfully prepared for recovery!")
+    if options.port is None:
+        warn(
+            "the restored configuration keeps the original 'port' setting: on the same host "
+            "as the original server, start it with another port (recover --port N, or "
+            "pg_ctl -o '-p N')"
+        )
+    if options.get_wal:
+        warn(
+            "'restore_command' runs walvault as the PostgreSQL OS user: make sure that user "
+            "can execute it and read the configuration file and the archive"
+        )
+    return 0

@@ -1,0 +1,265 @@
+"""``backup``, ``list-backups``, ``show-backup``, ``delete`` and ``check-backup``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from walvault.cli.context import Context
+from walvault.cli.replication_status import report_error
+from walvault.errors import WalvaultError
+from walvault.humanize import pretty_size
+
+if TYPE_CHECKING:
+    from walvault.backup.catalog import BackupSummary
+    from walvault.backup.info import BackupInfo
+    from walvault.config import ServerConfig
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 waits without limit)")
+    return value
+
+
+def register(sub: Any) -> None:
+    """Add the commands to the CLI."""
+    from walvault.backup.basebackup import DEFAULT_WAIT_TIMEOUT
+
+    p = sub.add_parser("backup", help="take a base backup with pg_basebackup")
+    p.add_argument("server_name", nargs="+", help="server names, or 'all'")
+    p.add_argument("--name", help="a name for the backup (usable wherever an id is)")
+    p.add_argument(
+        "-w", "--wait", action="store_true", help="wait until every WAL it needs is archived"
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=_seconds,
+        default=DEFAULT_WAIT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long --wait waits (default: {DEFAULT_WAIT_TIMEOUT}; 0: no limit)",
+    )
+    p.set_defaults(func=backup)
+    p = sub.add_parser("list-backups", aliases=["list-backup"], help="list the backups")
+    p.add_argument("server_name", nargs="+", help="server names, or 'all'")
+    p.add_argument("--minimal", action="store_true", help="backup ids only")
+    p.set_defaults(func=list_backups)
+    p = sub.add_parser("show-backup", help="show one backup in detail")
+    p.add_argument("server_name")
+    p.add_argument("backup_id", help="id, name, latest/last or oldest/first")
+    p.set_defaults(func=show_backup)
+    p = sub.add_parser("delete", help="delete a backup and the WAL only it needed")
+    p.add_argument("server_name")
+    p.add_argument("backup_id", help="id, name, latest/last or oldest/first")
+    p.set_defaults(func=delete)
+    p = sub.add_parser(
+        "check-backup", help="settle a WAITING_FOR_WALS backup: DONE when its WAL is archived"
+    )
+    p.add_argument("server_name")
+    p.add_argument("backup_id", help="id, name, latest/last or oldest/first")
+    p.set_defaults(func=check_backup)
+
+
+def backup(ctx: Context, args: argparse.Namespace) -> int:
+    """Back up each named server in turn; any failure makes the exit code 1."""
+    from walvault.backup.basebackup import take_backup
+
+    def debug(line: str) -> None:
+        if ctx.debug:
+            print(line, file=ctx.err, flush=True)
+
+    failed = False
+    for server in ctx.servers(args.server_name):
+        try:
+            if server.disabled:
+                reasons = "; ".join(server.messages)
+                raise WalvaultError(f"server '{server.name}' is disabled: {reasons}")
+            if not server.active:
+                raise WalvaultError(f"server '{server.name}' is inactive (active = false)")
+            info = take_backup(
+                server,
+                ctx.info,
+                ctx.warn,
+                debug,
+                name=args.name,
+                wait=args.wait,
+                wait_timeout=args.wait_timeout,
+            )
+            if args.wait:
+                ctx.info(f"Backup {info.backup_id} of server {server.name}: {info.status}")
+        except WalvaultError as exc:
+            failed = True
+            report_error(ctx, exc.message)
+    return 1 if failed else 0
+
+
+def _when(summary: BackupSummary) -> str:
+    moment = summary.info.end_time or summary.info.begin_time
+    return moment.astimezone().ctime() if moment else "unknown time"
+
+
+def list_line(server: str, summary: BackupSummary) -> str:
+    """Barman's ``list-backups`` line."""
+    info = summary.info
+    name = f" '{info.backup_name}'" if info.backup_name else ""
+    head = f"{server} {info.backup_id}{name}"
+    if info.status not in ("DONE", "WAITING_FOR_WALS"):
+        return f"{head} - {info.status}"
+    line = (
+        f"{head} - {_when(summary)} - Size: {pretty_size(summary.total_size)} - "
+        f"WAL Size: {pretty_size(summary.until_next.size)}"
+    )
+    if info.status != "DONE":
+        line += f" - {info.status}"
+    elif summary.retention == "OBSOLETE":
+        line += " - OBSOLETE"
+    return line
+
+
+def _as_json(summary: BackupSummary) -> dict[str, Any]:
+    info = summary.info
+    moment = info.end_time or info.begin_time
+    return {
+        "backup_id": info.backup_id,
+        "backup_name": info.backup_name,
+        "status": info.status,
+        "end_time": moment.astimezone().ctime() if moment else None,
+        "end_time_timestamp": str(int(moment.timestamp())) if moment else None,
+        "size": pretty_size(summary.total_size),
+        "size_bytes": summary.total_size,
+        "wal_size": pretty_size(summary.until_next.size),
+        "wal_size_bytes": summary.until_next.size,
+        "retention_status": summary.retention,
+    }
+
+
+def list_backups(ctx: Context, args: argparse.Namespace) -> int:
+    """Newest first, one line per backup (``--minimal``: ids only; ``-f json``)."""
+    from walvault.backup.catalog import server_backups
+
+    data: dict[str, list[dict[str, Any]]] = {}
+    for server in ctx.servers(args.server_name):
+        summaries = list(reversed(server_backups(server)))
+        if ctx.output_format == "json":
+            data[server.name] = [_as_json(s) for s in summaries]
+            continue
+        for summary in summaries:
+            if args.minimal:
+                ctx.result(summary.info.backup_id)
+            else:
+                ctx.result(list_line(server.name, summary))
+    if ctx.output_format == "json":
+        ctx.emit_json(data)
+    return 0
+
+
+def _find(ctx: Context, args: argparse.Namespace) -> tuple[ServerConfig, BackupInfo]:
+    from walvault.backup.info import resolve_backup_id
+
+    server = ctx.server(args.server_name, allow_disabled=True)
+    return server, resolve_backup_id(server, args.backup_id)
+
+
+def show_sections(summary: BackupSummary) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The rows of ``show-backup``, grouped in Barman's sections."""
+    info = summary.info
+    head = [("Server Name", info.server_name)]
+    if info.backup_name:
+        head.append(("Backup Name", info.backup_name))
+    head += [
+        ("System Id", str(info.systemid)),
+        ("Status", info.status),
+        ("PostgreSQL Version", str(info.version)),
+        ("PGDATA directory", str(info.pgdata)),
+    ]
+    if info.error:
+        head.append(("Error", info.error))
+    copy = "-"
+    if info.begin_time and info.end_time:
+        from walvault.humanize import pretty_duration
+
+        copy = pretty_duration((info.end_time - info.begin_time).total_seconds())
+    size = pretty_size(info.size or 0)
+    base = [
+        ("Disk usage", f"{size} ({pretty_size(summary.total_size)} with WALs)"),
+        ("Timeline", str(info.timeline)),
+        ("Begin WAL", str(info.begin_wal)),
+        ("End WAL", str(info.end_wal)),
+        ("WAL number", str(summary.required.count)),
+        ("Begin time", str(info.begin_time)),
+        ("End time", str(info.end_time)),
+        ("Copy time", copy),
+        ("Begin Offset", str(info.begin_offset)),
+        ("End Offset", str(info.end_offset)),
+        ("Begin LSN", str(info.begin_xlog)),
+        ("End LSN", str(info.end_xlog)),
+    ]
+    last = summary.until_next.last or summary.required.last
+    wal = [
+        ("No of files", str(summary.until_next.count)),
+        ("Disk usage", pretty_size(summary.until_next.size)),
+        ("Last available", str(last)),
+    ]
+    catalog = [
+        ("Retention Policy", summary.retention),
+        ("Previous Backup", summary.previous or "- (this is the oldest base backup)"),
+        ("Next Backup", summary.next or "- (this is the latest base backup)"),
+    ]
+    return [
+        ("", head),
+        ("Base backup information", base),
+        ("WAL information", wal),
+        ("Catalog information", catalog),
+    ]
+
+
+def show_backup(ctx: Context, args: argparse.Namespace) -> int:
+    """Every field of one backup, with its WAL and its place among the others."""
+    from walvault.backup.catalog import server_backups
+
+    server, info = _find(ctx, args)
+    summary = next(s for s in server_backups(server) if s.info.backup_id == info.backup_id)
+    sections = show_sections(summary)
+    if ctx.output_format == "json":
+        data: dict[str, Any] = {"backup_id": info.backup_id}
+        for title, rows in sections:
+            target = data.setdefault(title.lower().replace(" ", "_"), {}) if title else data
+            for key, value in rows:
+                target[key.lower().replace(" ", "_")] = value
+        ctx.emit_json({server.name: data})
+        return 0
+    ctx.result(f"Backup {info.backup_id}:")
+    for title, rows in sections:
+        indent = "  "
+        if title:
+            ctx.result("")
+            ctx.result(f"  {title}:")
+            indent = "    "
+        width = 25 - len(indent)
+        for key, value in rows:
+            ctx.result(f"{indent}{key:<{width}}: {value}")
+    return 0
+
+
+def delete(ctx: Context, args: argparse.Namespace) -> int:
+    """Delete the backup, then the WAL no remaining backup needs."""
+    from walvault.backup.delete import delete_backup
+
+    server, info = _find(ctx, args)
+    delete_backup(server, info.backup_id, ctx.info)
+    return 0
+
+
+def check_backup(ctx: Context, args: argparse.Namespace) -> int:
+    """Re-check a WAITING_FOR_WALS backup (what cron does); exit 1 when it is FAILED."""
+    from walvault.backup.walcheck import check_backup as run
+
+    server, info = _find(ctx, args)
+    after = run(server, info.backup_id, wait=30)
+    detail = f" ({after.error})" if after.error else ""
+    ctx.result(f"Backup {after.backup_id} of server {server.name}: {after.status}{detail}")
+    return 1 if after.status == "FAILED" else 0

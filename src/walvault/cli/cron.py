@@ -1,0 +1,39 @@
+"""``cron``: run every minute from the system's cron to keep every server's WAL moving."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from walvault.cli.context import Context
+
+log = logging.getLogger("walvault.cron")
+
+
+def register(sub: Any) -> None:
+    """Add the command to the CLI."""
+    p = sub.add_parser("cron", help="start archive-wal and keep receive-wal running")
+    p.set_defaults(func=cron)
+
+
+def cron(ctx: Context, args: argparse.Namespace) -> int:
+    """One pass over every server; a failing server does not stop the others."""
+    from walvault import locks
+    from walvault.supervise.cron import cron_server
+
+    config = ctx.config
+    failures = 0
+    for server in config.servers.values():
+        if server.disabled:
+            ctx.info(f"Skipping temporarily disabled server '{server.name}'")
+            continue
+        try:
+            cron_server(config.path, server, ctx.info)
+        except Exception as exc:  # one server's trouble must not stop the others
+            failures += 1
+            log.exception("cron failed for server %s", server.name)
+            ctx.warn(f"Unable to run cron on server '{server.name}': {exc}")
+    if config.lock_directory_cleanup:
+        locks.cleanup_lock_directory(config.lock_directory)
+    return 1 if failures else 0

@@ -1,0 +1,238 @@
+"""The prefetch spool of walvault-wal-restore: segments fetched ahead, validated before use.
+
+Layout: ``<spool dir>/<server>@<source>/`` (both directories 0700, owned by the user
+running the client; a symbolic link or someone else's directory is refused) holding:
+
+* ``<segment>``      a prefetched, complete segment (written as ``.<segment>.*.tmp`` and
+  renamed into place once validated);
+* ``.state``         ``<last restored segment> <system identifier> <segment size>``,
+  rewritten (atomically) by every successful restore: the prefetcher's instructions and
+  the reference the spool files are checked against;
+* ``.prefetch.lock`` flock-ed by the live prefetcher, which writes its PID into it when it
+  starts: the file's mtime is the start of the prefetch *session*;
+* ``prefetch.log``   the prefetcher's output.
+
+A spool file is served only while a prefetcher holds the lock, only if it was written
+during that prefetcher's session (leftovers of earlier sessions are "older copies"), and
+only if it is exactly one segment long with a long page header that matches its name
+(page address, timeline) and the system identifier in ``.state``, which always comes from
+a segment fetched directly from walvault in the current recovery.  Anything else is
+deleted and the segment is fetched directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import sys
+from dataclasses import dataclass
+
+from walvault.wal.header import LONG_HEADER_SIZE, check_segment, parse_long_header
+
+STATE = ".state"
+LOCK = ".prefetch.lock"
+LOG = "prefetch.log"
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used safely (prefetching is then skipped)."""
+
+
+@dataclass(frozen=True)
+class SpoolState:
+    """The last restored segment and the facts every spool file must agree with."""
+
+    wanted: str
+    system_identifier: int
+    segment_size: int
+
+    def line(self) -> str:
+        """The ``.state`` file content."""
+        return f"{self.wanted} {self.system_identifier} {self.segment_size}\n"
+
+    @classmethod
+    def parse(cls, text: str) -> SpoolState | None:
+        """Parse a ``.state`` line (None when it is not one)."""
+        from walvault.wal.names import is_segment, valid_segment_size
+
+        parts = text.split()
+        if len(parts) != 3 or not is_segment(parts[0]):
+            return None
+        try:
+            sysid, size = int(parts[1]), int(parts[2])
+        except ValueError:
+            return None
+        return cls(parts[0], sysid, size) if valid_segment_size(size) else None
+
+
+def _own_dir(path: str) -> None:
+    """Create ``path`` (0700) or check an existing one is a real directory of ours, private."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SpoolError(f"cannot create spool directory '{path}': {exc.strerror}") from None
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise SpoolError(f"spool directory '{path}' is a symbolic link: refused")
+    if not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"spool directory '{path}' is not a directory")
+    if info.st_uid != os.geteuid():
+        raise SpoolError(
+            f"spool directory '{path}' belongs to uid {info.st_uid}, not to us "
+            f"(uid {os.geteuid()}): refused"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+def spool_key(server: str, source: str) -> str:
+    """The sub-directory name for one (server, source) pair, reduced to safe characters."""
+    raw = f"{server}@{source}"
+    return "".join(c if c in _SAFE else "_" for c in raw).lstrip(".") or "_"
+
+
+def segment_problem(fd: int, name: str, state: SpoolState) -> str | None:
+    """Why the open file ``fd`` is not a valid copy of segment ``name``, or None."""
+    size = os.fstat(fd).st_size
+    if size != state.segment_size:
+        return f"size {size}, expected {state.segment_size}"
+    try:
+        header = parse_long_header(os.pread(fd, LONG_HEADER_SIZE, 0))
+    except ValueError as exc:
+        return str(exc)
+    problems = check_segment(
+        header,
+        expected_name=name,
+        system_identifier=state.system_identifier,
+        segment_size=state.segment_size,
+    )
+    return "; ".join(problems) or None
+
+
+def copy_fd_to(fd: int, dest: str) -> None:
+    """Copy the whole file ``fd`` into ``dest`` (created or truncated)."""
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(out, fd, offset, size - offset)
+            if sent == 0:
+                raise OSError(errno.EIO, "spool file shrank while being copied")
+            offset += sent
+    finally:
+        os.close(out)
+
+
+class Spool:
+    """One (server, source) spool directory."""
+
+    def __init__(self, root: str, key: str) -> None:
+        _own_dir(root)
+        self.path = os.path.join(root, key)
+        _own_dir(self.path)
+
+    def file(self, name: str) -> str:
+        """Where a prefetched segment lives."""
+        return os.path.join(self.path, name)
+
+    def read_state(self) -> SpoolState | None:
+        """The current ``.state`` (None when missing or unreadable)."""
+        try:
+            with open(os.path.join(self.path, STATE), encoding="ascii") as handle:
+                return SpoolState.parse(handle.read(200))
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def write_state(self, state: SpoolState) -> None:
+        """Replace ``.state`` atomically (no fsync: the spool is a cache)."""
+        final = os.path.join(self.path, STATE)
+        tmp = f"{final}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, state.line().encode("ascii"))
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+
+    def session_start(self) -> int | None:
+        """mtime (ns) of the live prefetcher's lock file, or None when none is running."""
+        try:
+            fd = os.open(os.path.join(self.path, LOCK), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.fstat(fd).st_mtime_ns
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def take(self, name: str, dest: str) -> SpoolState | None:
+        """Move a valid spooled ``name`` to ``dest``; return the state it was checked against.
+
+        None means "not usable from the spool": absent, no live session, or invalid (then
+        the file is deleted and a WARNING says why).
+        """
+        start = self.session_start()
+        state = self.read_state() if start is not None else None
+        if start is None or state is None:
+            return None
+        path = self.file(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            problem = segment_problem(fd, name, state)
+            if problem is None and os.fstat(fd).st_mtime_ns < start:
+                problem = "written before the current prefetch session (an older copy)"
+            if problem is not None:
+                print(
+                    f"WARNING: discarding spooled '{name}': {problem}", file=sys.stderr, flush=True
+                )
+                self.remove(name)
+                return None
+            return state if self._deliver(fd, path, dest) else None
+        finally:
+            os.close(fd)
+
+    def _deliver(self, fd: int, path: str, dest: str) -> bool:
+        """Rename the checked file onto ``dest``, or copy it from ``fd`` across filesystems."""
+        try:
+            os.rename(path, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                return False
+            copy_fd_to(fd, dest)
+            self.remove(os.path.basename(path))
+            return True
+        info, moved = os.fstat(fd), os.stat(dest)
+        return (info.st_dev, info.st_ino) == (moved.st_dev, moved.st_ino)
+
+    def remove(self, name: str) -> None:
+        """Delete a spool entry if it is there."""
+        try:
+            os.unlink(self.file(name))
+        except OSError:
+            pass
+
+    def record(self, name: str, dest: str) -> SpoolState | None:
+        """After a direct fetch of segment ``name`` into ``dest``: its facts as the new state."""
+        try:
+            with open(dest, "rb") as handle:
+                header = parse_long_header(handle.read(LONG_HEADER_SIZE))
+                size = os.fstat(handle.fileno()).st_size
+        except (OSError, ValueError):
+            return None
+        if size != header.segment_size:
+            return None  # a partial segment tells us nothing about the next ones
+        return SpoolState(name, header.system_identifier, header.segment_size)

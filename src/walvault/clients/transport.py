@@ -1,0 +1,263 @@
+"""Where walvault-wal-restore gets WAL from: walvault on this host (in-process) or over ssh.
+
+Both sources answer with restore_command exit codes: 0 written, 1 not found, 2 could not
+ask (connection, configuration, I/O), 3 bad arguments (name, destination).  Errors are
+printed as one ``ERROR:`` line on stderr, which PostgreSQL copies into its log.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Protocol
+
+from walvault.errors import InvalidWalName, WalvaultError
+
+if TYPE_CHECKING:
+    from walvault.config import ServerConfig
+
+OK, NOT_FOUND, CONNECTION, BAD_ARGS = 0, 1, 2, 3
+LOCAL_HOST = "local"
+SSH_FAILED = 255
+
+
+def error(message: str) -> None:
+    """One ``ERROR:`` line on stderr."""
+    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+
+
+class DestinationError(WalvaultError):
+    """WAL_DEST cannot be written (exit 3, as barman-wal-restore)."""
+
+    exit_code = BAD_ARGS
+
+
+def open_destination(dest: str) -> int:
+    """Open (create or truncate) ``dest`` for writing; DestinationError if impossible."""
+    try:
+        return os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DestinationError(f"Cannot open '{dest}' (WAL_DEST) for writing: {exc.strerror}")
+
+
+def discard(dest: str) -> None:
+    """Remove a destination left incomplete by a failure."""
+    try:
+        os.unlink(dest)
+    except OSError:
+        pass
+
+
+def segment_problem(dest: str) -> str | None:
+    """Why the fetched segment at ``dest`` is unusable (short, no valid header), or None."""
+    from walvault.wal.header import LONG_HEADER_SIZE, parse_long_header
+
+    with open(dest, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            header = parse_long_header(handle.read(LONG_HEADER_SIZE))
+        except ValueError as exc:
+            return str(exc)
+    if size != header.segment_size:
+        return f"got {size} bytes, the header says segments are {header.segment_size} bytes"
+    return None
+
+
+class Source(Protocol):
+    """A place WAL is fetched from."""
+
+    label: str
+
+    def test(self, server: str) -> int:
+        """Check the server can be used (prints the get-wal --test answer)."""
+        ...
+
+    def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
+        """Write ``name`` to ``dest``; return a restore_command exit code."""
+        ...
+
+
+class LocalSource:
+    """walvault on this host, called in-process: no ssh, no new interpreter."""
+
+    label = LOCAL_HOST
+
+    def __init__(self, config: str | None) -> None:
+        self.config = config
+        self._servers: dict[str, ServerConfig] = {}
+
+    def server(self, name: str) -> ServerConfig:
+        """The server's configuration, loaded once (conninfo parsing skipped: not needed)."""
+        if name not in self._servers:
+            from walvault.config import find_config_file, load_config
+            from walvault.errors import ServerError
+
+            path = os.path.abspath(find_config_file(self.config))
+            servers = load_config(path, check_conninfo=False).servers
+            server = servers.get(name)
+            if server is None:
+                raise ServerError(f"unknown server '{name}' in '{path}'")
+            if server.disabled:
+                raise ServerError(f"server '{name}' is disabled: " + "; ".join(server.messages))
+            self._servers[name] = server
+        return self._servers[name]
+
+    def test(self, server: str) -> int:
+        try:
+            self.server(server)
+        except WalvaultError as exc:
+            error(exc.message)
+            return CONNECTION
+        print(f"Ready to retrieve WAL files from the server {server}", flush=True)
+        return OK
+
+    def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
+        from walvault.archive import retrieve
+
+        try:
+            config = self.server(server)
+            with retrieve.open_wal(config, name, partial=partial, warn=_warning) as found:
+                fd = open_destination(dest)
+                try:
+                    retrieve.send_fd(found, fd)
+                except BaseException:
+                    os.close(fd)
+                    discard(dest)
+                    raise
+                os.close(fd)
+        except (retrieve.WalNotFound, InvalidWalName, DestinationError) as exc:
+            error(exc.message)
+            return exc.exit_code
+        except WalvaultError as exc:
+            error(exc.message)
+            return CONNECTION
+        except OSError as exc:
+            error(f"cannot write '{dest}': {exc.strerror}")
+            return CONNECTION
+        return OK
+
+
+def _warning(text: str) -> None:
+    print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+
+def _quote(arg: str) -> str:
+    """Quote one argument for the remote POSIX shell."""
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+class SshSource:
+    """``ssh [-p PORT] -q -T USER@HOST walvault [-c CONFIG] get-wal ...`` (remote shell)."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        user: str,
+        port: str | None = None,
+        config: str | None = None,
+        ssh_command: str = "ssh",
+        compression: str | None = None,
+    ) -> None:
+        self.host, self.user, self.port, self.config = host, user, port, config
+        self.ssh_command = ssh_command
+        self.compression = compression
+        self.label = f"{user}@{host}" + (f":{port}" if port else "")
+
+    def command(self, *get_wal_args: str) -> list[str]:
+        """The ssh argv; everything after the destination is one quoted remote command."""
+        import shlex
+
+        argv = shlex.split(self.ssh_command)
+        if self.port:
+            argv += ["-p", self.port]
+        argv += ["-q", "-T", f"{self.user}@{self.host}"]
+        remote = ["walvault"]
+        if self.config:
+            remote += ["-c", self.config]
+        remote += ["get-wal", *get_wal_args]
+        return [*argv, " ".join(_quote(arg) if arg != "walvault" else arg for arg in remote)]
+
+    def _result(self, code: int) -> int:
+        if code == OK:
+            return OK
+        if code == SSH_FAILED:
+            error("Connection problem with ssh")
+            return CONNECTION
+        error("Remote 'walvault get-wal' command has failed!")
+        return code if 0 < code <= 125 else CONNECTION
+
+    def test(self, server: str) -> int:
+        import subprocess
+
+        try:
+            code = subprocess.run(
+                self.command("--test", server, "DUMMY"), stdin=subprocess.DEVNULL
+            ).returncode
+        except OSError as exc:
+            error(f"cannot run ssh: {exc.strerror}")
+            return CONNECTION
+        return self._result(code)
+
+    def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
+        import subprocess
+
+        args = ["--partial"] if partial else []
+        if self.compression:
+            args.append(f"--{self.compression}")
+        cmd = self.command(*args, server, name)
+        try:
+            fd = open_destination(dest)
+        except DestinationError as exc:
+            error(exc.message)
+            return exc.exit_code
+        try:
+            if self.compression:
+                code = _run_decompressing(cmd, self.compression, fd)
+            else:
+                code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=fd).returncode
+        except OSError as exc:
+            error(f"cannot run ssh: {exc.strerror}")
+            code = SSH_FAILED
+        except WalvaultError as exc:
+            error(exc.message)
+            code = CONNECTION
+        finally:
+            os.close(fd)
+        result = self._result(code)
+        problem = segment_problem(dest) if result == OK and _is_segment(name) else None
+        if problem is not None:
+            error(f"received an unusable copy of '{name}': {problem}")
+            result = CONNECTION
+        if result != OK:
+            discard(dest)
+        return result
+
+
+def _is_segment(name: str) -> bool:
+    from walvault.wal.names import is_segment
+
+    return is_segment(name)
+
+
+def _run_decompressing(cmd: list[str], algorithm: str, fd: int) -> int:
+    """Run ``cmd`` and decompress its stdout into ``fd`` as it arrives (deprecated -z/-j)."""
+    import subprocess
+
+    from walvault.archive.compression import CompressionError, iter_decompressed
+
+    with (
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE) as proc,
+        open(fd, "wb", closefd=False) as out,
+    ):
+        assert proc.stdout is not None
+        try:
+            for piece in iter_decompressed(proc.stdout, algorithm):
+                out.write(piece)
+        except CompressionError as exc:
+            proc.kill()
+            proc.wait()
+            if proc.returncode not in (0, -9):
+                return proc.returncode
+            raise WalvaultError(f"cannot decompress what get-wal sent: {exc}") from None
+    return proc.returncode

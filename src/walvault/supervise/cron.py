@@ -1,0 +1,148 @@
+"""``walvault cron``: for each server, keep archive-wal and receive-wal going, never silently.
+
+A receive-wal that keeps failing is restarted with a growing delay (the first failure is
+retried at once, then 1, 2, 4... minutes, at most 30); every start after the first counts as a
+restart; the failures and the last reason stay in the receiver state for status and check.
+Then, in-process: WAITING_FOR_WALS backups are settled (check-backup) and the retention policy
+is applied (obsolete backups and the WAL only they needed are deleted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from walvault import locks
+from walvault.config import ServerConfig
+from walvault.errors import LockBusy
+from walvault.fs import ensure_dir
+from walvault.receiver.state import ReceiverState, load_state, save_state
+from walvault.supervise.spawn import spawn_walvault, wait_for_lock_or_exit
+
+Echo = Callable[[str], None]
+HEALTHY_RUN = 300.0  # a run this long resets the failure count
+MAX_DELAY = 1800.0
+
+
+def backoff_delay(consecutive_failures: int) -> float:
+    """Seconds to wait before the next start: 0 after one failure, then 60, 120, ... 1800."""
+    if consecutive_failures <= 1:
+        return 0.0
+    return float(min(60.0 * 2 ** (consecutive_failures - 2), MAX_DELAY))
+
+
+def account_last_run(state: ReceiverState) -> None:
+    """Fold the last finished run into the failure count (once per run)."""
+    if state.started_at is None or state.ended_at is None:
+        return
+    if state.counted_start == state.started_at:
+        return
+    state.counted_start = state.started_at
+    ran = state.ended_at - state.started_at
+    if state.exit_code == 0:
+        state.consecutive_failures = 0
+    elif ran >= HEALTHY_RUN:
+        state.consecutive_failures = 1
+    else:
+        state.consecutive_failures += 1
+    delay = backoff_delay(state.consecutive_failures)
+    state.next_start_after = state.ended_at + delay if delay else 0.0
+
+
+def ensure_receiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
+    """Start receive-wal unless it runs or is backing off after repeated failures."""
+    if locks.lock_holder(server.lock_directory, server.name, locks.RECEIVE_WAL):
+        return
+    state = load_state(server)
+    account_last_run(state)
+    now = time.time()
+    if now < state.next_start_after:
+        when = time.strftime("%H:%M:%S", time.localtime(state.next_start_after))
+        echo(
+            f"receive-wal for server {server.name} failed {state.consecutive_failures} times "
+            f"in a row (last: {state.exit_reason}); next attempt after {when}"
+        )
+        save_state(server, state)
+        return
+    if state.started_at is not None:
+        state.restarts += 1
+    save_state(server, state)
+    echo(f"Starting streaming archiver for server {server.name}")
+    proc = spawn_walvault(config_path, "receive-wal", server.name)
+    wait_for_lock_or_exit(proc, server.lock_directory, server.name, locks.RECEIVE_WAL)
+
+
+def ensure_archiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
+    """Start archive-wal in the background unless one is running."""
+    if locks.lock_holder(server.lock_directory, server.name, locks.ARCHIVE_WAL):
+        echo(
+            f"Another archive-wal process is already running on server {server.name}. "
+            "Skipping to the next server"
+        )
+        return
+    echo(f"Starting WAL archiving for server {server.name}")
+    spawn_walvault(config_path, "archive-wal", server.name)
+
+
+def stop_receiver(server: ServerConfig, echo: Echo, why: str) -> None:
+    """Stop a running receive-wal (the slot is kept)."""
+    pid = locks.lock_holder(server.lock_directory, server.name, locks.RECEIVE_WAL)
+    if pid is None:
+        return
+    echo(f"Server '{server.name}' {why}: stopping receive-wal subprocess")
+    locks.terminate(pid)
+
+
+def prepare_directories(server: ServerConfig) -> None:
+    """Create the server's directories (durably) so receive-wal and archive-wal find them."""
+    for path in (
+        server.backup_directory,
+        server.wals_directory,
+        server.streaming_wals_directory,
+        server.incoming_wals_directory,
+        server.errors_directory,
+        server.meta_directory,
+        server.basebackups_directory,
+    ):
+        ensure_dir(path)
+
+
+def cron_server(config_path: str, server: ServerConfig, echo: Echo) -> None:
+    """One cron pass for one server, under its cron lock."""
+    lock = locks.ServerLock(server.lock_directory, server.name, locks.CRON)
+    try:
+        lock.acquire()
+    except LockBusy:
+        echo(
+            f"Another cron process is already running on server {server.name}. "
+            "Skipping to the next server"
+        )
+        return
+    try:
+        if not server.active:
+            stop_receiver(server, echo, "is inactive")
+            return
+        prepare_directories(server)
+        ensure_archiver(config_path, server, echo)
+        if server.streaming_archiver:
+            ensure_receiver(config_path, server, echo)
+        else:
+            stop_receiver(server, echo, "has streaming_archiver = off")
+        settle_backups(server, echo)
+        apply_retention(server, echo)
+    finally:
+        lock.release()
+
+
+def settle_backups(server: ServerConfig, echo: Echo) -> None:
+    """Barman's check-backup step: WAITING_FOR_WALS backups become DONE (or FAILED)."""
+    from walvault.backup.walcheck import check_waiting_backups
+
+    check_waiting_backups(server, echo)
+
+
+def apply_retention(server: ServerConfig, echo: Echo) -> None:
+    """Delete the backups ``retention_policy`` makes obsolete, and the WAL only they needed."""
+    from walvault.backup.retention import enforce_retention
+
+    enforce_retention(server, echo)

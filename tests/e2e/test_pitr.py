@@ -1,0 +1,132 @@
+"""Point-in-time recovery to a restore point, a time and an xid; and onto timeline 2."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from wvharness import start_restored, streaming_server, wait_for
+
+
+def _archive_everything(pg: Any, wv: Any) -> None:
+    closed = pg.switch_wal()
+    pg.sql("SELECT txid_current()")
+    path = Path(wv.server().wals_directory) / closed[:16] / closed
+
+    def archived() -> bool:
+        wv.run("archive-wal", "pg")
+        return path.exists()
+
+    wait_for(archived, what=f"{closed} archived")
+
+
+def _recover(pg: Any, wv: Any, tmp_path: Path, name: str, *args: str) -> Any:
+    result = wv.run("recover", "pg", "latest", str(tmp_path / name / "data"), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return start_restored(pg, tmp_path / name, name)
+
+
+def _values(cluster: Any) -> list[str]:
+    wait_for(
+        lambda: cluster.scalar("SELECT pg_is_wal_replay_paused()") or not cluster.is_in_recovery(),
+        what="recovery reached its target",
+        timeout=120,
+    )
+    return [row[0] for row in cluster.sql("SELECT v FROM marks ORDER BY v")]
+
+
+def test_pitr_to_name_time_and_xid(pg: Any, walvault_factory: Any, tmp_path: Path) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg, immediate_checkpoint="true")})
+    assert wv.run("cron").returncode == 0
+    wait_for(lambda: pg.replication_state("walvault_receive_wal"), what="streaming")
+    pg.sql("CREATE TABLE marks (v text)")
+    assert wv.run("backup", "--wait", "pg", timeout=180).returncode == 0
+    pg.sql("INSERT INTO marks VALUES ('a')")
+    xid_b = pg.scalar("INSERT INTO marks VALUES ('b') RETURNING txid_current()::text")
+    pg.sql("SELECT pg_create_restore_point('after_b')")
+    time.sleep(1.2)
+    after_b = datetime.now().astimezone()
+    time.sleep(1.2)
+    pg.sql("INSERT INTO marks VALUES ('c')")
+    pg.sql("INSERT INTO marks VALUES ('d')")
+    _archive_everything(pg, wv)
+
+    by_name = _recover(pg, wv, tmp_path, "by_name", "--target-name", "after_b")
+    assert _values(by_name) == ["a", "b"]
+    by_time = _recover(pg, wv, tmp_path, "by_time", "--target-time", after_b.isoformat())
+    assert _values(by_time) == ["a", "b"]
+    by_xid = _recover(pg, wv, tmp_path, "by_xid", "--target-xid", str(xid_b), "--get-wal")
+    assert _values(by_xid) == ["a", "b"]
+    exclusive = _recover(
+        pg, wv, tmp_path, "excl", "--target-xid", str(xid_b), "--exclusive", "--no-get-wal"
+    )
+    assert _values(exclusive) == ["a"]
+
+
+def test_impossible_targets_and_destinations(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg, immediate_checkpoint="true")})
+    assert wv.run("cron").returncode == 0
+    wait_for(lambda: pg.replication_state("walvault_receive_wal"), what="streaming")
+    assert wv.run("backup", "--wait", "pg", timeout=180).returncode == 0
+    dest = str(tmp_path / "x")
+    cases = [
+        (["--target-time", "2000-01-01 00:00:00+00"], "before the backup end time"),
+        (["--target-tli", "7"], "timeline 7 is not in the archive"),
+        (["--target-name", "a", "--target-xid", "5"], "multiple targets"),
+        (["--target-lsn", "0/1"], "before the backup end LSN"),
+        (["--target-action", "promote"], "needs a recovery target"),
+    ]
+    for args, message in cases:
+        result = wv.run("recover", "pg", "latest", dest, *args)
+        assert result.returncode == 1, args
+        assert message in result.stderr, (args, result.stderr)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "file").write_text("x")
+    result = wv.run("recover", "pg", "latest", str(occupied))
+    assert result.returncode == 1 and "is not empty" in result.stderr
+    unknown = wv.run("recover", "pg", "20000101T000000", dest)
+    assert unknown.returncode == 1 and "unknown backup" in unknown.stderr
+
+
+def test_recovery_onto_timeline_2_after_promotion(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    standby = pg.make_standby(name="standby")
+    options = streaming_server(
+        pg,
+        immediate_checkpoint="true",
+        wal_streaming_conninfo=standby.streaming_conninfo(),
+        wal_conninfo=standby.conninfo(),
+    )
+    wv = walvault_factory({"pg": options})
+    assert wv.run("cron").returncode == 0
+    wait_for(
+        lambda: standby.scalar("SELECT count(*) FROM pg_stat_replication") == 1,
+        what="walvault streaming from the standby",
+    )
+    pg.sql("CREATE TABLE marks (v text)")
+    pg.sql("INSERT INTO marks VALUES ('tl1')")
+    backup = wv.run("backup", "--wait", "pg", timeout=180)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    pg.stop()
+    standby.promote()
+    standby.sql("INSERT INTO marks VALUES ('tl2')")
+    closed = standby.switch_wal()
+    assert closed.startswith("00000002")
+    history = Path(wv.server().wals_directory) / "00000002.history"
+    segment = Path(wv.server().wals_directory) / closed[:16] / closed
+
+    def archived() -> bool:
+        wv.run("archive-wal", "pg")
+        return history.exists() and segment.exists()
+
+    wait_for(archived, what="timeline 2 archived")
+    restored = _recover(pg, wv, tmp_path, "tl2", "--target-tli", "2", "--no-get-wal")
+    wait_for(lambda: not restored.is_in_recovery(), what="end of recovery", timeout=120)
+    assert [r[0] for r in restored.sql("SELECT v FROM marks ORDER BY v")] == ["tl1", "tl2"]
+    assert restored.timeline() >= 2

@@ -1,0 +1,133 @@
+"""archive-wal killed with SIGKILL at random instants: the next run always finishes the job."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from walsupply import archived_files, catalogue_lines, copy_closed_segments
+from walvault.archive.archiver import archive_wal
+from walvault.archive.compression import compress_bytes, decompress_bytes, identify
+from walvault.archive.layout import archive_journal_path
+from walvault.config import ServerConfig
+from wvharness import streaming_server
+
+KILLS = 50
+SEGMENTS = 20
+COMPRESSIONS = ("zstd", None, "gzip")
+
+
+def _lock_pid(server: ServerConfig) -> str:
+    try:
+        return Path(server.lock_directory, f".{server.name}-archive-wal.lock").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _stage(server: ServerConfig, originals: dict[str, bytes], live: str) -> None:
+    """A fresh server directory: half the backlog streamed, half shipped (some gzipped)."""
+    shutil.rmtree(server.backup_directory, ignore_errors=True)
+    streaming = Path(server.streaming_wals_directory)
+    incoming = Path(server.incoming_wals_directory)
+    streaming.mkdir(parents=True)
+    incoming.mkdir(parents=True)
+    for i, (name, data) in enumerate(sorted(originals.items())):
+        if i < SEGMENTS // 2:
+            (incoming / name).write_bytes(compress_bytes("gzip", data, 1) if i % 3 == 0 else data)
+        else:
+            (streaming / name).write_bytes(data)
+    (streaming / live).write_bytes(b"")
+
+
+def _check(server: ServerConfig, originals: dict[str, bytes], live: str, algo: str | None) -> None:
+    files = archived_files(server)
+    assert set(files) == set(originals)
+    for name, data in originals.items():
+        stored = files[name].read_bytes()
+        found = identify(stored[:8])
+        assert found in (algo, "gzip"), f"{name} is {found}"  # gzip: as a client sent it
+        assert decompress_bytes(found, stored) == data, name
+    names = [line[0] for line in catalogue_lines(server)]
+    assert sorted(names) == sorted(originals), "catalogue lost or doubled a line"
+    assert os.listdir(server.streaming_wals_directory) == [live]
+    assert os.listdir(server.incoming_wals_directory) == []
+    assert not os.path.exists(server.errors_directory) or os.listdir(server.errors_directory) == []
+    assert not os.path.exists(archive_journal_path(server))
+    temps = [
+        os.path.join(root, n)
+        for top in (server.wals_directory, server.backup_directory)
+        for root, _, fs in os.walk(top)
+        for n in fs
+        if n.startswith(".")
+    ]
+    assert temps == []
+
+
+def test_sigkill_at_random_instants(pg: Any, walvault_factory: Any, tmp_path: Path) -> None:
+    names = copy_closed_segments(pg, SEGMENTS, tmp_path / "closed")
+    originals = {n: (tmp_path / "closed" / n).read_bytes() for n in names}
+    live = f"{pg.switch_wal()[:16]}000000FF.partial"  # sorts after every staged segment
+    options = streaming_server(pg, archiver="on")
+    wv = walvault_factory({"pg": options})
+    rng = random.Random(int(os.environ.get("WALVAULT_CRASH_SEED", "4")))
+    # how long a run works once it holds its lock, per compression
+    window: dict[str | None, float] = {}
+    for algo in COMPRESSIONS:
+        wv.write({"pg": {**options, "compression": algo or "none"}})
+        server = wv.server()
+        _stage(server, originals, live)
+        proc = wv.spawn("archive-wal", "pg")
+        while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
+            time.sleep(0.001)
+        start = time.monotonic()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        window[algo] = time.monotonic() - start
+        _check(server, originals, live, algo)
+    killed = trials = 0
+    while killed < KILLS:
+        trials += 1
+        assert trials < KILLS * 3, f"only {killed} of {trials} kills hit a running archive-wal"
+        algo = COMPRESSIONS[trials % len(COMPRESSIONS)]
+        wv.write({"pg": {**options, "compression": algo or "none"}})
+        server = wv.server()
+        _stage(server, originals, live)
+        proc = wv.spawn("archive-wal", "pg")
+        while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
+            time.sleep(0.0005)
+        time.sleep(rng.uniform(0, window[algo]))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read() if proc.stderr else ""
+        result = archive_wal(server, lambda _line: None)
+        assert result.exit_code == 0 and not result.failed, result
+        _check(server, originals, live, algo)
+    assert killed == KILLS
+
+
+def test_kill_during_a_long_compression_batch(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    """Two kills in a row on one backlog (xz: slow enough to be caught mid-batch)."""
+    names = copy_closed_segments(pg, 8, tmp_path / "closed")
+    originals = {n: (tmp_path / "closed" / n).read_bytes() for n in names}
+    live = f"{pg.switch_wal()[:16]}000000FF.partial"
+    wv = walvault_factory({"pg": streaming_server(pg, archiver="on", compression="xz")})
+    server = wv.server()
+    _stage(server, originals, live)
+    for delay in (0.05, 0.02):
+        proc = wv.spawn("archive-wal", "pg")
+        while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
+            time.sleep(0.001)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    result = archive_wal(server, lambda _line: None)
+    assert result.exit_code == 0
+    _check(server, originals, live, "xz")

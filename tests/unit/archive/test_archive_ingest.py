@@ -1,0 +1,172 @@
+"""Per-file steps of archive-wal: inspection verdicts, twin comparison, archived copies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from walsupply import SYSID, make_server, synthetic_segment
+from walvault.archive import errors_dir
+from walvault.archive.compression import ALGORITHMS, compress_bytes, decompress_bytes
+from walvault.archive.ingest import (
+    Staged,
+    UnreadableArchive,
+    Verdict,
+    decompressed_head,
+    inspect_staged,
+    same_content,
+    write_archived,
+)
+from walvault.fs import SyncBatch
+
+NAME = "000000010000000000000006"
+
+
+def _put(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_bytes(data)
+    return directory / name
+
+
+def test_a_valid_segment_is_archived(tmp_path: Path) -> None:
+    _put(tmp_path, NAME, synthetic_segment(NAME))
+    found = inspect_staged(str(tmp_path), NAME, system_identifier=SYSID)
+    assert found.verdict is Verdict.ARCHIVE and found.header is not None
+    assert found.staged is not None and found.staged.compression is None
+    assert found.header.system_identifier == SYSID and found.header.pg_version == 15
+
+
+def test_another_cluster_is_foreign(tmp_path: Path) -> None:
+    _put(tmp_path, NAME, synthetic_segment(NAME, sysid=SYSID + 1))
+    found = inspect_staged(str(tmp_path), NAME, system_identifier=SYSID)
+    assert found.verdict is Verdict.FOREIGN
+    assert found.problem == f"system identifier {SYSID + 1}, expected {SYSID}"
+    # unknown identity: no opinion on the cluster
+    assert inspect_staged(str(tmp_path), NAME, system_identifier=None).verdict is Verdict.ARCHIVE
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (synthetic_segment("000000010000000000000007"), "page address 0/700000 in header"),
+        (synthetic_segment(NAME)[: 1 << 19], "size 524288, the header says 1048576"),
+        (bytes(1 << 20), "header is all zeros"),
+        (b"short", "WAL header too short"),
+    ],
+)
+def test_broken_segments_are_invalid(tmp_path: Path, data: bytes, problem: str) -> None:
+    _put(tmp_path, NAME, data)
+    found = inspect_staged(str(tmp_path), NAME, system_identifier=SYSID)
+    assert found.verdict is Verdict.INVALID and problem in found.problem
+
+
+def test_partials_empty_or_valid(tmp_path: Path) -> None:
+    _put(tmp_path, f"{NAME}.partial", b"")
+    found = inspect_staged(str(tmp_path), f"{NAME}.partial", system_identifier=SYSID)
+    assert found.verdict is Verdict.ARCHIVE
+    half = synthetic_segment(NAME)[:4096] + bytes((1 << 20) - 4096)  # zero-padded, as streamed
+    _put(tmp_path, f"{NAME}.partial", half)
+    found = inspect_staged(str(tmp_path), f"{NAME}.partial", system_identifier=SYSID + 1)
+    assert found.verdict is Verdict.FOREIGN
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_client_compressed_files_are_recognised_and_checked(tmp_path: Path, algo: str) -> None:
+    _put(tmp_path, NAME, compress_bytes(algo, synthetic_segment(NAME)))
+    found = inspect_staged(str(tmp_path), NAME, system_identifier=SYSID)
+    assert found.verdict is Verdict.ARCHIVE and found.staged is not None
+    assert found.staged.compression == algo
+    found = inspect_staged(str(tmp_path), NAME, system_identifier=SYSID - 1)
+    assert found.verdict is Verdict.FOREIGN
+
+
+def test_corrupt_compressed_segment_is_invalid(tmp_path: Path) -> None:
+    _put(tmp_path, NAME, b"\x28\xb5\x2f\xfd" + b"garbage" * 20)
+    found = inspect_staged(str(tmp_path), NAME, system_identifier=SYSID)
+    assert found.verdict is Verdict.INVALID and "zstd" in found.problem
+
+
+def test_other_kinds(tmp_path: Path) -> None:
+    (tmp_path / NAME).mkdir()
+    assert inspect_staged(str(tmp_path), NAME, system_identifier=None).verdict is Verdict.UNKNOWN
+    os.symlink("/nonexistent", tmp_path / "000000010000000000000009")
+    found = inspect_staged(str(tmp_path), "000000010000000000000009", system_identifier=None)
+    assert found.verdict is Verdict.UNKNOWN
+    missing = inspect_staged(str(tmp_path), "000000010000000000000008", system_identifier=None)
+    assert missing.verdict is Verdict.VANISHED
+    _put(tmp_path, "00000002.history", b"1\t0/3000000\tno recovery target specified\n")
+    found = inspect_staged(str(tmp_path), "00000002.history", system_identifier=SYSID)
+    assert found.verdict is Verdict.ARCHIVE and found.header is None
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_decompressed_head(tmp_path: Path, algo: str) -> None:
+    data = synthetic_segment(NAME)
+    path = _put(tmp_path, "x", compress_bytes(algo, data))
+    with open(path, "rb") as handle:
+        assert decompressed_head(handle, algo) == data[:40]
+
+
+def _staged(path: Path, compression: str | None) -> Staged:
+    st = path.stat()
+    return Staged(path.name, str(path), st.st_size, st.st_mtime, compression)
+
+
+@pytest.mark.parametrize("left", [None, *ALGORITHMS])
+@pytest.mark.parametrize("right", [None, "gzip", "zstd"])
+def test_same_content_across_compressions(tmp_path: Path, left: str | None, right: str) -> None:
+    data = os.urandom((1 << 20) + 12345)  # more than one CHUNK_SIZE
+    archived = _put(tmp_path / "a", NAME, compress_bytes(left, data) if left else data)
+    same = _put(tmp_path / "b", NAME, compress_bytes(right, data) if right else data)
+    assert same_content(str(archived), _staged(same, right))
+    changed = data[:-1] + bytes([data[-1] ^ 1])
+    other = _put(tmp_path / "c", NAME, compress_bytes(right, changed) if right else changed)
+    assert not same_content(str(archived), _staged(other, right))
+    shorter = data[:-10]
+    other = _put(tmp_path / "d", NAME, compress_bytes(right, shorter) if right else shorter)
+    assert not same_content(str(archived), _staged(other, right))
+
+
+def test_corrupt_twins(tmp_path: Path) -> None:
+    data = synthetic_segment(NAME)
+    good = _put(tmp_path / "a", NAME, compress_bytes("gzip", data))
+    bad = _put(tmp_path / "b", NAME, compress_bytes("gzip", data)[:-20])
+    assert not same_content(str(good), _staged(bad, "gzip"))
+    with pytest.raises(UnreadableArchive):
+        same_content(str(bad), _staged(good, "gzip"))
+
+
+@pytest.mark.parametrize("algo", [None, *ALGORITHMS])
+def test_write_archived_is_invisible_until_flushed(tmp_path: Path, algo: str | None) -> None:
+    data = synthetic_segment(NAME)
+    src = _put(tmp_path / "in", NAME, data)
+    os.utime(src, (1234.5, 1234.5))
+    dst = tmp_path / "out" / NAME
+    dst.parent.mkdir()
+    batch = SyncBatch()
+    size = write_archived(_staged(src, None), str(dst), algo, 1, batch)
+    assert not dst.exists() and len(os.listdir(dst.parent)) == 1
+    batch.flush()
+    assert dst.stat().st_size == size and dst.stat().st_mtime == 1234.5
+    assert decompress_bytes(algo, dst.read_bytes()) == data
+
+
+def test_errors_names_never_collide(tmp_path: Path) -> None:
+    import datetime as dt
+
+    server = make_server(tmp_path)
+    now = dt.datetime(2026, 11, 25, 16, 2, 1, tzinfo=dt.UTC)
+    moved = []
+    for _ in range(3):
+        path = _put(tmp_path / "in", NAME, b"x")
+        moved.append(Path(errors_dir.move_to_errors(server, str(path), "duplicate", now=now)).name)
+    assert moved == [
+        f"{NAME}.20261125T160201Z.duplicate",
+        f"{NAME}.20261125T160201Z.1.duplicate",
+        f"{NAME}.20261125T160201Z.2.duplicate",
+    ]
+    assert sorted(os.listdir(server.errors_directory)) == sorted(moved)
+    with pytest.raises(ValueError):
+        errors_dir.error_name(NAME, "bogus", "x")
