@@ -20,17 +20,11 @@ log() { printf 'barman_env: %s\n' "$*" >&2; }
 # `barman --version` prints "3.20.1 Barman by EnterpriseDB (...)": compare the first word
 barman_version() { "$1" --version 2>/dev/null | awk 'NR == 1 {print $1}'; }
 
-if [[ -x "$VENV/bin/barman" && "$(barman_version "$VENV/bin/barman")" == "$BARMAN_VERSION" ]]; then
-    log "Barman $BARMAN_VERSION already installed in $VENV"
-    echo "$VENV/bin/barman"
-    exit 0
-fi
-
 # --- Debian packages: C compiler and libpq headers for psycopg2, rsync for recover
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [[ -e /usr/include/postgresql/libpq-fe.h ]] || missing+=(libpq-dev)
-command -v pg_config >/dev/null 2>&1 || missing+=(libpq-dev)
+command -v pg_config >/dev/null 2>&1 || [[ " ${missing[*]} " == *" libpq-dev "* ]] || missing+=(libpq-dev)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -42,6 +36,12 @@ if ((${#missing[@]})); then
     # another apt-get may hold the dpkg lock: wait for it rather than fail
     apt-get -o DPkg::Lock::Timeout=600 update -qq
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ -x "$VENV/bin/barman" && "$(barman_version "$VENV/bin/barman")" == "$BARMAN_VERSION" ]]; then
+    log "Barman $BARMAN_VERSION already installed in $VENV"
+    echo "$VENV/bin/barman"
+    exit 0
 fi
 
 # --- Python >= 3.12: $BARMAN_PYTHON, else pyenv's 3.12.1, else any pyenv 3.12.x, else python3.12

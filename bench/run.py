@@ -49,7 +49,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ SEGS_PER_LOG = 0x100000000 // SEG
 CODECS = ("none", "gzip", "zstd", "lz4")
 SECTIONS = ("archive", "scale", "getwal")
 BARMAN_VERSION = "3.20.1"
+GNU_TIME = "/usr/bin/time"
 
 
 class BenchError(Exception):
@@ -96,14 +97,14 @@ class Params:
             return cls(
                 quick=True,
                 pool_min=60,
-                pgbench_scale=40,
+                pgbench_scale=80,
                 pgbench_min_seconds=10,
                 pgbench_max_seconds=60,
                 archive_segments=30,
-                repeats=1,
+                repeats=3,
                 scale_backlog=20_000,
                 scale_batch=1000,
-                scale_repeats=1,
+                scale_repeats=3,
                 barman_scale_limit=60.0,
                 single_calls=10,
                 restore_segments=60,
@@ -111,14 +112,14 @@ class Params:
         return cls(
             quick=False,
             pool_min=200,
-            pgbench_scale=100,
+            pgbench_scale=150,
             pgbench_min_seconds=30,
             pgbench_max_seconds=240,
             archive_segments=60,
             repeats=3,
             scale_backlog=200_000,
             scale_batch=1000,
-            scale_repeats=3,
+            scale_repeats=5,
             barman_scale_limit=120.0,
             single_calls=20,
             restore_segments=200,
@@ -135,6 +136,12 @@ def log(msg: str) -> None:
 
 def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def rate(times: dict[str, list[float]], tool: str, amount: float) -> float | None:
+    """``amount`` per second, over the median of ``times[tool]``."""
+    med = median(times.get(tool, []))
+    return amount / med if med else None
 
 
 def seg_name(tli: int, segno: int) -> str:
@@ -156,6 +163,13 @@ def hash_dir(name: str) -> str:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError as exc:
+        return f"({exc})"
 
 
 def free_port() -> int:
@@ -184,8 +198,9 @@ class Run:
     argv: list[str]
     elapsed: float
     returncode: int | None
-    maxrss_kib: int
+    maxrss_kib: int  # 0 when unknown (GNU time not available, or the command was killed)
     timed_out: bool
+    cpu_seconds: float = 0.0  # user + system, the command and its children
     stdout: str = ""
     stderr: str = ""
 
@@ -212,15 +227,24 @@ def run_timed(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Run:
-    """Run ``argv`` and measure its wall time and peak RSS (its process tree, via wait4).
+    """Run ``argv`` and measure its wall time, CPU time and peak RSS.
 
+    Peak RSS comes from GNU time (``%M``: the largest resident set of the command and the
+    children it waited for). It is not taken from this process's ``wait4``: a child forked
+    from this (big) Python process keeps the parent's RSS high-water mark across ``exec``,
+    which would put a floor of this script's own size under every figure.
     stdout goes to ``stdout_path`` if given, else is captured (``capture``) or discarded.
     stderr is captured through a file (no pipe that could fill up while we wait). With
     ``timeout`` the whole process group is killed when it is exceeded.
     """
     scratch = BASE / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    err_file = open(scratch / f"stderr.{os.getpid()}.{threading.get_ident()}", "w+b")  # noqa: SIM115
+    tag = f"{os.getpid()}.{threading.get_ident()}"
+    err_file = open(scratch / f"stderr.{tag}", "w+b")  # noqa: SIM115
+    rss_path = scratch / f"rss.{tag}"
+    launch = list(argv)
+    if os.access(GNU_TIME, os.X_OK):
+        launch = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *argv]
     out_file = None
     try:
         if stdout_path is not None:
@@ -231,7 +255,7 @@ def run_timed(
         timed_out = threading.Event()
         start = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv),
+            launch,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=err_file,
@@ -251,6 +275,15 @@ def run_timed(
             timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            # interrupted (SIGINT/SIGTERM): the command runs in its own session, so take it
+            # down with us rather than leave it working in a directory about to be removed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, 0)
+            proc.returncode = -signal.SIGKILL
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -262,16 +295,23 @@ def run_timed(
         if stdout_path is None and out_file is not None:
             out_file.seek(0)
             out = out_file.read().decode(errors="replace")
+        maxrss = 0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # GNU time writes "Command exited with non-zero status N" first when it fails
+            maxrss = int(rss_path.read_text().split()[-1])
         return Run(
             argv=list(argv),
             elapsed=elapsed,
             returncode=proc.returncode,
-            maxrss_kib=usage.ru_maxrss,
+            maxrss_kib=maxrss,
             timed_out=timed_out.is_set(),
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
             stdout=out,
             stderr=stderr,
         )
     finally:
+        with contextlib.suppress(OSError):
+            rss_path.unlink()
         for handle in (err_file, out_file):
             if handle is not None:
                 name = handle.name
@@ -279,6 +319,37 @@ def run_timed(
                 if stdout_path is None or name != str(stdout_path):
                     with contextlib.suppress(OSError):
                         os.unlink(name)
+
+
+def reap_strays(marker: str, grace: float = 10.0) -> list[int]:
+    """Stop the processes whose command line mentions ``marker`` (a path unique to this run).
+
+    These are processes the bench started indirectly and that outlive the command that
+    started them, e.g. walvault-wal-restore's prefetch worker. SIGTERM, then SIGKILL after
+    ``grace`` seconds. Returns their PIDs.
+    """
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(found)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 def check_call(argv: Sequence[str], what: str, **kwargs: Any) -> str:
@@ -672,7 +743,7 @@ def collect_wal(cluster: Cluster, pool: Path, params: Params) -> list[str]:
     if len(run) < params.pool_min:
         raise BenchError(
             f"only {len(run)} consecutive finished segments were collected "
-            f"(need {params.pool_min}); see {cluster.logfile}"
+            f"(need {params.pool_min}); PostgreSQL log: {tail(read_text(cluster.logfile), 5)}"
         )
     os.sync()
     return run
@@ -891,6 +962,12 @@ class Bench:
         self.results.details["postgres_version"] = self.cluster.version()
         start = time.monotonic()
         self.segments = collect_wal(self.cluster, self.pool, self.params)
+        # the tools need no live server from here on (identity.json is written for them):
+        # stop it, so its checkpointer, autovacuum (after pgbench) and write-back do not
+        # compete with the measurements on this small machine
+        self.cluster.sql("CHECKPOINT")
+        self.cluster.stop()
+        os.sync()
         log(
             f"collected {len(self.segments)} finished 16 MiB segments "
             f"({self.segments[0]} .. {self.segments[-1]}) in {time.monotonic() - start:.0f} s"
@@ -927,16 +1004,22 @@ class Bench:
     def archive_throughput(self) -> None:
         p = self.params
         # an evenly spread sample, so COPY-load WAL and TPC-B WAL are both represented
-        count = min(p.archive_segments, len(self.segments))
-        step = len(self.segments) / count
-        names = [self.segments[int(i * step)] for i in range(count)]
-        size_in = count * SEG
+        sample = min(p.archive_segments, len(self.segments))
+        step = len(self.segments) / sample
+        spread = [self.segments[int(i * step)] for i in range(sample)]
         tools = [t for t in ("barman", "walvault") if self.tool_ready(t, "archive-wal")]
-        detail: dict[str, Any] = {"segments": count, "runs": {}}
+        detail: dict[str, Any] = {"segments": sample, "segments_none": len(self.segments)}
+        detail["runs"] = {}
         self.results.details["archive_wal"] = detail
         for codec in CODECS:
+            # without compression a run is a rename + fsync per file and the ~0.2 s start-up
+            # of Python dominates a small batch: give it the whole pool
+            names = list(self.segments) if codec == "none" else spread
+            count = len(names)
+            size_in = count * SEG
             times: dict[str, list[float]] = {t: [] for t in tools}
             rss: dict[str, list[int]] = {t: [] for t in tools}
+            cpu: dict[str, list[float]] = {t: [] for t in tools}
             ratio: dict[str, float] = {}
             failed: dict[str, str] = {}
             for rep in range(p.repeats):
@@ -962,21 +1045,24 @@ class Bench:
                     else:
                         times[tool].append(run.elapsed)
                         rss[tool].append(run.maxrss_kib)
+                        cpu[tool].append(run.cpu_seconds)
                         ratio[tool] = size_in / archived_bytes(home, names)
                         log(
                             f"  archive-wal {codec:4} {tool:8} run {rep + 1}: {run.elapsed:7.2f} s "
-                            f"({count / run.elapsed:6.1f} seg/s), {run.maxrss_kib / 1024:.0f} MiB"
+                            f"({count / run.elapsed:6.1f} seg/s), {run.maxrss_kib / 1024:.0f} MiB, "
+                            f"CPU {run.cpu_seconds:.2f} s "
+                            f"({run.cpu_seconds / run.elapsed:.2f} cores busy)"
                         )
                     shutil.rmtree(home.root)
             detail["runs"][codec] = {
-                t: {"seconds": times[t], "maxrss_kib": rss[t], "ratio": ratio.get(t)} for t in tools
+                t: {
+                    "seconds": times[t],
+                    "cpu_seconds": cpu[t],
+                    "maxrss_kib": rss[t],
+                    "ratio": ratio.get(t),
+                }
+                for t in tools
             }
-
-            def val(
-                tool: str, fn: Callable[[float], float], times: dict[str, list[float]] = times
-            ) -> float | None:
-                med = median(times.get(tool, []))
-                return fn(med) if med else None
 
             label = "none" if codec == "none" else f"{codec}, default level"
             texts = self._texts("archive-wal", failed)
@@ -986,23 +1072,24 @@ class Bench:
                     f"{label}: segments/s",
                     "seg/s",
                     "higher",
-                    val("barman", lambda s: count / s),
-                    val("walvault", lambda s: count / s),
+                    rate(times, "barman", count),
+                    rate(times, "walvault", count),
                     *texts,
                     note=f"{count} x 16 MiB, median of {p.repeats}",
                 )
             )
-            self.results.add(
-                Row(
-                    "archive-wal",
-                    f"{label}: MB/s (input)",
-                    "MB/s",
-                    "higher",
-                    val("barman", lambda s: size_in / s / 1e6),
-                    val("walvault", lambda s: size_in / s / 1e6),
-                    *texts,
+            if codec != "none":
+                self.results.add(
+                    Row(
+                        "archive-wal",
+                        f"{label}: MB/s (input)",
+                        "MB/s",
+                        "higher",
+                        rate(times, "barman", size_in / 1e6),
+                        rate(times, "walvault", size_in / 1e6),
+                        *texts,
+                    )
                 )
-            )
             if codec != "none":
                 self.results.add(
                     Row(
@@ -1022,8 +1109,8 @@ class Bench:
                     f"{label}: peak memory",
                     "MiB",
                     "lower",
-                    (max(rss["barman"]) / 1024) if rss.get("barman") else None,
-                    (max(rss["walvault"]) / 1024) if rss.get("walvault") else None,
+                    (max(rss["barman"]) / 1024) if any(rss.get("barman", [])) else None,
+                    (max(rss["walvault"]) / 1024) if any(rss.get("walvault", [])) else None,
                     *texts,
                 )
             )
@@ -1094,66 +1181,58 @@ class Bench:
 
         small_segno = 1 * SEGS_PER_LOG  # names 000000010000000100000000...
         big_segno = 16 * SEGS_PER_LOG  # names 000000010000001000000000..., after the small ones
-        # -- backlog = one batch
-        per_tool: dict[str, dict[str, Any]] = {}
-        for tool in tools:
-            secs: list[float] = []
-            rss: list[int] = []
-            moved_all: list[int] = []
-            limit = p.barman_scale_limit if tool == "barman" else None
-            for rep in range(p.scale_repeats):
+        per_tool: dict[str, dict[str, Any]] = {
+            t: {
+                case: {"seconds": [], "maxrss_kib": [], "archived": [], "timed_out_after": None}
+                for case in ("small", "big")
+            }
+            for t in tools
+        }
+        stopped: dict[str, set[str]] = {"small": set(), "big": set()}
+
+        def measure(case: str, tool: str, directory: Path, waiting: int) -> None:
+            data = per_tool[tool][case]
+            limit = p.barman_scale_limit  # the same for both tools
+            run, moved = one_run(tool, directory, limit)
+            if run.timed_out:
+                data["timed_out_after"] = limit
+                stopped[case].add(tool)
+                log(f"  backlog {waiting:>7,} {tool:8}: killed after {limit:.0f} s")
+                return
+            if not run.ok:
+                self.results.errors.append(f"scale, backlog {waiting} ({tool}): {run.describe()}")
+                stopped[case].add(tool)
+                return
+            data["seconds"].append(run.elapsed)
+            data["maxrss_kib"].append(run.maxrss_kib)
+            data["archived"].append(moved)
+            log(f"  backlog {waiting:>7,} {tool:8}: {run.elapsed:6.2f} s, {moved} files archived")
+            if sum(data["seconds"]) > limit:
+                # enough time spent on this tool: the bench must finish in minutes (an
+                # outlier alone does not stop it: other sessions' I/O can stall one run)
+                stopped[case].add(tool)
+
+        # -- backlog = one batch (fresh files each time); the tools take turns going first
+        for rep in range(p.scale_repeats):
+            for tool in tools if rep % 2 == 0 else list(reversed(tools)):
+                if tool in stopped["small"]:
+                    continue
                 directory = stage / f"small-{tool}-{rep}"
                 self._make_backlog(directory, 1, small_segno + rep * batch, batch)
-                run, moved = one_run(tool, directory, limit)
+                measure("small", tool, directory, batch)
                 shutil.rmtree(directory)
-                if not run.ok:
-                    self.results.errors.append(f"scale, backlog {batch} ({tool}): {run.describe()}")
-                    break
-                secs.append(run.elapsed)
-                rss.append(run.maxrss_kib)
-                moved_all.append(moved)
-                log(f"  backlog {batch:>7,} {tool:8}: {run.elapsed:6.2f} s, {moved} files archived")
-            per_tool[tool] = {"small": {"seconds": secs, "maxrss_kib": rss, "archived": moved_all}}
-        # -- backlog = 200,000 (or the quick figure)
+        # -- backlog = 200,000 (or the quick figure), shrinking by one batch per run
         big = stage / "big"
         log(f"creating a backlog of {p.scale_backlog:,} sparse segments")
         t0 = time.monotonic()
         self._make_backlog(big, 1, big_segno, p.scale_backlog)
         os.sync()
         log(f"  created in {time.monotonic() - t0:.0f} s")
-        for tool in tools:
-            secs, rss, moved_all = [], [], []
-            limit = p.barman_scale_limit if tool == "barman" else None
-            timed_out = False
-            repeats = p.scale_repeats if tool == "walvault" else 1
-            for _ in range(repeats):
-                waiting = len(os.listdir(big)) - 1
-                run, moved = one_run(tool, big, limit)
-                if run.timed_out:
-                    timed_out = True
-                    log(
-                        f"  backlog {waiting:>7,} {tool:8}: killed after {limit:.0f} s "
-                        f"({moved} archived)"
-                    )
-                    break
-                if not run.ok:
-                    self.results.errors.append(
-                        f"scale, backlog {p.scale_backlog} ({tool}): {run.describe()}"
-                    )
-                    break
-                secs.append(run.elapsed)
-                rss.append(run.maxrss_kib)
-                moved_all.append(moved)
-                log(
-                    f"  backlog {waiting:>7,} {tool:8}: {run.elapsed:6.2f} s, "
-                    f"{moved} files archived"
-                )
-            per_tool[tool]["big"] = {
-                "seconds": secs,
-                "maxrss_kib": rss,
-                "archived": moved_all,
-                "timed_out_after": limit if timed_out else None,
-            }
+        for rep in range(p.scale_repeats):
+            for tool in tools if rep % 2 == 0 else list(reversed(tools)):
+                if tool in stopped["big"]:
+                    continue
+                measure("big", tool, big, len(os.listdir(big)) - 1)
         detail["runs"] = per_tool
         shutil.rmtree(stage)
         for tool in tools:
@@ -1163,16 +1242,23 @@ class Bench:
             if tool not in per_tool:
                 return None, ("not built" if tool == "walvault" else "not installed")
             data = per_tool[tool].get(case, {})
+            if data.get("seconds") and data.get("timed_out_after"):
+                med = median(data["seconds"]) or 0.0
+                return None, f"{med:.1f} s, then a run > {data['timed_out_after']:.0f} s"
+            if data.get("seconds"):
+                return median(data["seconds"]), None
             if data.get("timed_out_after"):
                 return None, f"> {data['timed_out_after']:.0f} s"
-            if not data.get("seconds"):
-                return None, "failed"
-            return median(data["seconds"]), None
+            return None, "failed"
 
-        note_small = f"median of {p.scale_repeats}"
+        note_small = (
+            f"median of {p.scale_repeats}; Barman archives 999 files per batch of 1,000 "
+            "(it holds back the batch's newest segment when no .partial is in the batch)"
+        )
         note_big = (
-            f"walvault median of {p.scale_repeats}, Barman 1 run "
-            f"(killed after {p.barman_scale_limit:.0f} s)"
+            f"median of {p.scale_repeats} runs, the tools taking turns (the backlog shrinks by a "
+            f"batch per run); a run is killed after {p.barman_scale_limit:.0f} s, and a tool "
+            f"stops repeating once its runs add up to more than that"
         )
         for case, backlog, note in (
             ("small", batch, note_small),
@@ -1197,6 +1283,19 @@ class Bench:
             bigm = median(per_tool[tool].get("big", {}).get("seconds", []))
             if small and bigm:
                 detail.setdefault("big_over_small", {})[tool] = bigm / small
+        growth = detail.get("big_over_small", {})
+        self.results.add(
+            Row(
+                "archive-wal scale",
+                f"time with {p.scale_backlog:,} waiting / time with {batch:,} waiting",
+                "x",
+                "info",
+                growth.get("barman"),
+                growth.get("walvault"),
+                *self._texts("archive-wal", {}),
+                note="1.0 = the cost of a run does not depend on the backlog",
+            )
+        )
         rows_rss = {
             t: max(
                 per_tool[t].get("small", {}).get("maxrss_kib", [])
@@ -1350,6 +1449,10 @@ class Bench:
                 os.rename(target, restored / name)  # what PostgreSQL does with RECOVERYXLOG
             elapsed = time.perf_counter() - start
             key = f"{tool}" + (f" -p {prefetch}" if prefetch else "")
+            if prefetch:
+                # the prefetch worker outlives the last call (it stops when idle): stop it
+                strays = reap_strays(str(spool))
+                detail.setdefault("prefetch_workers_stopped_after_run", {})[key] = len(strays)
             if problem is None:
                 bad = [n for n in names if sha256_file(restored / n) != self.hashes[n]]
                 if bad:
@@ -1463,17 +1566,37 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def walvault_tree() -> dict[str, Any]:
+    """Which walvault code was measured: the commit, and how many files under src/ differ."""
+    tree: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        tree["commit"] = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        tree["src_files_changed"] = len(status.splitlines())
+    return tree
+
+
 # --------------------------------------------------------------------------- report
 
 
 def table(results: Results) -> str:
+    """The results as an aligned Markdown table, with the notes as numbered footnotes."""
     head = ("figure", "Barman 3.20.1", "walvault", "walvault advantage")
     lines: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
     section = None
     for row in results.rows:
         if row.section != section:
             section = row.section
-            lines.append((f"[{section}]", "", "", ""))
+            lines.append((f"**{section}**", "", "", ""))
 
         def cell(value: float | None, override: str | None, unit: str = row.unit) -> str:
             if override:
@@ -1484,25 +1607,33 @@ def table(results: Results) -> str:
                 return f"{value:.3f} s" if value < 1 else f"{value:.1f} s"
             return f"{fmt_num(value)} {unit}"
 
+        figure = row.figure
+        if row.note:
+            if row.note not in notes:
+                notes.append(row.note)
+            figure += f" [{notes.index(row.note) + 1}]"
         adv = row.advantage
         lines.append(
             (
-                "  " + row.figure,
+                figure,
                 cell(row.barman, row.barman_text),
                 cell(row.walvault, row.walvault_text),
                 f"x{adv:.1f}" if adv is not None else "",
             )
         )
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(4)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    out.append("-+-".join("-" * w for w in widths))
-    for line in lines:
-        out.append(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [fmt(line) for line in lines]
     out.append("")
     out.append(
         "walvault advantage: walvault/Barman for rates, Barman/walvault for times and memory "
         "(> 1 = walvault better)."
     )
+    out += [f"[{n}] {note}" for n, note in enumerate(notes, 1)]
     return "\n".join(out)
 
 
@@ -1595,6 +1726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if bench is not None:
             bench.teardown()
+        strays = reap_strays(str(work))
+        if strays:
+            log(f"stopped {len(strays)} leftover process(es) of this run: {strays}")
         if args.keep:
             log(f"work directory kept: {work}")
         else:
@@ -1609,6 +1743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "elapsed_seconds": round(elapsed, 1),
         "machine": info,
+        "walvault_tree": walvault_tree(),
         "versions": {
             "postgres": results.details.get("postgres_version"),
             "barman": bench.tools.barman_version if bench else None,
@@ -1629,6 +1764,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"PostgreSQL {results.details.get('postgres_version')}, "
         f"{'quick' if args.quick else 'full'} run in {elapsed / 60:.1f} min"
     )
+    tree = report["walvault_tree"]
+    if tree:
+        print(
+            f"{report['versions']['walvault']}, tree at {tree.get('commit')} with "
+            f"{tree.get('src_files_changed')} uncommitted file(s) under src/; "
+            f"run {report['when']}"
+        )
     loads = results.details["loadavg_1min"]
     print(
         "1-min load average before each part: "

@@ -673,6 +673,50 @@ class PgCluster:
         )
         return None if state is None else str(state)
 
+    # ---------------------------------------------------------------- restore
+
+    def from_backup(
+        self,
+        backup_dir: str | os.PathLike[str],
+        name: str,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        extra_conf: Mapping[str, ConfValue] | None = None,
+    ) -> PgCluster:
+        """A cluster (not started) whose PGDATA is a copy of ``backup_dir``.
+
+        For restores of a base backup of this cluster: the copy gets its own port and
+        socket directory (in ``harness.conf``); roles and passwords are this cluster's.
+        It is destroyed with this cluster.  Add ``recovery.signal`` and a
+        ``restore_command`` before :meth:`start`.
+        """
+        _ensure_not_root()
+        parent = Path(base_dir).resolve() if base_dir is not None else self.cluster_dir.parent
+        cluster_dir = parent / name
+        if cluster_dir.exists():
+            raise HarnessError(f"{cluster_dir} already exists")
+        cluster_dir.mkdir(parents=True)
+        socket_dir = Path(tempfile.mkdtemp(prefix="wvpg-", dir="/tmp"))
+        settings = dict(self.settings)
+        settings.update(
+            cluster_name=name, port=free_port(), unix_socket_directories=str(socket_dir)
+        )
+        settings.update(extra_conf or {})
+        restored = PgCluster(
+            name=name,
+            cluster_dir=cluster_dir,
+            bindir=self.bindir,
+            port=int(settings["port"]),
+            socket_dir=socket_dir,
+            passwords=self.passwords,
+            settings=settings,
+        )
+        self.standbys.append(restored)
+        shutil.copytree(backup_dir, restored.data_dir, symlinks=True)
+        restored.data_dir.chmod(0o700)
+        restored._write_settings()
+        return restored
+
     # ---------------------------------------------------------------- standby
 
     def make_standby(

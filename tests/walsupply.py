@@ -170,7 +170,7 @@ def receivewal(pg: Any, directory: Path, slot: str = "supply") -> Iterator[subpr
 def stream_segments(pg: Any, directory: Path, count: int, timeout: float = 60) -> list[str]:
     """Produce ``count`` closed segments streamed by a real pg_receivewal into ``directory``.
 
-    On return pg_receivewal has stopped and left its live ``.partial`` behind.
+    On return pg_receivewal has stopped and left the ``.partial`` of the next segment.
     """
     with receivewal(pg, directory) as proc:
         deadline = time.monotonic() + timeout
@@ -183,7 +183,14 @@ def stream_segments(pg: Any, directory: Path, count: int, timeout: float = 60) -
         for i in range(count):
             pg.sql(f"INSERT INTO supply SELECT g, md5(g::text) FROM generate_series(1, {50 + i}) g")
             names.append(pg.switch_wal())
-        while not set(names) <= set(os.listdir(directory)):
+        pg.sql("INSERT INTO supply VALUES (0, 'open the next segment')")
+
+        def done() -> bool:
+            present = os.listdir(directory)
+            partials = [n for n in present if n.endswith(".partial") and n > max(names)]
+            return set(names) <= set(present) and bool(partials)
+
+        while not done():
             if time.monotonic() > deadline:
                 raise AssertionError(f"segments not streamed: {sorted(os.listdir(directory))}")
             time.sleep(0.05)

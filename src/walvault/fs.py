@@ -290,6 +290,39 @@ def ensure_dir(path: StrPath, mode: int = 0o700) -> Path:
     return target
 
 
+def write_temp(
+    dst: StrPath, writer: Callable[[BinaryIO], object], *, mtime: float | None = None
+) -> tuple[Path, int]:
+    """Write a temporary file beside ``dst`` (invisible, not yet fsynced); return it and
+    its size.  The caller makes it live with :func:`commit_new` or unlinks it."""
+    return _write_temp(Path(dst), writer, 0o600, mtime, False)
+
+
+def commit_new(tmp: StrPath, dst: StrPath) -> bool:
+    """Durably give the temporary file ``tmp`` the name ``dst`` unless ``dst`` exists.
+
+    Data fsync, then an atomic no-replace link (``rename`` would silently replace a file
+    another writer just landed), unlink of ``tmp`` and fsync of the directory.  Returns
+    False, leaving ``tmp`` in place, when ``dst`` already exists.  Filesystems without
+    hard links fall back to check-then-rename.
+    """
+    fsync_file(tmp)
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            return False
+        os.rename(tmp, dst)
+    else:
+        os.unlink(tmp)
+    fsync_dir(Path(dst).parent)
+    return True
+
+
 def cleanup_stale_temps(directory: StrPath, *, older_than: float = 3600.0) -> list[Path]:
     """Remove our temporary files left by crashed writers; return what was removed.
 

@@ -19,10 +19,10 @@ APP = "walvault_receive_wal"
 
 
 def _setup(pg: Any, walvault_factory: Any, synchronous: bool) -> Any:
-    if synchronous:
-        pg.configure({"synchronous_standby_names": f"FIRST 1 ({APP})"})
     pg.sql("CREATE TABLE load (id int PRIMARY KEY, pad text)")
     pg.sql("GRANT INSERT, SELECT ON load TO walvault")
+    if synchronous:  # after the DDL: until the receiver runs, commits would wait for it
+        pg.configure({"synchronous_standby_names": f"FIRST 1 ({APP})"})
     wv = walvault_factory(
         {"pg": streaming_server(pg, immediate_checkpoint="true", compression="zstd")}
     )

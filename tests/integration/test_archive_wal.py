@@ -17,7 +17,7 @@ from walvault.locks import ServerLock
 from wvharness import streaming_server
 
 LINE_RE = re.compile(
-    r"[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history"
+    r"([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)"
     r"\t\d+\t\d+\.\d+\t(None|gzip|bzip2|xz|zstd|lz4)\tNone"
 )
 
@@ -107,8 +107,8 @@ def test_what_lands_where(pg: Any, pg_factory: Any, walvault_factory: Any, tmp_p
     assert run.stdout.splitlines() == [
         "Processing xlog segments from streaming for pg",
         f"\t{old_partial}",
-        f"\t{history}",
         f"\t{segs[4]}",
+        f"\t{history}",
         "Processing xlog segments from file archival for pg",
         f"\t{segs[0]}",
         f"\t{segs[1]}",

@@ -57,10 +57,12 @@ class ArchiveResult:
 
 
 def _workers() -> int:
+    """Two threads per core: while one waits for its fsync, the other compresses."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(2, 2 * cores)
 
 
 @dataclass
@@ -306,6 +308,11 @@ def archive_wal(
     Raises :class:`WalvaultError` when a batch cannot be committed (nothing is lost: the
     next run finishes it).
     """
+    if server.encryption != "none":
+        raise WalvaultError(
+            f"server {server.name}: encryption = {server.encryption} is not supported by "
+            "walvault; refusing to archive WAL unencrypted"
+        )
     result = ArchiveResult(server.name)
     os.makedirs(server.lock_directory, exist_ok=True)
     lock = ServerLock(server.lock_directory, server.name, ARCHIVE_WAL, wait=False)
@@ -319,8 +326,9 @@ def archive_wal(
         result.busy = True
         return result
     try:
-        if os.path.isdir(server.backup_directory):  # e.g. a journal a killed run half wrote
-            cleanup_stale_temps(server.backup_directory, older_than=0)
+        for directory in (server.backup_directory, server.xlogdb_directory):
+            if os.path.isdir(directory):  # a journal or catalogue a killed run half wrote
+                cleanup_stale_temps(directory, older_than=0)
         result.recovered = [entry.name for entry in journal.recover(server)]
         identity = _Identity(server)
         sources = [STREAMING] if server.streaming_archiver else []

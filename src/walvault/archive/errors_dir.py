@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+from walvault.archive.layout import errors_path
 from walvault.config import ServerConfig
 from walvault.fs import SyncBatch, durable_move, ensure_dir
 
@@ -43,18 +44,20 @@ def move_to_errors(
     *,
     batch: SyncBatch | None = None,
     now: dt.datetime | None = None,
+    name: str | None = None,
 ) -> str:
     """Move the file (or directory) at ``path`` into errors/; return its new path.
 
-    Durable now, or at ``batch.flush()``.  Runs under the archive-wal lock, which makes the
-    free-name probe safe against other archivers.
+    ``name`` (default: the basename of ``path``) is the WAL name the file stands for, for
+    a temporary file.  Durable now, or at ``batch.flush()``.  Runs under the archive-wal
+    lock, which makes the free-name probe safe against other archivers.
     """
-    directory = str(ensure_dir(server.errors_directory))
-    name = os.path.basename(path)
+    ensure_dir(server.errors_directory)
+    name = name or os.path.basename(path)
     stamp = utc_stamp(now)
     attempt = 0
     while True:
-        target = os.path.join(directory, error_name(name, kind, stamp, attempt))
+        target = errors_path(server, error_name(name, kind, stamp, attempt))
         if not os.path.lexists(target):
             break
         attempt += 1

@@ -209,9 +209,12 @@ def write_archived(
         def writer(handle: BinaryIO) -> None:
             compress_stream(algorithm, level, source, handle)
             handle.flush()
+            # the mtime first: changed after the fsync, it would leave the inode dirty
+            # and make the batch's fsync of this file wait for a journal commit
+            os.utime(handle.fileno(), (staged.mtime, staged.mtime))
             os.fsync(handle.fileno())
 
-        return durable_write_from(dst, writer, mtime=staged.mtime, batch=batch)
+        return durable_write_from(dst, writer, batch=batch)
 
 
 def record_identity(server: ServerConfig, header: WalHeader) -> bool:

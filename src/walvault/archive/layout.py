@@ -3,7 +3,8 @@
 wals/<TLI+log, 16 hex>/<segment>[.partial | .<offset>.backup]
 wals/<TLI>.history
 <server>-xlog.db in xlogdb_directory
-<backup_directory>/walvault-archive-wal.journal   (archive-wal's intent record, see ingest)
+errors/<name>.<UTC stamp>[.<n>].<kind>  (see errors_dir)
+<backup_directory>/walvault-archive-wal.journal   (archive-wal's intent record, see journal)
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ def archive_journal_path(server: ServerConfig) -> str:
     return os.path.join(server.backup_directory, "walvault-archive-wal.journal")
 
 
-def archive_dir_path(server: ServerConfig, name: str) -> str:
-    """The directory that holds (or will hold) the archived ``name``."""
-    return os.path.dirname(archived_path(server, name))
+def errors_path(server: ServerConfig, filename: str) -> str:
+    """``errors/<filename>`` (``filename`` is built by :mod:`walvault.archive.errors_dir`)."""
+    if not filename or "/" in filename or filename in (".", ".."):
+        raise ValueError(f"invalid errors/ file name {filename!r}")
+    return os.path.join(server.errors_directory, filename)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,14 @@ __all__ = [
 
 SEND_CHUNK = 1 << 20
 _HEAD_SIZE = max(LONG_HEADER_SIZE, MAGIC_MAX_LEN)
-_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EXDEV}
+_NO_SENDFILE = {
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.EXDEV,
+    errno.EPERM,
+}
 
 Warn = Callable[[str], None]
 
@@ -150,18 +157,29 @@ def _write_all(out_fd: int, data: bytes | memoryview) -> None:
 
 
 def _copy_raw(in_fd: int, out_fd: int, count: int) -> int:
-    """Copy ``count`` bytes from offset 0 of ``in_fd``: sendfile, else read/write."""
+    """Copy ``count`` bytes from offset 0 of ``in_fd`` to ``out_fd``; return bytes copied.
+
+    In the kernel when it can: ``copy_file_range`` to a regular file (a reflink where the
+    filesystem shares extents, which PostgreSQL may later overwrite safely), ``sendfile``
+    to a pipe or socket; plain reads and writes otherwise.
+    """
+    regular = stat.S_ISREG(os.fstat(out_fd).st_mode)
+    start = os.lseek(out_fd, 0, os.SEEK_CUR) if regular else 0
     offset = 0
     try:
         while offset < count:
-            sent = os.sendfile(out_fd, in_fd, offset, count - offset)
-            if sent == 0:
-                return offset
-            offset += sent
-        return offset
+            if regular:
+                done = os.copy_file_range(in_fd, out_fd, count - offset, offset, start + offset)
+            else:
+                done = os.sendfile(out_fd, in_fd, offset, count - offset)
+            if done == 0:
+                break
+            offset += done
     except OSError as exc:
-        if exc.errno not in _NO_SENDFILE:
+        if exc.errno not in _NO_SENDFILE or (offset and not regular):
             raise
+    if regular:
+        os.lseek(out_fd, start + offset, os.SEEK_SET)
     while offset < count:
         chunk = os.pread(in_fd, min(SEND_CHUNK, count - offset), offset)
         if not chunk:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,15 +69,17 @@ def _setting(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str | N
 
 
 def inspect_source(server: ServerConfig) -> SourceFacts:
-    """Read the server's facts and verify its identity (recording it on first contact)."""
-    from walvault.postgres.connection import connect_replication
-    from walvault.postgres.replication import identify_system
+    """Read the server's facts over ``conninfo`` and check its identity (recorded at first).
+
+    The streaming connection is not opened here: pg_basebackup uses it, and the copy's own
+    ``global/pg_control`` is checked against the same identity afterwards.
+    """
+    from walvault.postgres.replication import SystemIdentity
     from walvault.postgres.sources import WalSource, check_or_record_identity
     from walvault.postgres.status import server_info
 
-    assert server.conninfo and server.streaming_conninfo
-    timeout = server.check_timeout or 10
-    with connect(server.conninfo, timeout=timeout) as conn:
+    assert server.conninfo
+    with connect(server.conninfo, timeout=server.check_timeout or 10) as conn:
         info = server_info(conn)
         settings = {
             key: _setting(conn, key)
@@ -86,16 +89,7 @@ def inspect_source(server: ServerConfig) -> SourceFacts:
             "SELECT spcname::text, oid::bigint, pg_tablespace_location(oid) FROM pg_tablespace "
             "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
         ).fetchall()
-    with connect_replication(
-        server.streaming_conninfo, application_name=server.streaming_backup_name, timeout=timeout
-    ) as repl:
-        identity = identify_system(repl)
-    if identity.system_identifier != info.system_identifier:
-        raise WalvaultError(
-            f"conninfo of server '{server.name}' reaches system {info.system_identifier} but "
-            f"streaming_conninfo reaches system {identity.system_identifier}: they must be "
-            "the same cluster"
-        )
+    identity = SystemIdentity(info.system_identifier, info.timeline, info.current_lsn or 0)
     check_or_record_identity(server, WalSource(identity, info, None))
     spaces = [Tablespace(str(r[0]), int(str(r[1])), str(r[2])) for r in rows]
     return SourceFacts(
@@ -106,6 +100,16 @@ def inspect_source(server: ServerConfig) -> SourceFacts:
         settings["ident_file"],
         spaces,
     )
+
+
+def copied_system_identifier(data: str) -> str | None:
+    """The system identifier in the copy's ``global/pg_control`` (its first 8 bytes)."""
+    try:
+        with open(os.path.join(data, "global", "pg_control"), "rb") as handle:
+            head = handle.read(8)
+    except FileNotFoundError:
+        return None
+    return str(struct.unpack("=Q", head)[0]) if len(head) == 8 else None
 
 
 def validate_name(server: ServerConfig, name: str) -> str:
@@ -163,6 +167,12 @@ def _finish_info(
 ) -> BackupInfo:
     """Fill begin/end WAL and LSN from the copied ``backup_label`` and ``backup_manifest``."""
     data = os.path.join(backup_dir, "data")
+    copied = copied_system_identifier(data)
+    if copied != info.systemid:
+        raise WalvaultError(
+            f"the copy is of system {copied}, not of system {info.systemid} (conninfo): "
+            "conninfo and streaming_conninfo must reach the same cluster"
+        )
     label_text = _read(os.path.join(data, "backup_label"))
     if label_text is None:
         raise WalvaultError(f"pg_basebackup left no backup_label in {data}")
@@ -171,7 +181,6 @@ def _finish_info(
     ranges = parse_manifest_ranges(manifest) if manifest else None
     pos = backup_position(label, ranges, seg_size, end_hint)
     return info.with_(
-        begin_time=label.start_time.astimezone() if label.start_time else info.begin_time,
         end_time=datetime.now().astimezone(),
         begin_xlog=format_lsn(pos.begin_lsn),
         end_xlog=format_lsn(pos.end_lsn),
@@ -230,6 +239,35 @@ def _fail(server: ServerConfig, info: BackupInfo, reason: str) -> None:
     log.error("backup %s of server %s FAILED: %s", info.backup_id, server.name, reason)
 
 
+def _copy(
+    server: ServerConfig,
+    info: BackupInfo,
+    facts: SourceFacts,
+    program: str,
+    echo: Echo,
+    debug: Echo,
+) -> BackupInfo:
+    """Run pg_basebackup and read where the copy starts and ends (raises on failure)."""
+    backup_dir = os.path.dirname(binfo.data_dir(server, info.backup_id))
+    echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
+    command = build_basebackup_command(server, program, backup_dir, facts.tablespaces)
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
+    started = time.monotonic()
+    run = run_basebackup(server, command, debug)
+    if run.returncode != 0:
+        raise _Failed(run.failure())
+    echo(f"Copy done (time: {pretty_duration(time.monotonic() - started)})")
+    try:
+        return _finish_info(info, backup_dir, facts.info.wal_segment_size, run.end_lsn)
+    except ValueError as exc:
+        raise _Failed(f"cannot read the backup's WAL position: {exc}") from None
+
+
+class _Failed(WalvaultError):
+    """The copy failed: the reason recorded in backup.info."""
+
+
 def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo) -> BackupInfo:
     """Steps 1-4 (see the module docstring); the caller holds the server's backup lock."""
     from walvault.receiver.binary import find_program, require_compatible
@@ -239,8 +277,6 @@ def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo)
     require_compatible(program, "pg_basebackup", facts.info.version_num)
     assert program is not None
     backup_id, lock = _new_backup(server)
-    backup_dir = os.path.dirname(binfo.data_dir(server, backup_id))
-    seg_size = facts.info.wal_segment_size
     try:
         info = BackupInfo(
             backup_id,
@@ -249,7 +285,7 @@ def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo)
             backup_name=name,
             begin_time=datetime.now().astimezone(),
             timeline=facts.info.timeline,
-            xlog_segment_size=seg_size,
+            xlog_segment_size=facts.info.wal_segment_size,
             systemid=facts.info.system_identifier,
             version=facts.info.version_num,
             pgdata=facts.pgdata,
@@ -259,29 +295,16 @@ def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo)
             tablespaces=binfo.format_tablespaces(facts.tablespaces),
         )
         binfo.save(server, info)
-        echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
-        command = build_basebackup_command(server, program.path, backup_dir, facts.tablespaces)
-        os.makedirs(backup_dir, mode=0o700, exist_ok=True)
-        echo(f"Starting backup copy via pg_basebackup for {backup_id}")
-        started = time.monotonic()
         try:
-            run = run_basebackup(server, command, debug)
-        except BaseException as exc:
-            _fail(server, info, f"interrupted: {type(exc).__name__}")
-            raise
-        if run.returncode != 0:
-            _fail(server, info, run.failure())
+            info = _copy(server, info, facts, program.path, echo, debug)
+        except WalvaultError as exc:
+            _fail(server, info, exc.message)
             raise WalvaultError(
-                f"Backup {backup_id} of server {server.name} FAILED: {run.failure()}"
-            )
-        echo(f"Copy done (time: {pretty_duration(time.monotonic() - started)})")
-        try:
-            info = _finish_info(info, backup_dir, seg_size, run.end_lsn)
-        except (ValueError, WalvaultError) as exc:
-            _fail(server, info, f"cannot read the backup's WAL position: {exc}")
-            raise WalvaultError(
-                f"Backup {backup_id} of server {server.name} FAILED: {exc}"
+                f"Backup {backup_id} of server {server.name} FAILED: {exc.message}"
             ) from None
+        except BaseException as exc:
+            _fail(server, info, f"interrupted ({type(exc).__name__}: {exc})")
+            raise
         info = info.with_(status=WAITING_FOR_WALS)
         binfo.save(server, info)
     finally:
@@ -290,6 +313,19 @@ def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo)
     echo(f"Backup size: {pretty_size(info.size or 0)}")
     echo(_lsn_line("end", info.end_xlog, info.end_wal, info.end_offset))
     return info
+
+
+def warn_without_receiver(server: ServerConfig, warn: Echo) -> None:
+    """A streaming-only server without receive-wal never gets the backup's WAL: say so."""
+    streaming_only = server.streaming_archiver and not server.archiver
+    if streaming_only and not locks.lock_holder(
+        server.lock_directory, server.name, locks.RECEIVE_WAL
+    ):
+        warn(
+            f"receive-wal is not running for server '{server.name}': the backup's WAL "
+            "reaches the archive only through it (start it with "
+            f"'walvault receive-wal {server.name}' or let 'walvault cron' do it)"
+        )
 
 
 def wait_for_backup(
@@ -301,15 +337,6 @@ def wait_for_backup(
     assert info.end_wal
     limit = f" (max: {timeout:g} seconds)" if timeout else ""
     echo(f"Waiting for the WAL file {info.end_wal} from server '{server.name}'{limit}")
-    streaming_only = server.streaming_archiver and not server.archiver
-    if streaming_only and not locks.lock_holder(
-        server.lock_directory, server.name, locks.RECEIVE_WAL
-    ):
-        warn(
-            f"receive-wal is not running for server '{server.name}': streamed WAL reaches "
-            f"the archive only through it (start it with 'walvault receive-wal {server.name}' "
-            "or let 'walvault cron' do it)"
-        )
     arrived = wait_for_wal(server, info.end_wal, timeout, echo, warn, interval=0.5)
     info = check_backup(server, info.backup_id, wait=30)
     if info.status == WAITING_FOR_WALS and not arrived:
@@ -357,6 +384,7 @@ def take_backup(
         started = time.monotonic()
         info = copy_backup(server, name, echo, debug)
         mark_end(server, info.backup_id, warn)
+        warn_without_receiver(server, warn)
         info = check_backup(server, info.backup_id, wait=30)
         begin = info.begin_time.strftime("%Y-%m-%d %H:%M:%S.%f") if info.begin_time else "?"
         elapsed = pretty_duration(time.monotonic() - started)

@@ -31,10 +31,16 @@ class DeleteRefused(WalvaultError):
     """The backup may not be deleted (minimum redundancy, or a backup in progress)."""
 
 
+def oldest_needing_wal(backups: Sequence[BackupInfo]) -> BackupInfo | None:
+    """The backup with the lowest begin WAL among those that need WAL (pure)."""
+    needing = [b for b in backups if b.status in PROTECTING and b.begin_wal]
+    return min(needing, key=lambda b: str(b.begin_wal)) if needing else None
+
+
 def oldest_needed_wal(backups: Sequence[BackupInfo]) -> str | None:
     """The begin WAL of the oldest backup that needs WAL, None when there is none (pure)."""
-    begins = [b.begin_wal for b in backups if b.status in PROTECTING and b.begin_wal]
-    return min(begins) if begins else None
+    oldest = oldest_needing_wal(backups)
+    return oldest.begin_wal if oldest else None
 
 
 def _refuse_if_needed(server: ServerConfig, info: BackupInfo, check_redundancy: bool) -> None:
@@ -56,23 +62,30 @@ def _refuse_if_needed(server: ServerConfig, info: BackupInfo, check_redundancy: 
 
 
 def purge_unneeded_wal(
-    server: ServerConfig, echo: Echo, *, lock_wait: float = 60.0, only_if_needed: bool = False
+    server: ServerConfig,
+    echo: Echo,
+    *,
+    lock_wait: float = 60.0,
+    only_if_needed: bool = False,
+    header: str = "Delete associated WAL segments:",
 ) -> PurgeResult:
     """Remove the WAL older than the oldest backup that needs WAL (nothing without backups).
 
     ``only_if_needed`` first looks at the oldest archive directory and returns at once when
-    it holds nothing obsolete (what cron does every minute).
+    it holds nothing obsolete (what cron does every minute).  ``header`` (where
+    ``{keep_from}`` and ``{backup_id}`` are replaced) introduces the list of removed files.
     """
-    keep_from = oldest_needed_wal(list(binfo.iter_backups(server)))
-    if keep_from is None:
+    oldest = oldest_needing_wal(list(binfo.iter_backups(server)))
+    if oldest is None or oldest.begin_wal is None:
         return PurgeResult()
+    keep_from = oldest.begin_wal
     if only_if_needed and not has_obsolete_wal(server, keep_from):
         return PurgeResult()
     result = remove_wal_before(server, keep_from, lock_wait=lock_wait)
     if result.postponed:
         echo(f"WAL removal postponed: {result.postponed} (the next delete or cron does it)")
     elif result.removed:
-        echo("Delete associated WAL segments:")
+        echo(header.replace("{keep_from}", keep_from).replace("{backup_id}", oldest.backup_id))
         for name in result.removed:
             echo(f"\t{name}")
     return result

@@ -121,7 +121,13 @@ def enforce_retention(
             echo(f"Skipping obsolete backup {backup_id} of server {server.name}: {exc.message}")
             continue
         result.deleted.append(backup_id)
-    purge = purge_unneeded_wal(server, echo, lock_wait=lock_wait, only_if_needed=True)
+    header = (
+        f"Enforcing retention policy on server {server.name} ({policy}): removing WAL older "
+        "than {keep_from}, the first WAL of the oldest backup kept ({backup_id}):"
+    )
+    purge = purge_unneeded_wal(
+        server, echo, lock_wait=lock_wait, only_if_needed=True, header=header
+    )
     result.wal_removed = purge.removed
     if purge.postponed:
         result.skipped.append(purge.postponed)

@@ -14,7 +14,7 @@ from walvault.archive.layout import archived_path, newest_archived_segment
 from walvault.backup import info as binfo
 from walvault.backup.info import DONE, FAILED, STARTED, WAITING_FOR_WALS, BackupInfo
 from walvault.config import ServerConfig
-from walvault.errors import LockBusy
+from walvault.errors import LockBusy, WalvaultError
 from walvault.fs import fsync_dir
 from walvault.wal.names import Segment, segment_range, timeline_of
 
@@ -90,10 +90,16 @@ def check_backup(server: ServerConfig, backup_id: str, *, wait: float | None = N
     """Re-evaluate one WAITING_FOR_WALS backup under its lock; record a new status durably.
 
     Other statuses are returned unchanged. Raises :class:`LockBusy` when another process
-    holds the backup's lock (after ``wait`` seconds, when given).
+    holds the backup's lock (after ``wait`` seconds, when given), :class:`WalvaultError` when
+    the backup was deleted.
     """
     with id_lock(server, backup_id, wait=wait):
-        info = binfo.load(server, backup_id)
+        try:
+            info = binfo.load(server, backup_id)
+        except FileNotFoundError:
+            raise WalvaultError(
+                f"backup {backup_id} of server {server.name} does not exist (any more)"
+            ) from None
         if info.status != WAITING_FOR_WALS:
             return info
         timeline = timeline_of(info.begin_wal) if info.begin_wal else None

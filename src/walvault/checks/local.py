@@ -11,6 +11,7 @@ from walvault.archive.layout import newest_archived_segment
 from walvault.backup.info import iter_backups
 from walvault.checks import CheckResult
 from walvault.config import ServerConfig
+from walvault.humanize import pretty_duration
 from walvault.receiver.gaps import open_gaps
 from walvault.receiver.state import load_state
 from walvault.wal.names import classify
@@ -106,17 +107,8 @@ def check_wal_maximum_age(server: ServerConfig) -> CheckResult:
     age = time.time() - os.path.getmtime(path)
     limit = server.last_wal_maximum_age
     ok = age <= limit
-    hint = f"interval provided: {_duration(limit)}, latest wal age: {_duration(age)}"
+    hint = f"interval provided: {pretty_duration(limit)}, latest wal age: {pretty_duration(age)}"
     return CheckResult("wal maximum age", ok, hint)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{v} {u}" for v, u in ((days, "days"), (hours, "hours"), (minutes, "minutes")) if v]
-    return ", ".join([*parts, f"{secs} seconds"]) if not parts or secs else ", ".join(parts)
 
 
 def check_backups(server: ServerConfig) -> list[CheckResult]:

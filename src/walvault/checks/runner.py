@@ -6,6 +6,7 @@ from walvault.checks import CheckResult
 from walvault.checks import local as L
 from walvault.checks.facts import Endpoint, RemoteFacts, gather
 from walvault.config import ServerConfig
+from walvault.humanize import pretty_size
 from walvault.receiver.binary import (
     RECEIVEWAL_NAMES,
     find_program,
@@ -30,7 +31,9 @@ def run_checks(server: ServerConfig) -> list[CheckResult]:
     results.append(CheckResult("retention policy settings", True))
     results.append(L.check_wal_maximum_age(server))
     results.append(
-        CheckResult("wal size", True, _pretty(archived_bytes), perfdata=(("wals", archived_bytes),))
+        CheckResult(
+            "wal size", True, pretty_size(archived_bytes), perfdata=(("wals", archived_bytes),)
+        )
     )
     results.append(CheckResult("compression settings", True))
     results += L.check_backups(server)
@@ -40,14 +43,6 @@ def run_checks(server: ServerConfig) -> list[CheckResult]:
     results.append(L.check_archiver_errors(server))
     results.append(L.check_gaps(server))
     return results
-
-
-def _pretty(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size} B"
 
 
 def _postgres(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:

@@ -1,4 +1,4 @@
-"""``get-wal``: send one WAL file of a server to stdout or a directory (restore_command's source)."""
+"""``get-wal``: send one WAL file of a server to stdout or a directory (for restore_command)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ def prepare(ctx: Context, args: argparse.Namespace) -> None:
         return
     validate_wal_name(args.wal_name)
     if args.keep_compression and args.compression:
-        raise WalvaultError(f"argument `{args.compression}` not allowed with argument `keep-compression`")
+        raise WalvaultError(
+            f"argument `{args.compression}` not allowed with argument `keep-compression`"
+        )
     if args.peek is not None and args.peek < 1:
         raise WalvaultError(f"--peek must be a positive number, not {args.peek}")
 

@@ -17,6 +17,8 @@ from walvault.cli import (
     cron,
     get_wal,
     processes,
+    put_wal,
+    quickstart,
     receive_wal,
     recover,
     replication_status,
@@ -38,6 +40,7 @@ COMMAND_MODULES = (
     processes,
     archive_wal,
     get_wal,
+    put_wal,
     cron,
     check,
     status,
@@ -45,6 +48,7 @@ COMMAND_MODULES = (
     switch_wal,
     backup,
     recover,
+    quickstart,
 )
 
 
@@ -107,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare = getattr(args, "prepare", None)
         if prepare is not None:  # checks that must come before the configuration is read
             prepare(ctx, args)
-        _drop_privileges(ctx)
+        if getattr(args, "needs_config", True):
+            _drop_privileges(ctx)
         code: int = args.func(ctx, args)
         return code
     except WalvaultError as exc:

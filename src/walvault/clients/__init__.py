@@ -1,0 +1,1 @@
+"""Programs PostgreSQL runs: walvault-wal-restore (restore_command), walvault-wal-archive."""

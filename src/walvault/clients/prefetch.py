@@ -14,13 +14,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from walvault.clients.spool import LOCK, LOG, STATE, Spool, SpoolState, segment_problem
 from walvault.clients.transport import OK, Source
 from walvault.wal.names import Segment, is_segment
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 IDLE_EXIT = 30.0
 POLL = 0.01
@@ -74,6 +79,11 @@ class Prefetcher:
         self.source = source
         self.server = server
         self.depth = max(1, depth)
+        self.stopping = False
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to end (SIGTERM handler): unconsumed files are still removed."""
+        self.stopping = True
 
     def _lock(self) -> int | None:
         fd = os.open(os.path.join(self.spool.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -91,8 +101,12 @@ class Prefetcher:
         lock = self._lock()
         if lock is None:
             return 0
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
         _log(f"prefetching up to {self.depth} segments of '{self.server}' from {self.source.label}")
         self._wipe()  # whatever is there predates this session
+        from concurrent.futures import ThreadPoolExecutor
+
         try:
             with ThreadPoolExecutor(max_workers=self.depth) as pool:
                 self._loop(pool)
@@ -125,7 +139,7 @@ class Prefetcher:
                         continue
                     wait = min(delay.get(name, RETRY_FIRST / 2) * 2, RETRY_MAX)
                     delay[name], retry_at[name] = wait, now + wait
-            if now - last_activity > IDLE_EXIT:
+            if self.stopping or now - last_activity > IDLE_EXIT:
                 break
             if state is not None:
                 for name in self._window(state):
@@ -180,6 +194,7 @@ class Prefetcher:
             self.spool.remove(os.path.basename(tmp))
             return 2
         os.rename(tmp, self.spool.file(name))
+        _log(f"spooled {name}")
         return OK
 
     def _drop_passed(self, wanted: str) -> None:

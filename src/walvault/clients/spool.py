@@ -22,6 +22,7 @@ deleted and the segment is fetched directly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -115,7 +116,7 @@ def segment_problem(fd: int, name: str, state: SpoolState) -> str | None:
 
 
 def copy_fd_to(fd: int, dest: str) -> None:
-    """Copy the whole file ``fd`` into ``dest`` (created or truncated)."""
+    """Copy the whole file ``fd`` into ``dest`` (created or truncated; across filesystems)."""
     out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         size = os.fstat(fd).st_size
@@ -220,10 +221,8 @@ class Spool:
 
     def remove(self, name: str) -> None:
         """Delete a spool entry if it is there."""
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.file(name))
-        except OSError:
-            pass
 
     def record(self, name: str, dest: str) -> SpoolState | None:
         """After a direct fetch of segment ``name`` into ``dest``: its facts as the new state."""

@@ -7,9 +7,10 @@ printed as one ``ERROR:`` line on stderr, which PostgreSQL copies into its log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from walvault.errors import InvalidWalName, WalvaultError
 
@@ -37,15 +38,14 @@ def open_destination(dest: str) -> int:
     try:
         return os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise DestinationError(f"Cannot open '{dest}' (WAL_DEST) for writing: {exc.strerror}")
+        message = f"Cannot open '{dest}' (WAL_DEST) for writing: {exc.strerror}"
+        raise DestinationError(message) from None
 
 
 def discard(dest: str) -> None:
     """Remove a destination left incomplete by a failure."""
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(dest)
-    except OSError:
-        pass
 
 
 def segment_problem(dest: str) -> str | None:
@@ -146,45 +146,45 @@ def _quote(arg: str) -> str:
     return "'" + arg.replace("'", "'\"'\"'") + "'"
 
 
-class SshSource:
-    """``ssh [-p PORT] -q -T USER@HOST walvault [-c CONFIG] get-wal ...`` (remote shell)."""
+class CommandSource:
+    """``walvault [-c CONFIG] get-wal ...`` run as a command on this host (no shell).
+
+    For local restores where PostgreSQL's OS user cannot read the archive itself, e.g.
+    ``--walvault-command 'sudo -n -u walvault /opt/walvault/bin/walvault'``.
+    """
+
+    kind = "Local"
+    program = "walvault"
 
     def __init__(
         self,
-        host: str,
         *,
-        user: str,
-        port: str | None = None,
         config: str | None = None,
-        ssh_command: str = "ssh",
+        walvault_command: str | None = None,
         compression: str | None = None,
     ) -> None:
-        self.host, self.user, self.port, self.config = host, user, port, config
-        self.ssh_command = ssh_command
+        self.config = config
+        self.walvault_command = walvault_command or "walvault"
         self.compression = compression
-        self.label = f"{user}@{host}" + (f":{port}" if port else "")
+        self.label = LOCAL_HOST
 
-    def command(self, *get_wal_args: str) -> list[str]:
-        """The ssh argv; everything after the destination is one quoted remote command."""
+    def walvault_argv(self, *get_wal_args: str) -> list[str]:
+        """``<walvault command> [-c CONFIG] get-wal ARGS``."""
         import shlex
 
-        argv = shlex.split(self.ssh_command)
-        if self.port:
-            argv += ["-p", self.port]
-        argv += ["-q", "-T", f"{self.user}@{self.host}"]
-        remote = ["walvault"]
+        argv = shlex.split(self.walvault_command)
         if self.config:
-            remote += ["-c", self.config]
-        remote += ["get-wal", *get_wal_args]
-        return [*argv, " ".join(_quote(arg) if arg != "walvault" else arg for arg in remote)]
+            argv += ["-c", self.config]
+        return [*argv, "get-wal", *get_wal_args]
+
+    def command(self, *get_wal_args: str) -> list[str]:
+        """The argv to run."""
+        return self.walvault_argv(*get_wal_args)
 
     def _result(self, code: int) -> int:
         if code == OK:
             return OK
-        if code == SSH_FAILED:
-            error("Connection problem with ssh")
-            return CONNECTION
-        error("Remote 'walvault get-wal' command has failed!")
+        error(f"{self.kind} 'walvault get-wal' command has failed!")
         return code if 0 < code <= 125 else CONNECTION
 
     def test(self, server: str) -> int:
@@ -195,7 +195,7 @@ class SshSource:
                 self.command("--test", server, "DUMMY"), stdin=subprocess.DEVNULL
             ).returncode
         except OSError as exc:
-            error(f"cannot run ssh: {exc.strerror}")
+            error(f"cannot run {self.program}: {exc.strerror}")
             return CONNECTION
         return self._result(code)
 
@@ -217,8 +217,8 @@ class SshSource:
             else:
                 code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=fd).returncode
         except OSError as exc:
-            error(f"cannot run ssh: {exc.strerror}")
-            code = SSH_FAILED
+            error(f"cannot run {self.program}: {exc.strerror}")
+            code = -1
         except WalvaultError as exc:
             error(exc.message)
             code = CONNECTION
@@ -232,6 +232,56 @@ class SshSource:
         if result != OK:
             discard(dest)
         return result
+
+
+class SshSource(CommandSource):
+    """``ssh [-p PORT] -q -T USER@HOST walvault [-c CONFIG] get-wal ...`` (a remote shell)."""
+
+    kind = "Remote"
+    program = "ssh"
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        user: str,
+        port: str | None = None,
+        config: str | None = None,
+        ssh_command: str = "ssh",
+        walvault_command: str | None = None,
+        compression: str | None = None,
+    ) -> None:
+        super().__init__(config=config, walvault_command=walvault_command, compression=compression)
+        self.host, self.user, self.port = host, user, port
+        self.ssh_command = ssh_command
+        self.label = f"{user}@{host}" + (f":{port}" if port else "")
+
+    def command(self, *get_wal_args: str) -> list[str]:
+        """The ssh argv; everything after the destination is one remote shell command.
+
+        The walvault command is passed as written (it may hold options, ``sudo ...``);
+        every other word is quoted for the remote shell.
+        """
+        import shlex
+
+        argv = shlex.split(self.ssh_command)
+        if self.port:
+            argv += ["-p", self.port]
+        argv += ["-q", "-T", f"{self.user}@{self.host}"]
+        words = [_quote(arg) for arg in self.walvault_argv(*get_wal_args)[self._skip() :]]
+        return [*argv, " ".join([self.walvault_command, *words])]
+
+    def _skip(self) -> int:
+        """How many words of :meth:`walvault_argv` are the walvault command itself."""
+        import shlex
+
+        return len(shlex.split(self.walvault_command))
+
+    def _result(self, code: int) -> int:
+        if code == SSH_FAILED:
+            error("Connection problem with ssh")
+            return CONNECTION
+        return super()._result(code)
 
 
 def _is_segment(name: str) -> bool:
@@ -252,7 +302,7 @@ def _run_decompressing(cmd: list[str], algorithm: str, fd: int) -> int:
     ):
         assert proc.stdout is not None
         try:
-            for piece in iter_decompressed(proc.stdout, algorithm):
+            for piece in iter_decompressed(cast(BinaryIO, proc.stdout), algorithm):
                 out.write(piece)
         except CompressionError as exc:
             proc.kill()

@@ -4,7 +4,8 @@
     restore_command = 'walvault-wal-restore -P -p 4 -U walvault backuphost pg %f %p'
 
 WALVAULT_HOST ``local`` reads the archive on this host in-process (no ssh, no second
-interpreter); any other value runs ``walvault get-wal`` there over ssh.  Exit codes, for
+interpreter), or runs ``--walvault-command`` (e.g. through sudo) when given; any other value
+runs ``walvault get-wal`` there over ssh.  Exit codes, for
 PostgreSQL: 0 restored, 1 not found (end of recovery), 2 could not ask (connection,
 configuration, I/O, interrupted), 3 bad arguments.  Never a status above 125 or a death by
 signal for an ordinary failure: PostgreSQL would abort the recovery.
@@ -15,16 +16,18 @@ read only in local mode when the spool cannot answer, and psycopg is never impor
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 from walvault import __version__
 
 if TYPE_CHECKING:
+    import argparse
+
     from walvault.clients.spool import Spool
     from walvault.clients.transport import Source
 
@@ -35,15 +38,15 @@ CONNECTION = 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, option for option like barman-wal-restore (plus --ssh-command)."""
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="walvault-wal-restore",
         description="Fetch a WAL file from walvault for PostgreSQL's restore_command. "
         "WALVAULT_HOST 'local' reads the archive on this host without ssh.",
     )
     p.add_argument("-V", "--version", action="version", version=f"walvault {__version__}")
-    p.add_argument(
-        "-U", "--user", default=DEFAULT_USER, help=f"ssh user (default: {DEFAULT_USER})"
-    )
+    p.add_argument("-U", "--user", default=DEFAULT_USER, help=f"ssh user (default: {DEFAULT_USER})")
     p.add_argument("--port", help="ssh port")
     p.add_argument(
         "-s", "--sleep", type=int, default=0, metavar="SECONDS", help="sleep before a failure exit"
@@ -85,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ssh-command", default="ssh", metavar="CMD", help="ssh program and options (default: ssh)"
     )
+    p.add_argument(
+        "--walvault-command",
+        metavar="CMD",
+        help="the walvault program to run (remotely, or locally instead of in-process)",
+    )
     p.add_argument("-t", "--test", action="store_true", help="test the connection and exit")
     p.add_argument("walvault_host", metavar="WALVAULT_HOST", help="ssh host, or 'local'")
     p.add_argument("server_name", metavar="SERVER_NAME")
@@ -93,11 +101,90 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: option -> (destination, value type or None for a flag, constant for a flag)
+_FAST_OPTIONS: dict[str, tuple[str, type | None, object]] = {
+    "-U": ("user", str, None),
+    "--user": ("user", str, None),
+    "--port": ("port", str, None),
+    "-s": ("sleep", int, None),
+    "--sleep": ("sleep", int, None),
+    "-p": ("parallel", int, None),
+    "--parallel": ("parallel", int, None),
+    "--spool-dir": ("spool_dir", str, None),
+    "-P": ("partial", None, True),
+    "--partial": ("partial", None, True),
+    "-z": ("compression", None, "gzip"),
+    "--gzip": ("compression", None, "gzip"),
+    "-j": ("compression", None, "bzip2"),
+    "--bzip2": ("compression", None, "bzip2"),
+    "-c": ("config", str, None),
+    "--config": ("config", str, None),
+    "--ssh-command": ("ssh_command", str, None),
+    "--walvault-command": ("walvault_command", str, None),
+    "-t": ("test", None, True),
+    "--test": ("test", None, True),
+}
+_DEFAULTS: dict[str, object] = {
+    "user": DEFAULT_USER,
+    "port": None,
+    "sleep": 0,
+    "parallel": 0,
+    "spool_dir": DEFAULT_SPOOL_DIR,
+    "partial": False,
+    "compression": None,
+    "config": None,
+    "ssh_command": "ssh",
+    "walvault_command": None,
+    "test": False,
+}
+_POSITIONALS = ("walvault_host", "server_name", "wal_name", "wal_dest")
+
+
+def fast_parse(argv: Sequence[str]) -> argparse.Namespace | None:
+    """Parse the common command lines without building the argparse parser (~7 ms saved).
+
+    Returns None for anything unusual (help, version, unknown or malformed options,
+    wrong number of arguments): the caller then lets argparse parse and report it.
+    """
+    values = dict(_DEFAULTS)
+    positionals: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        if not arg.startswith("-") or arg == "-":
+            positionals.append(arg)
+            continue
+        option, eq, attached = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not eq and len(arg) > 2 and arg[1] != "-":
+            option, attached, eq = arg[:2], arg[2:], "="
+        spec = _FAST_OPTIONS.get(option)
+        if spec is None:
+            return None
+        dest, kind, const = spec
+        if kind is None:
+            if eq:
+                return None
+            values[dest] = const
+            continue
+        raw = attached if eq else next(items, None)
+        if raw is None or (not eq and raw.startswith("-")):
+            return None
+        try:
+            values[dest] = kind(raw)
+        except ValueError:
+            return None
+    if len(positionals) != len(_POSITIONALS):
+        return None
+    values.update(zip(_POSITIONALS, positionals, strict=True))
+    return cast("argparse.Namespace", SimpleNamespace(**values))
+
+
 def make_source(args: argparse.Namespace) -> Source:
-    """Local (in-process) or ssh, from WALVAULT_HOST."""
-    from walvault.clients.transport import LOCAL_HOST, LocalSource, SshSource
+    """In-process, a local walvault command, or ssh, from WALVAULT_HOST."""
+    from walvault.clients.transport import LOCAL_HOST, CommandSource, LocalSource, SshSource
 
     if args.walvault_host == LOCAL_HOST:
+        if args.walvault_command:
+            return CommandSource(config=args.config, walvault_command=args.walvault_command)
         return LocalSource(args.config)
     return SshSource(
         args.walvault_host,
@@ -105,6 +192,7 @@ def make_source(args: argparse.Namespace) -> Source:
         port=args.port,
         config=args.config,
         ssh_command=args.ssh_command,
+        walvault_command=args.walvault_command,
         compression=args.compression,
     )
 
@@ -167,7 +255,8 @@ def _note_progress(spool: Spool, name: str, sysid: int, seg_size: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code for PostgreSQL."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = fast_parse(arguments) or build_parser().parse_args(arguments)
     try:
         code = restore(args)
     except KeyboardInterrupt:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import psycopg
+from typing import TYPE_CHECKING, TypeAlias
 
 from walvault.wal.names import parse_lsn
+
+if TYPE_CHECKING:  # psycopg is imported by whoever opens the connection
+    import psycopg
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class ServerInfo:
         return self.version_num // 10000
 
 
-Conn = psycopg.Connection[tuple[object, ...]]
+Conn: TypeAlias = "psycopg.Connection[tuple[object, ...]]"
 
 
 def _one(conn: Conn, query: str) -> tuple[object, ...]:

@@ -1,0 +1,389 @@
+"""put-wal's engine: read Barman's tar stream (WAL files plus SHA256SUMS or MD5SUMS) into incoming/.
+
+The stream is read once, in order.  Every WAL member is written to a temporary dot file in
+``incoming/`` (invisible to archive-wal) while its checksum is computed; nothing becomes
+visible until the whole stream was read and every check passed:
+
+1. members: regular files only, plain names (a leading ``./`` is dropped, no other ``/``),
+   valid WAL names, each once; ``SHA256SUMS``/``MD5SUMS`` supply ``<hex> *<name>`` lines;
+2. every file has a matching checksum and every checksum a file (Barman's messages);
+3. contents: compressed data must decode completely; a segment (or a non-empty
+   ``.partial``) must carry a long page header matching its name, with the system
+   identifier of ``identity.json`` when known, and be exactly one segment long;
+4. landing, per file: an identical copy already in the archive or in ``incoming/`` (same
+   decompressed bytes) is success; a different one sends the new file to
+   ``errors/<name>.<stamp>.duplicate`` (once: a retry finding the same copy there does not
+   add another) and fails; otherwise fsync, a no-replace link to ``incoming/<name>``, fsync
+   of the directory.
+
+Temporary files are removed on every failure; those of a killed put-wal are removed by a
+later one once their writer is gone (:func:`walvault.fs.cleanup_stale_temps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tarfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from walvault import fs
+from walvault.archive import errors_dir, ingest
+from walvault.archive.compression import CompressionError, identify, iter_decompressed
+from walvault.archive.layout import archived_path
+from walvault.config import ServerConfig
+from walvault.errors import InvalidWalName, WalvaultError
+from walvault.wal.header import LONG_HEADER_SIZE, check_segment, parse_long_header
+from walvault.wal.names import WalKind, classify, validate_wal_name
+
+log = logging.getLogger("walvault.putwal")
+
+#: checksum file name -> hashlib algorithm
+SUMS_FILES: dict[str, str] = {"SHA256SUMS": "sha256", "MD5SUMS": "md5"}
+MAX_SUMS_SIZE = 1 << 20
+#: temporary files of dead put-wal processes older than this are removed
+STALE_TEMP_AGE = 300.0
+#: read granularity: small enough that a slow sender's bytes reach the temporary file early
+_CHUNK = 256 << 10
+_SUM_SPLIT = re.compile(r" [* ]")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_TYPE_NAMES = {
+    tarfile.DIRTYPE: "directory",
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "fifo",
+}
+
+Warn = Callable[[str], None]
+
+
+class PutWalError(WalvaultError):
+    """put-wal refused (part of) the stream; nothing refused was left in incoming/."""
+
+
+def ssh_suffix(environ: Mapping[str, str] | None = None) -> str:
+    """`` (SSH host: <client ip>)`` when run through ssh (``SSH_CONNECTION``), else ""."""
+    words = (os.environ if environ is None else environ).get("SSH_CONNECTION", "").split()
+    return f" (SSH host: {words[0]})" if words else ""
+
+
+def check_accepting(server: ServerConfig) -> None:
+    """Refuse when files put into incoming/ would never be archived, or cannot be written."""
+    if not server.archiver:
+        raise PutWalError(
+            f"server '{server.name}' has archiver = off: archive-wal would never process "
+            "what put-wal puts into incoming/ (set archiver = on to use archive_command)"
+        )
+    incoming = server.incoming_wals_directory
+    if os.path.isdir(incoming) and not os.access(incoming, os.W_OK | os.X_OK):
+        raise PutWalError(f"cannot write into '{incoming}' (incoming WALs directory)")
+
+
+@dataclass
+class Received:
+    """One WAL file of the stream, held in a temporary file beside its final name."""
+
+    name: str
+    tmp: Path
+    size: int
+    mtime: float
+    digests: dict[str, str] = field(default_factory=dict)
+    compression: str | None = None
+
+    def staged(self) -> ingest.Staged:
+        """The view archive-wal's comparison helpers take."""
+        return ingest.Staged(self.name, str(self.tmp), self.size, self.mtime, self.compression)
+
+
+@dataclass
+class PutResult:
+    """What a put-wal did: files landed, and files already safe (name -> where)."""
+
+    landed: list[str] = field(default_factory=list)
+    present: dict[str, str] = field(default_factory=dict)
+
+
+def put_wal(
+    server: ServerConfig, stream: BinaryIO, *, suffix: str = "", warn: Warn | None = None
+) -> PutResult:
+    """Receive one tar stream for ``server``; PutWalError (exit 1) when anything is refused.
+
+    ``warn`` gets the warnings (default: the log); ``suffix`` ends every message.
+    """
+    session = _Session(server, suffix, warn or (lambda text: log.warning("%s", text)))
+    try:
+        return session.run(stream)
+    finally:
+        session.discard()
+
+
+def _file_digest(path: str | Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Session:
+    """One put-wal stream: the received files, the checksums, and their fate."""
+
+    def __init__(self, server: ServerConfig, suffix: str, warn: Warn) -> None:
+        self.server = server
+        self.suffix = suffix
+        self.where = f" in put-wal for server '{server.name}'{suffix}"
+        self.warn = warn
+        self.files: dict[str, Received] = {}
+        self.sums: dict[str, str] = {}
+        self.sums_algorithm: str | None = None
+        self._sysid: int | None = None
+        self._sysid_read = False
+
+    def fail(self, text: str) -> PutWalError:
+        """The error to raise (the CLI prints and logs it)."""
+        return PutWalError(text + self.where)
+
+    def discard(self) -> None:
+        """Remove every temporary file still held (refused, duplicate or failed)."""
+        for received in self.files.values():
+            with contextlib.suppress(OSError):
+                received.tmp.unlink()
+        self.files.clear()
+
+    def run(self, stream: BinaryIO) -> PutResult:
+        incoming = str(fs.ensure_dir(self.server.incoming_wals_directory))
+        self._read(stream, incoming)
+        self._verify_checksums()
+        for received in self.files.values():
+            self._check_content(received)
+        result = PutResult()
+        problems: list[str] = []
+        for name in sorted(self.files):
+            try:
+                where = self._land(self.files[name], incoming)
+            except PutWalError as exc:
+                problems.append(exc.message)
+                continue
+            if where is None:
+                result.landed.append(name)
+                log.info("Received WAL file %s%s", name, self.where)
+            else:
+                result.present[name] = where
+                log.info("WAL file %s already in the %s%s: nothing to do", name, where, self.where)
+        with contextlib.suppress(OSError):
+            fs.cleanup_stale_temps(incoming, older_than=STALE_TEMP_AGE)
+        if problems:
+            raise PutWalError("\n".join(problems))
+        return result
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, stream: BinaryIO, incoming: str) -> None:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=64 << 10) as tar:
+                for member in tar:
+                    self._member(tar, member, incoming)
+        except (tarfile.TarError, EOFError) as exc:  # truncated or not a tar stream at all
+            raise self.fail(f"Invalid tar stream ({exc})") from None
+        except OSError as exc:
+            raise self.fail(f"Cannot write into '{incoming}': {exc.strerror}") from None
+        if not self.files:
+            raise self.fail("No WAL file received")
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, incoming: str) -> None:
+        name = member.name[2:] if member.name.startswith("./") else member.name
+        if not member.isreg():
+            kind = _TYPE_NAMES.get(member.type, repr(member.type.decode(errors="replace")))
+            raise self.fail(f"Unsupported file type '{kind}' for file '{member.name}'")
+        if "/" in name:
+            raise self.fail(f"Unsupported filename '{member.name}'")
+        data = tar.extractfile(member)
+        assert data is not None  # a regular member always has data
+        if name in SUMS_FILES:
+            self._read_sums(name, data, member.size)
+            return
+        try:
+            validate_wal_name(name)
+        except InvalidWalName:
+            raise self.fail(f"'{name}' is not a valid WAL file name") from None
+        if name in self.files:
+            raise self.fail(f"File '{name}' sent twice")
+        algorithms = [self.sums_algorithm or "sha256"]
+        hashers = [hashlib.new(a, usedforsecurity=False) for a in algorithms]
+
+        def writer(handle: BinaryIO) -> None:
+            while chunk := data.read(_CHUNK):
+                for hasher in hashers:
+                    hasher.update(chunk)
+                handle.write(chunk)
+
+        tmp, size = fs.write_temp(os.path.join(incoming, name), writer, mtime=member.mtime)
+        received = Received(name, tmp, size, float(member.mtime))
+        received.digests = {a: h.hexdigest() for a, h in zip(algorithms, hashers, strict=True)}
+        self.files[name] = received
+
+    def _read_sums(self, name: str, data: IO[bytes], size: int) -> None:
+        if self.sums_algorithm is not None:
+            raise self.fail(f"More than one checksum file ('{name}')")
+        if size > MAX_SUMS_SIZE:
+            raise self.fail(f"Checksum file '{name}' is too large ({size} bytes)")
+        self.sums_algorithm = SUMS_FILES[name]
+        for line in data.read().decode("utf-8", "replace").splitlines():
+            if not line.strip():
+                continue
+            parts = _SUM_SPLIT.split(line, maxsplit=1)
+            if len(parts) != 2 or not _HEX.fullmatch(parts[0]):
+                self.warn(f"Bad checksum line '{line}' found{self.where}")
+                continue
+            target = parts[1][2:] if parts[1].startswith("./") else parts[1]
+            self.sums[target] = parts[0].lower()
+
+    # ------------------------------------------------------------------ checks
+
+    def _digest(self, received: Received, algorithm: str) -> str:
+        if algorithm not in received.digests:  # MD5SUMS came after the file: read it again
+            received.digests[algorithm] = _file_digest(received.tmp, algorithm)
+        return received.digests[algorithm]
+
+    def _verify_checksums(self) -> None:
+        for name in self.sums:
+            if name not in self.files:
+                raise self.fail(f"Checksum without corresponding file '{name}'")
+        for name, received in self.files.items():
+            expected = self.sums.get(name)
+            if expected is None or self.sums_algorithm is None:
+                raise self.fail(f"Missing checksum for file '{name}'")
+            actual = self._digest(received, self.sums_algorithm)
+            if actual != expected:
+                raise self.fail(
+                    f"Bad file checksum '{actual}' (should be {expected}) for file '{name}'"
+                )
+
+    def _system_identifier(self) -> int | None:
+        if not self._sysid_read:
+            from walvault.postgres.sources import read_identity
+
+            value = (read_identity(self.server) or {}).get("systemid", "")
+            self._sysid = int(value) if value.isdigit() else None
+            self._sysid_read = True
+        return self._sysid
+
+    def _read_content(self, received: Received) -> tuple[bytes, int]:
+        """The first bytes of the (decompressed) content and its full length."""
+        with open(received.tmp, "rb") as handle:
+            received.compression = identify(handle.read(LONG_HEADER_SIZE))
+            handle.seek(0)
+            if received.compression is None:
+                return handle.read(LONG_HEADER_SIZE), received.size
+            head, total = b"", 0
+            try:
+                for piece in iter_decompressed(handle, received.compression):
+                    if len(head) < LONG_HEADER_SIZE:
+                        head += piece[: LONG_HEADER_SIZE - len(head)]
+                    total += len(piece)
+            except CompressionError as exc:
+                raise self.fail(f"'{received.name}' cannot be decompressed ({exc})") from None
+            return head, total
+
+    def _check_content(self, received: Received) -> None:
+        head, total = self._read_content(received)
+        kind = classify(received.name)
+        if kind not in (WalKind.SEGMENT, WalKind.PARTIAL):
+            return
+        if kind is WalKind.PARTIAL and (len(head) < LONG_HEADER_SIZE or not any(head)):
+            return  # an empty .partial: no header to check
+        try:
+            header = parse_long_header(head)
+        except ValueError as exc:
+            raise self.fail(f"'{received.name}' is not a valid WAL file ({exc})") from None
+        sysid = self._system_identifier()
+        if sysid is not None and header.system_identifier != sysid:
+            raise self.fail(
+                f"WAL file '{received.name}' belongs to another PostgreSQL cluster: system "
+                f"identifier {header.system_identifier}, expected {sysid} "
+                f"(from {self.server.identity_path})"
+            )
+        problems = check_segment(header, expected_name=received.name)
+        if kind is WalKind.SEGMENT and total != header.segment_size:
+            problems.append(f"size {total}, the header says {header.segment_size}")
+        if problems:
+            raise self.fail(
+                f"'{received.name}' is not a valid WAL file for its name ({'; '.join(problems)})"
+            )
+
+    # ------------------------------------------------------------------ landing
+
+    def _land(self, received: Received, incoming: str) -> str | None:
+        """Make ``received`` safe; return None when landed, or where an identical copy is."""
+        target = os.path.join(incoming, received.name)
+        archived = archived_path(self.server, received.name)
+        for _attempt in range(5):
+            try:
+                if os.path.lexists(archived):
+                    self._compare(archived, received)
+                    return "archive"
+                if fs.commit_new(received.tmp, target):
+                    del self.files[received.name]
+                    return None
+                self._compare(target, received)
+                return "incoming directory"
+            except FileNotFoundError:
+                continue  # archive-wal moved the twin meanwhile: look again
+            except OSError as exc:
+                raise self.fail(
+                    f"Cannot store '{received.name}': {exc.strerror} ({exc.filename})"
+                ) from None
+        raise self.fail(f"'{received.name}' kept moving in the archive while put-wal looked")
+
+    def _compare(self, existing: str, received: Received) -> None:
+        """Return when ``existing`` holds the same content (made durable); else PutWalError."""
+        try:
+            same, why = ingest.same_content(existing, received.staged()), ""
+        except ingest.UnreadableArchive as exc:
+            same, why = False, f" (the existing copy cannot be decompressed: {exc})"
+        if same:
+            fs.fsync_file(existing)  # it may have been renamed into place a moment ago
+            fs.fsync_dir(os.path.dirname(existing))
+            return
+        algorithm = self.sums_algorithm or "sha256"
+        theirs = _file_digest(existing, algorithm)
+        ours = self._digest(received, algorithm)
+        kept = self._kept_duplicate(received)
+        if kept is None:
+            kept = errors_dir.move_to_errors(
+                self.server, str(received.tmp), errors_dir.DUPLICATE, name=received.name
+            )
+            del self.files[received.name]
+            moved = "The file has been moved to the errors directory"
+        else:
+            moved = "An identical copy of the file is already in the errors directory"
+        raise PutWalError(
+            "Duplicate Files Detected with Mismatched Checksums. File "
+            f"{received.name} already exists on server {self.server.name} with checksum "
+            f"{theirs}, but the checksum of the incoming file is {ours}{why}. {moved} "
+            f"({kept}). It is NOT archived: check which copy is right{self.suffix}"
+        )
+
+    def _kept_duplicate(self, received: Received) -> str | None:
+        """An earlier attempt's copy of this very file in errors/, if there is one."""
+        directory = self.server.errors_directory
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return None
+        prefix, suffix = received.name + ".", "." + errors_dir.DUPLICATE
+        for entry in sorted(names):
+            if entry.startswith(prefix) and entry.endswith(suffix):
+                path = os.path.join(directory, entry)
+                with contextlib.suppress(OSError, ingest.UnreadableArchive):
+                    if ingest.same_content(path, received.staged()):
+                        return path
+        return None

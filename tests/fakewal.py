@@ -1,0 +1,85 @@
+"""Synthetic WAL segments for unit tests: a real long page header followed by filler."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from pathlib import Path
+from typing import Any
+
+from walvault.config import ServerConfig
+from walvault.wal.names import Segment
+
+PG15_MAGIC = 0xD110
+SYSID = 7301234567890123456
+OTHER_SYSID = 7309999999999999999
+MIB = 1 << 20
+
+
+def fake_segment(
+    name: str,
+    *,
+    sysid: int = SYSID,
+    seg_size: int = MIB,
+    header_tli: int | None = None,
+    pageaddr: int | None = None,
+    seed: int | None = None,
+) -> bytes:
+    """A segment named ``name``: valid long header (unless overridden), then WAL-ish bytes."""
+    segment = Segment.from_name(name[:24])
+    address = segment.to_lsn(seg_size) if pageaddr is None else pageaddr
+    tli = segment.tli if header_tli is None else header_tli
+    header = struct.pack("<HHIQI4xQII", PG15_MAGIC, 0x0002, tli, address, 0, sysid, seg_size, 8192)
+    rng = random.Random(seed if seed is not None else name)
+    body = rng.randbytes(4096) * 8 + b"record" * 1000
+    return (header + body).ljust(seg_size, b"\0")
+
+
+def make_server(root: Path, name: str = "pg", **overrides: Any) -> ServerConfig:
+    """A ServerConfig whose directories live under ``root`` (created)."""
+    base = root / name
+    dirs = {
+        "backup_directory": str(base),
+        "wals_directory": str(base / "wals"),
+        "incoming_wals_directory": str(base / "incoming"),
+        "streaming_wals_directory": str(base / "streaming"),
+        "errors_directory": str(base / "errors"),
+    }
+    for key in ("wals_directory", "incoming_wals_directory", "streaming_wals_directory"):
+        os.makedirs(dirs[key], exist_ok=True)
+    options: dict[str, Any] = {
+        "name": name,
+        "walvault_home": str(root),
+        "lock_directory": str(root),
+        **dirs,
+        **overrides,
+    }
+    return ServerConfig(**options)
+
+
+def archive_path(server: ServerConfig, name: str) -> Path:
+    """``wals/<hash>/<name>`` with its directory created."""
+    path = Path(server.wals_directory) / name[:16] / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_config(home: Path, servers: dict[str, dict[str, str]] | None = None) -> Path:
+    """A walvault configuration with a streaming server ``pg`` (no PostgreSQL needed)."""
+    servers = servers or {
+        "pg": {
+            "conninfo": "host=localhost user=walvault",
+            "streaming_conninfo": "host=localhost user=streaming_walvault",
+            "streaming_archiver": "on",
+            "slot_name": "walvault",
+            "archiver": "off",
+        }
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    text = f"[walvault]\nwalvault_home = {home}\n"
+    for name, options in servers.items():
+        text += f"\n[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items())
+    conf = home / "walvault.conf"
+    conf.write_text(text)
+    return conf

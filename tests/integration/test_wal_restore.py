@@ -1,0 +1,249 @@
+"""Recovery through walvault-wal-restore: a crashed primary's streamed WAL, .partial included.
+
+Each test takes a pg_basebackup (-X none: every WAL byte must come from walvault), commits
+rows while receive-wal streams, crashes the primary (``pg_ctl stop -m immediate``) with
+the last rows only in the streamed ``.partial``, restores the backup into a new cluster
+whose restore_command is walvault-wal-restore, and checks every committed row is there.
+This also checks PostgreSQL's side of the contract: a ``.partial`` padded with zeros to
+the segment size is replayed up to its last valid record.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgharness import free_port, wait_until
+from wvharness import segment_names, streaming_server, wait_for
+
+BIN = Path(sys.executable).parent
+RESTORE = BIN / "walvault-wal-restore"
+
+
+def start_receiver(wv: Any, pg: Any) -> subprocess.Popen[str]:
+    proc = wv.spawn("receive-wal", "pg")
+    wait_for(
+        lambda: (
+            pg.scalar("SELECT active FROM pg_replication_slots WHERE slot_name = 'walvault'")
+            or proc.poll() is not None
+        ),
+        what="slot active",
+    )
+    assert proc.poll() is None, "receive-wal ended"
+    return proc
+
+
+def receiver_caught_up(pg: Any) -> bool:
+    return bool(
+        pg.scalar(
+            "SELECT write_lsn >= pg_current_wal_flush_lsn() FROM pg_stat_replication "
+            "WHERE application_name = 'walvault_receive_wal'"
+        )
+    )
+
+
+def crashed_primary(pg: Any, wv: Any, tmp_path: Path, segments: int) -> dict[str, Any]:
+    """Backup, then ``segments`` full segments of commits, then a few in the .partial; crash."""
+    receiver = start_receiver(wv, pg)
+    pg.sql("CREATE TABLE rows (id int PRIMARY KEY, pad text)")
+    backup = tmp_path / "backup"
+    subprocess.run(
+        [
+            str(pg.bindir / "pg_basebackup"),
+            "-D",
+            str(backup),
+            "-d",
+            pg.streaming_conninfo(),
+            "-X",
+            "none",
+            "--no-slot",
+            "-c",
+            "fast",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    next_id = 0
+    for _ in range(segments):
+        pg.sql(
+            "INSERT INTO rows SELECT g, repeat('r', 200) FROM generate_series(%s::int, %s::int) g",
+            (next_id + 1, next_id + 300),
+        )
+        next_id += 300
+        pg.switch_wal()
+    for _ in range(3):  # small commits, streamed into the .partial only
+        next_id += 1
+        pg.sql("INSERT INTO rows VALUES (%s::int, 'tail')", (next_id,))
+    tail_segment = pg.scalar("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+    wait_for(lambda: receiver_caught_up(pg), what="receiver caught up")
+    pg.crash()
+    receiver.send_signal(signal.SIGINT)
+    receiver.wait(timeout=30)
+    streaming = Path(wv.server().streaming_wals_directory)
+    assert (streaming / f"{tail_segment}.partial").exists()
+    assert tail_segment not in segment_names(streaming)  # the tail exists only as .partial
+    return {"backup": backup, "rows": next_id, "tail": tail_segment}
+
+
+def restore(pg: Any, crashed: dict[str, Any], name: str, restore_command: str) -> Any:
+    """Start a cluster from the backup with ``restore_command``; wait for the promotion."""
+    cluster = pg.from_backup(crashed["backup"], name)
+    (cluster.data_dir / "recovery.signal").write_text("")
+    escaped = restore_command.replace("'", "''")
+    with (cluster.data_dir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"restore_command = '{escaped}'\n")
+    cluster.start(timeout=120)
+    wait_until(
+        lambda: not cluster.is_in_recovery(), timeout=120, what="end of recovery", cluster=cluster
+    )
+    return cluster
+
+
+def check_everything_is_back(cluster: Any, crashed: dict[str, Any]) -> None:
+    count, top = cluster.sql("SELECT count(*), max(id) FROM rows")[0]
+    assert (count, top) == (crashed["rows"], crashed["rows"])
+    log = cluster.log_path.read_text()
+    assert f'restored log file "{crashed["tail"]}" from archive' in log
+
+
+def test_local_recovery_reaches_rows_only_in_the_partial(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    crashed = crashed_primary(pg, wv, tmp_path, segments=3)
+    command = f"{RESTORE} -P -c {wv.conf} local pg %f %p"
+    cluster = restore(pg, crashed, "restored", command)
+    check_everything_is_back(cluster, crashed)
+
+
+def test_without_partial_the_tail_is_lost(pg: Any, walvault_factory: Any, tmp_path: Path) -> None:
+    """The control experiment: without -P, recovery stops before the streamed tail."""
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    crashed = crashed_primary(pg, wv, tmp_path, segments=1)
+    cluster = restore(pg, crashed, "restored", f"{RESTORE} -c {wv.conf} local pg %f %p")
+    assert cluster.scalar("SELECT count(*) FROM rows") == 300
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """An unprivileged sshd on a loopback port, with a throwaway host key and client key."""
+    if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ssh") is None:
+        pytest.skip("openssh-server/openssh-client not installed (.ci/run installs them)")
+    home = tmp_path / "ssh"
+    home.mkdir(mode=0o700)
+    for key in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)], check=True
+        )
+    shutil.copyfile(home / "client_key.pub", home / "authorized_keys")
+    port = free_port()
+    (home / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_key\n"
+        f"AuthorizedKeysFile {home}/authorized_keys\nPidFile {home}/sshd.pid\n"
+        "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        f"SetEnv PATH={BIN}:/usr/local/bin:/usr/bin:/bin\n"
+    )
+    (home / "ssh_config").write_text(
+        f"Host 127.0.0.1\n  IdentityFile {home}/client_key\n  IdentitiesOnly yes\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
+        "  LogLevel ERROR\n"
+    )
+    log = (home / "sshd.log").open("w")
+    proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd_config")], stderr=log
+    )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError((home / "sshd.log").read_text())
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, what="sshd listening")
+    try:
+        yield {"port": port, "config": home / "ssh_config", "user": getpass.getuser()}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_recovery_over_ssh(
+    pg: Any, walvault_factory: Any, tmp_path: Path, sshd: dict[str, Any]
+) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    crashed = crashed_primary(pg, wv, tmp_path, segments=2)
+
+    def command(port: int) -> str:
+        return (
+            f'{RESTORE} -P --ssh-command "ssh -F {sshd["config"]}" -U {sshd["user"]} '
+            f"--port {port} -c {wv.conf} 127.0.0.1 pg"
+        )
+
+    test = subprocess.run(
+        f"{command(sshd['port'])} -t DUMMY DUMMY", shell=True, capture_output=True, text=True
+    )
+    assert test.returncode == 0, test.stderr
+    assert "Ready to retrieve WAL files from the server pg" in test.stdout
+    cluster = restore(pg, crashed, "restored", f"{command(sshd['port'])} %f %p")
+    check_everything_is_back(cluster, crashed)
+    # a dead ssh endpoint is a connection problem (2), not "end of recovery" (1)
+    dead = subprocess.run(
+        f"{command(free_port())} {crashed['tail']} {tmp_path}/x",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert dead.returncode == 2, dead.stderr
+    assert "Connection problem with ssh" in dead.stderr
+
+
+def test_prefetch_recovery_ignores_a_stale_spool(
+    pg: Any, pg_factory: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    crashed = crashed_primary(pg, wv, tmp_path, segments=8)
+    streaming = Path(wv.server().streaming_wals_directory)
+    needed = segment_names(streaming)
+    # a segment of another cluster, under the name of one this recovery will ask for
+    target = needed[-3]
+    other = pg_factory("other")
+    current = "SELECT pg_walfile_name(pg_current_wal_insert_lsn())"
+    for _ in range(200):
+        if other.scalar(current) > target:
+            break
+        other.switch_wal()
+    stale = (other.wal_dir / target).read_bytes()
+    assert stale[:40] != (streaming / target).read_bytes()[:40]
+    spool_dir = tmp_path / "spool"
+    (spool_dir / "pg@local").mkdir(parents=True, mode=0o700)
+    spool_dir.chmod(0o700)
+    (spool_dir / "pg@local" / target).write_bytes(stale)
+    command = f"{RESTORE} -P -p 4 --spool-dir {spool_dir} -c {wv.conf} local pg %f %p"
+    cluster = restore(pg, crashed, "restored", command)
+    try:
+        check_everything_is_back(cluster, crashed)
+        log = (spool_dir / "pg@local" / "prefetch.log").read_text()
+        assert "prefetching up to 4 segments" in log
+        assert log.count(" spooled ") >= 4, log
+        assert not (spool_dir / "pg@local" / target).exists()
+    finally:
+        lock = spool_dir / "pg@local" / ".prefetch.lock"
+        pid = int(lock.read_text() or 0) if lock.exists() else 0
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(0.2)
