@@ -31,7 +31,14 @@ import psycopg
 
 from walvault import locks
 from walvault.backup import info as binfo
-from walvault.backup.info import FAILED, STARTED, WAITING_FOR_WALS, BackupInfo, Tablespace
+from walvault.backup.info import (
+    DEFAULT_WAIT_TIMEOUT,
+    FAILED,
+    STARTED,
+    WAITING_FOR_WALS,
+    BackupInfo,
+    Tablespace,
+)
 from walvault.backup.label import backup_position, parse_backup_label, parse_manifest_ranges
 from walvault.backup.pgbasebackup import BASEBACKUP_NAMES, build_basebackup_command, run_basebackup
 from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
@@ -44,7 +51,6 @@ from walvault.wal.names import format_lsn
 
 log = logging.getLogger("walvault.backup")
 Echo = Callable[[str], None]
-DEFAULT_WAIT_TIMEOUT = 300
 RESERVED_NAMES = ("latest", "last", "oldest", "first")
 
 

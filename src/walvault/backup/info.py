@@ -19,6 +19,8 @@ STARTED = "STARTED"
 WAITING_FOR_WALS = "WAITING_FOR_WALS"
 DONE = "DONE"
 FAILED = "FAILED"
+#: Seconds ``backup --wait`` waits for the WAL a backup needs (0 = no limit).
+DEFAULT_WAIT_TIMEOUT = 300
 BACKUP_ID_RE = re.compile(r"\d{8}T\d{6}")
 
 

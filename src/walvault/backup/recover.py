@@ -85,14 +85,25 @@ def _check_target(server: ServerConfig, backup: BackupInfo, target: RecoveryTarg
 
 
 def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
-    """The get-wal restore_command: absolute command path and configuration file."""
+    """The get-wal restore_command: the lean client in local mode, by absolute paths.
+
+    ``walvault-wal-restore -P -c CONF local SERVER %f %p`` reads the archive in-process (no
+    ssh); ``-P`` serves the streamed ``.partial`` unless this is a standby; ``-p N`` prefetches
+    when ``parallel_jobs`` > 1.
+    """
     bindir = os.path.dirname(os.path.abspath(sys.executable))
-    command = os.path.join(bindir, "walvault")
-    if not os.path.exists(command):
-        command = f"{sys.executable} -m walvault.cli.main"
-    partial = "" if options.standby_mode else " -P"
-    config = f" -c {options.config_file}" if options.config_file else ""
-    return f'{command}{config} -q get-wal{partial} {server.name} %f > "%p"'
+    client = os.path.join(bindir, "walvault-wal-restore")
+    if not os.path.exists(client):
+        client = f"{sys.executable} -m walvault.clients.walrestore"
+    parts = [client]
+    if not options.standby_mode:
+        parts.append("-P")
+    if server.parallel_jobs > 1:
+        parts.append(f"-p {server.parallel_jobs}")
+    if options.config_file:
+        parts.append(f"-c {options.config_file}")
+    parts += ["local", server.name, "%f", '"%p"']
+    return " ".join(parts)
 
 
 def _disable_archiving(data: str) -> None:

@@ -28,7 +28,7 @@ def _seconds(text: str) -> int:
 
 def register(sub: Any) -> None:
     """Add the commands to the CLI."""
-    from walvault.backup.basebackup import DEFAULT_WAIT_TIMEOUT
+    from walvault.backup.info import DEFAULT_WAIT_TIMEOUT
 
     p = sub.add_parser("backup", help="take a base backup with pg_basebackup")
     p.add_argument("server_name", nargs="+", help="server names, or 'all'")
