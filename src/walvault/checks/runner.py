@@ -190,17 +190,25 @@ def _receiver(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:
             )
         )
         results.append(CheckResult("pg_receivexlog compatible", ok, hint))
-    pid = L.receiver_pid(server)
-    slot_active = wal.slot.active if (server.slot_name and wal.slot) else None
-    running = pid is not None and (slot_active is not False or not server.slot_name)
-    if running and server.slot_name and wal.error is None and not slot_active:
-        running = False
-    hint = "" if running else L.receiver_failure_hint(server)
-    if pid is not None and not running:
-        hint = f"receive-wal (PID {pid}) is alive but the slot is not active; " + hint
-    results.append(CheckResult("receive-wal running", running, hint))
+    results.append(_receiver_running(server, wal))
     results.append(_lag(server, facts))
     return results
+
+
+def _receiver_running(server: ServerConfig, wal: Endpoint) -> CheckResult:
+    """OK only when the PID in the lock is alive and (with a slot) the slot is active."""
+    name = "receive-wal running"
+    pid = L.receiver_pid(server)
+    if pid is None:
+        return CheckResult(name, False, L.receiver_failure_hint(server))
+    if not server.slot_name:
+        return CheckResult(name, True)
+    if wal.error is not None:
+        return CheckResult(name, False, f"PID {pid} is alive; cannot verify the slot: {wal.error}")
+    if wal.slot is None or not wal.slot.active:
+        hint = f"receive-wal (PID {pid}) is alive but the slot is not active; "
+        return CheckResult(name, False, hint + L.receiver_failure_hint(server))
+    return CheckResult(name, True)
 
 
 def _lag(server: ServerConfig, facts: RemoteFacts) -> CheckResult:
