@@ -11,6 +11,9 @@ PostgreSQL fixtures (see ``tests/pgharness.py`` for the cluster API):
   teardown, whether the test passed or not.
 * ``pg``         (function) -- a started primary named ``primary``.
 
+``sshd`` (function) -- a started :class:`sshharness.Sshd` (skipped where no sshd is
+installed); remote commands run with this interpreter's ``bin`` first on PATH.
+
 Tests under ``tests/integration`` get the ``integration`` marker automatically.
 """
 
@@ -29,6 +32,7 @@ if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 
 from pgharness import ConfValue, PgCluster, find_pg_bindir  # noqa: E402
+from sshharness import Sshd, sshd_available  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -123,3 +127,18 @@ def walvault_factory(tmp_path: Path) -> Iterator[Any]:
     finally:
         for wv in made:
             wv.cleanup()
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    why = sshd_available()
+    if why is not None:
+        pytest.skip(why)
+    daemon = Sshd(
+        tmp_path / "sshd", path=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
+    )
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

@@ -16,6 +16,10 @@ Every cluster has these roles (passwords are random, kept on the object):
                          ``pg_switch_wal()`` and ``pg_create_restore_point(text)``
 * ``streaming_walvault`` LOGIN REPLICATION
 * ``nomonitor``          LOGIN and nothing else
+
+The helpers (roles, binaries, ports, conninfo strings, :func:`wait_until`) live in
+``pgcluster_util.py`` and the copies (restored backups, standbys) in
+``pgcluster_copies.py``; everything is importable from here.
 """
 
 from __future__ import annotations
@@ -26,175 +30,48 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
-DEFAULT_TIMEOUT = 60.0
-"""Seconds any single wait (start, stop, standby catch-up...) may take."""
+import pgcluster_copies
+from pgcluster_util import (
+    DEFAULT_TIMEOUT,
+    MONITOR_USER,
+    NOMONITOR_USER,
+    STREAMING_USER,
+    SUPERUSER,
+    ConfValue,
+    HarnessError,
+    conf_value,
+    ensure_not_root,
+    find_pg_bindir,
+    free_port,
+    fresh_cluster_dir,
+    make_conninfo,
+    tail,
+    wait_until,
+)
 
-SUPERUSER = "postgres"
-MONITOR_USER = "walvault"
-STREAMING_USER = "streaming_walvault"
-NOMONITOR_USER = "nomonitor"
-
-ConfValue = str | int | float | bool
-
-
-class HarnessError(RuntimeError):
-    """A throwaway cluster could not be set up or did not reach the expected state."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _ensure_not_root() -> None:
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        raise HarnessError(
-            "PostgreSQL refuses to run as root, so the integration tests cannot run "
-            "as root. Run the suite with `bash scripts/test.sh`: as root it copies the "
-            "tree and runs the tests as the unprivileged user 'walvault-test'."
-        )
-
-
-def _postgres_major(bindir: Path) -> int | None:
-    postgres = bindir / "postgres"
-    if not os.access(postgres, os.X_OK):
-        return None
-    try:
-        out = subprocess.run(
-            [str(postgres), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
-    return int(m.group(1)) if m else None
-
-
-def find_pg_bindir(version: int = 15) -> Path:
-    """Locate the PostgreSQL server binaries of major ``version``.
-
-    Order: ``$WALVAULT_PG_BINDIR``; ``pg_config --bindir`` when its ``postgres``
-    has the right major version; ``/usr/lib/postgresql/<version>/bin``.
-    """
-    env = os.environ.get("WALVAULT_PG_BINDIR")
-    if env:
-        bindir = Path(env)
-        major = _postgres_major(bindir)
-        if major is None:
-            raise HarnessError(
-                f"WALVAULT_PG_BINDIR={env!r} does not contain a working 'postgres' binary"
-            )
-        return bindir
-
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=30, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        if out and _postgres_major(Path(out)) == version:
-            return Path(out)
-
-    debian = Path(f"/usr/lib/postgresql/{version}/bin")
-    if _postgres_major(debian) == version:
-        return debian
-
-    raise HarnessError(
-        f"PostgreSQL {version} server binaries not found (looked at $WALVAULT_PG_BINDIR, "
-        f"`pg_config --bindir` and {debian}). Install them (Debian: "
-        f"`apt-get install postgresql-{version}`, as `.ci/run` does) or point "
-        f"WALVAULT_PG_BINDIR at the directory holding 'postgres' and 'initdb'."
-    )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _quote_conninfo_value(value: object) -> str:
-    text = str(value)
-    if text and not re.search(r"[\s'\\]", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def make_conninfo(**params: object) -> str:
-    """A libpq ``key=value`` string; ``None`` values are left out."""
-    return " ".join(f"{k}={_quote_conninfo_value(v)}" for k, v in params.items() if v is not None)
-
-
-def _conf_value(value: ConfValue) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    interval: float = 0.05,
-    what: str = "condition",
-    cluster: PgCluster | None = None,
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that value.
-
-    Exceptions raised by the predicate count as "not yet" (the last one is
-    reported), except :class:`HarnessError`, which aborts the wait at once.  On
-    timeout a :class:`HarnessError` carries the cluster log tail.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-        except HarnessError:
-            raise
-        except Exception as exc:
-            last_exc = exc
-        else:
-            if result:
-                return result
-        if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout:.0f}s waiting for {what}"
-            if last_exc is not None:
-                msg += f"; last error: {last_exc!r}"
-            if cluster is not None:
-                msg += "\n" + cluster.describe_failure()
-            raise HarnessError(msg)
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
-
-
-# --------------------------------------------------------------------------- cluster
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MONITOR_USER",
+    "NOMONITOR_USER",
+    "STREAMING_USER",
+    "SUPERUSER",
+    "ConfValue",
+    "HarnessError",
+    "PgCluster",
+    "find_pg_bindir",
+    "free_port",
+    "make_conninfo",
+    "wait_until",
+]
 
 
 class PgCluster:
@@ -295,12 +172,9 @@ class PgCluster:
         With ``start=False`` the cluster is only initialised; the roles are then
         created on the first :meth:`start`.
         """
-        _ensure_not_root()
+        ensure_not_root()
         bin_path = Path(bindir) if bindir is not None else find_pg_bindir()
-        cluster_dir = Path(base_dir).resolve() / name
-        if cluster_dir.exists():
-            raise HarnessError(f"{cluster_dir} already exists")
-        cluster_dir.mkdir(parents=True)
+        cluster_dir = fresh_cluster_dir(Path(base_dir).resolve() / name)
 
         passwords = {
             role: secrets.token_urlsafe(18)
@@ -391,7 +265,7 @@ class PgCluster:
         (self.data_dir / "pg_hba.conf").write_text("\n".join(lines) + "\n")
 
     def _write_settings(self) -> None:
-        body = "".join(f"{k} = {_conf_value(v)}\n" for k, v in self.settings.items())
+        body = "".join(f"{k} = {conf_value(v)}\n" for k, v in self.settings.items())
         (self.data_dir / "harness.conf").write_text("# managed by tests/pgharness.py\n" + body)
 
     def configure(self, settings: Mapping[str, ConfValue], *, reload: bool = True) -> None:
@@ -467,7 +341,7 @@ class PgCluster:
         return proc
 
     def describe_failure(self) -> str:
-        return f"--- last lines of {self.log_path} ---\n{_tail(self.log_path)}"
+        return f"--- last lines of {self.log_path} ---\n{tail(self.log_path)}"
 
     def postmaster_pid(self) -> int | None:
         try:
@@ -673,121 +547,9 @@ class PgCluster:
         )
         return None if state is None else str(state)
 
-    # ---------------------------------------------------------------- restore
+    # ---------------------------------------------------------------- copies
+    # (see pgcluster_copies.py; as methods, ``self`` is the template/primary)
 
-    def from_backup(
-        self,
-        backup_dir: str | os.PathLike[str],
-        name: str,
-        *,
-        base_dir: str | os.PathLike[str] | None = None,
-        extra_conf: Mapping[str, ConfValue] | None = None,
-    ) -> PgCluster:
-        """A cluster (not started) whose PGDATA is a copy of ``backup_dir``.
-
-        For restores of a base backup of this cluster: the copy gets its own port and
-        socket directory (in ``harness.conf``); roles and passwords are this cluster's.
-        It is destroyed with this cluster.  Add ``recovery.signal`` and a
-        ``restore_command`` before :meth:`start`.
-        """
-        _ensure_not_root()
-        parent = Path(base_dir).resolve() if base_dir is not None else self.cluster_dir.parent
-        cluster_dir = parent / name
-        if cluster_dir.exists():
-            raise HarnessError(f"{cluster_dir} already exists")
-        cluster_dir.mkdir(parents=True)
-        socket_dir = Path(tempfile.mkdtemp(prefix="wvpg-", dir="/tmp"))
-        settings = dict(self.settings)
-        settings.update(
-            cluster_name=name, port=free_port(), unix_socket_directories=str(socket_dir)
-        )
-        settings.update(extra_conf or {})
-        restored = PgCluster(
-            name=name,
-            cluster_dir=cluster_dir,
-            bindir=self.bindir,
-            port=int(settings["port"]),
-            socket_dir=socket_dir,
-            passwords=self.passwords,
-            settings=settings,
-        )
-        self.standbys.append(restored)
-        shutil.copytree(backup_dir, restored.data_dir, symlinks=True)
-        restored.data_dir.chmod(0o700)
-        restored._write_settings()
-        return restored
-
-    # ---------------------------------------------------------------- standby
-
-    def make_standby(
-        self,
-        base_dir: str | os.PathLike[str] | None = None,
-        name: str = "standby",
-        *,
-        slot: str | None = None,
-        extra_conf: Mapping[str, ConfValue] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> PgCluster:
-        """Clone this primary with ``pg_basebackup -R -X stream`` and start it.
-
-        Connects as the streaming role.  ``base_dir`` defaults to this cluster's
-        parent directory.  With ``slot`` a physical replication slot of that name
-        is created on the primary and used by the standby.  Returns once the
-        standby is in recovery and ``streaming`` in the primary's
-        ``pg_stat_replication``.  The standby is destroyed with this cluster.
-        """
-        _ensure_not_root()
-        parent = Path(base_dir).resolve() if base_dir is not None else self.cluster_dir.parent
-        cluster_dir = parent / name
-        if cluster_dir.exists():
-            raise HarnessError(f"{cluster_dir} already exists")
-        cluster_dir.mkdir(parents=True)
-        socket_dir = Path(tempfile.mkdtemp(prefix="wvpg-", dir="/tmp"))
-        settings = dict(self.settings)
-        settings.update(
-            cluster_name=name,
-            port=free_port(),
-            unix_socket_directories=str(socket_dir),
-        )
-        settings.update(extra_conf or {})
-        standby = PgCluster(
-            name=name,
-            cluster_dir=cluster_dir,
-            bindir=self.bindir,
-            port=int(settings["port"]),
-            socket_dir=socket_dir,
-            passwords=self.passwords,
-            settings=settings,
-        )
-        self.standbys.append(standby)
-
-        args = [
-            "-D",
-            str(standby.data_dir),
-            "-d",
-            self.streaming_conninfo(),
-            "-R",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "--no-sync",
-        ]
-        if slot is not None:
-            args += ["-C", "-S", slot]
-        self._run("pg_basebackup", *args, timeout=timeout + 60)
-        standby._write_settings()
-        standby.start(timeout=timeout)
-        wait_until(
-            standby.is_in_recovery,
-            timeout=timeout,
-            what=f"{name} to be in recovery",
-            cluster=standby,
-        )
-        wait_until(
-            lambda: self.replication_state(name) == "streaming",
-            timeout=timeout,
-            what=f"{name} to be streaming from {self.name}",
-            cluster=standby,
-        )
-        return standby
+    sibling = pgcluster_copies.sibling
+    from_backup = pgcluster_copies.from_backup
+    make_standby = pgcluster_copies.make_standby

@@ -34,7 +34,8 @@ def _free_port() -> int:
 class Sshd:
     """``sshd -D`` as the current user, accepting only a key made for the test."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, path: str | None = None) -> None:
+        """Keys and configuration in ``directory``; ``path``: the PATH of remote commands."""
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
@@ -59,6 +60,8 @@ class Sshd:
             "PubkeyAuthentication": "yes",
             "LogLevel": "VERBOSE",
         }
+        if path is not None:
+            settings["SetEnv"] = f"PATH={path}"
         self.config.write_text("".join(f"{k} {v}\n" for k, v in settings.items()))
         self.log = directory / "sshd.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -117,24 +117,8 @@ def start_restored(template: Any, cluster_dir: Path, name: str) -> Any:
 
     It gets its own port and socket directory and is destroyed together with ``template``.
     """
-    import tempfile
-
-    from pgharness import PgCluster, free_port
-
-    socket_dir = Path(tempfile.mkdtemp(prefix="wvpg-", dir="/tmp"))
-    settings = dict(template.settings)
-    settings.update(cluster_name=name, port=free_port(), unix_socket_directories=str(socket_dir))
-    cluster = PgCluster(
-        name=name,
-        cluster_dir=cluster_dir,
-        bindir=template.bindir,
-        port=int(settings["port"]),
-        socket_dir=socket_dir,
-        passwords=template.passwords,
-        settings=settings,
-    )
+    cluster = template.sibling(name, cluster_dir)
     cluster._write_settings()
-    template.standbys.append(cluster)
     cluster.start()
     return cluster
 
@@ -186,3 +170,29 @@ class WriteLoad:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=30)
+
+
+def slot_active(pg: Any, slot: str = "walvault") -> bool:
+    """Whether a walsender streams on the replication slot ``slot`` of ``pg``."""
+    rows = pg.sql("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    return bool(rows and rows[0][0])
+
+
+def start_receiver(wv: Walvault, pg: Any) -> subprocess.Popen[str]:
+    """``receive-wal pg`` in the background, once it streams on its slot on ``pg``."""
+    proc = wv.spawn("receive-wal", "pg")
+    wait_for(lambda: slot_active(pg) or proc.poll() is not None, what="slot active")
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        raise AssertionError(f"receive-wal ended: {out} {err}")
+    return proc
+
+
+def make_segments(pg: Any, count: int) -> list[str]:
+    """Write and switch ``count`` times; return the names of the closed segments."""
+    pg.sql("CREATE TABLE IF NOT EXISTS t (i int, pad text)")
+    closed = []
+    for _ in range(count):
+        pg.sql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 500) g")
+        closed.append(pg.switch_wal())
+    return closed

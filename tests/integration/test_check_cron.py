@@ -10,11 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from wvharness import segment_names, streaming_server, wait_for
-
-
-def slot_active(pg: Any) -> bool:
-    return bool(pg.scalar("SELECT active FROM pg_replication_slots WHERE slot_name = 'walvault'"))
+from wvharness import segment_names, slot_active, streaming_server, wait_for
 
 
 def receiver_pid(wv: Any) -> int | None:

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from walvault.archive.compression import ALGORITHMS, identify
-from wvharness import WALVAULT, segment_names, streaming_server, wait_for
+from wvharness import (
+    WALVAULT,
+    make_segments,
+    segment_names,
+    start_receiver,
+    streaming_server,
+    wait_for,
+)
 
 MARKER = "walvault-get-wal-marker"
 
@@ -23,28 +30,6 @@ def get_wal(wv: Any, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [*WALVAULT, "-c", str(wv.conf), "get-wal", *args], capture_output=True, timeout=60
     )
-
-
-def start_receiver(wv: Any, pg: Any) -> subprocess.Popen[str]:
-    proc = wv.spawn("receive-wal", "pg")
-    wait_for(
-        lambda: (
-            pg.scalar("SELECT active FROM pg_replication_slots WHERE slot_name = 'walvault'")
-            or proc.poll() is not None
-        ),
-        what="slot active",
-    )
-    assert proc.poll() is None, "receive-wal ended"
-    return proc
-
-
-def make_segments(pg: Any, count: int) -> list[str]:
-    pg.sql("CREATE TABLE IF NOT EXISTS t (i int, pad text)")
-    closed = []
-    for _ in range(count):
-        pg.sql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 500) g")
-        closed.append(pg.switch_wal())
-    return closed
 
 
 def wait_written(pg: Any) -> None:

@@ -10,13 +10,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from sshharness import Sshd, sshd_available
+from sshharness import Sshd
 from tarstream import symlink_member, tar_stream
 from walsupply import catalogue_lines, copy_closed_segments
 from walvault.archive.compression import decompress_bytes, identify
@@ -101,19 +98,6 @@ def test_local_archive_command(pg: Any, walvault_factory: Any) -> None:
     assert run.returncode == 0, run.stderr
     assert_archived_identical(pg, wv, names)
     assert visible(incoming) == []
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    why = sshd_available()
-    if why is not None:
-        pytest.skip(why)
-    daemon = Sshd(tmp_path / "sshd")
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def test_archive_command_through_ssh(pg: Any, walvault_factory: Any, sshd: Sshd) -> None:

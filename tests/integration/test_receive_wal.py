@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from wvharness import segment_names, streaming_server, wait_for
+from wvharness import make_segments, segment_names, start_receiver, streaming_server, wait_for
 
 APP = "walvault_receive_wal"
 
@@ -21,24 +20,6 @@ def slot_row(pg: Any, slot: str = "walvault") -> tuple[Any, ...] | None:
         "SELECT active, restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
     )
     return rows[0] if rows else None
-
-
-def start_receiver(wv: Any, pg: Any) -> subprocess.Popen[str]:
-    proc = wv.spawn("receive-wal", "pg")
-    wait_for(lambda: (slot_row(pg) or (False,))[0] or proc.poll() is not None, what="slot active")
-    if proc.poll() is not None:
-        raise AssertionError(f"receive-wal ended: {proc.stdout.read()} {proc.stderr.read()}")  # type: ignore[union-attr]
-    return proc
-
-
-def make_segments(pg: Any, count: int) -> list[str]:
-    """Write and switch ``count`` times; return the names of the closed segments."""
-    pg.sql("CREATE TABLE IF NOT EXISTS t (i int, pad text)")
-    closed = []
-    for _ in range(count):
-        pg.sql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 500) g")
-        closed.append(pg.switch_wal())
-    return closed
 
 
 def wait_streamed(wv: Any, names: list[str]) -> None:

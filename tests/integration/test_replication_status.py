@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from typing import Any
 
-from wvharness import streaming_server, wait_for
+from wvharness import start_receiver, streaming_server, wait_for
 
 LSN = r"[0-9A-F]+/[0-9A-F]+"
-
-
-def slot_active(pg: Any) -> bool:
-    rows = pg.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walvault'")
-    return bool(rows and rows[0][0])
-
-
-def start_receiver(wv: Any, pg: Any) -> subprocess.Popen[str]:
-    proc = wv.spawn("receive-wal", "pg")
-    wait_for(lambda: slot_active(pg) or proc.poll() is not None, what="receiver streaming")
-    assert proc.poll() is None, proc.communicate()
-    return proc
 
 
 def run_until(wv: Any, args: list[str], wanted: list[str]) -> str:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from wvharness import streaming_server, wait_for
+from wvharness import start_receiver, streaming_server, wait_for
 
 CLOSED_RE = re.compile(r"The WAL file ([0-9A-F]{24}) has been closed on server 'pg'")
 
@@ -22,18 +22,6 @@ def closed_name(result: subprocess.CompletedProcess[str]) -> str:
     match = CLOSED_RE.search(result.stdout)
     assert match, (result.returncode, result.stdout, result.stderr)
     return match.group(1)
-
-
-def slot_active(pg: Any) -> bool:
-    rows = pg.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walvault'")
-    return bool(rows and rows[0][0])
-
-
-def start_receiver(wv: Any, pg: Any) -> subprocess.Popen[str]:
-    proc = wv.spawn("receive-wal", "pg")
-    wait_for(lambda: slot_active(pg) or proc.poll() is not None, what="receiver streaming")
-    assert proc.poll() is None, proc.communicate()
-    return proc
 
 
 def test_switch_closes_a_segment_then_needs_no_switch(pg: Any, walvault_factory: Any) -> None:

@@ -10,38 +10,21 @@ the segment size is replayed up to its last valid record.
 
 from __future__ import annotations
 
-import getpass
 import os
-import shutil
+import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pgharness import free_port, wait_until
-from wvharness import segment_names, streaming_server, wait_for
+from sshharness import Sshd
+from wvharness import segment_names, start_receiver, streaming_server, wait_for
 
 BIN = Path(sys.executable).parent
 RESTORE = BIN / "walvault-wal-restore"
-
-
-def start_receiver(wv: Any, pg: Any) -> subprocess.Popen[str]:
-    proc = wv.spawn("receive-wal", "pg")
-    wait_for(
-        lambda: (
-            pg.scalar("SELECT active FROM pg_replication_slots WHERE slot_name = 'walvault'")
-            or proc.poll() is not None
-        ),
-        what="slot active",
-    )
-    assert proc.poll() is None, "receive-wal ended"
-    return proc
 
 
 def receiver_caught_up(pg: Any) -> bool:
@@ -137,69 +120,22 @@ def test_without_partial_the_tail_is_lost(pg: Any, walvault_factory: Any, tmp_pa
     assert cluster.scalar("SELECT count(*) FROM rows") == 300
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """An unprivileged sshd on a loopback port, with a throwaway host key and client key."""
-    if not os.access("/usr/sbin/sshd", os.X_OK) or shutil.which("ssh") is None:
-        pytest.skip("openssh-server/openssh-client not installed (.ci/run installs them)")
-    home = tmp_path / "ssh"
-    home.mkdir(mode=0o700)
-    for key in ("host_key", "client_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)], check=True
-        )
-    shutil.copyfile(home / "client_key.pub", home / "authorized_keys")
-    port = free_port()
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_key\n"
-        f"AuthorizedKeysFile {home}/authorized_keys\nPidFile {home}/sshd.pid\n"
-        "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\n"
-        f"SetEnv PATH={BIN}:/usr/local/bin:/usr/bin:/bin\n"
-    )
-    (home / "ssh_config").write_text(
-        f"Host 127.0.0.1\n  IdentityFile {home}/client_key\n  IdentitiesOnly yes\n"
-        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
-        "  LogLevel ERROR\n"
-    )
-    log = (home / "sshd.log").open("w")
-    proc = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd_config")], stderr=log
-    )
-
-    def listening() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError((home / "sshd.log").read_text())
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(listening, what="sshd listening")
-    try:
-        yield {"port": port, "config": home / "ssh_config", "user": getpass.getuser()}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def test_recovery_over_ssh(
-    pg: Any, walvault_factory: Any, tmp_path: Path, sshd: dict[str, Any]
-) -> None:
+def test_recovery_over_ssh(pg: Any, walvault_factory: Any, tmp_path: Path, sshd: Sshd) -> None:
     wv = walvault_factory({"pg": streaming_server(pg)})
     crashed = crashed_primary(pg, wv, tmp_path, segments=2)
 
     def command(port: int) -> str:
         return (
-            f'{RESTORE} -P --ssh-command "ssh -F {sshd["config"]}" -U {sshd["user"]} '
+            f"{RESTORE} -P --ssh-command {shlex.quote(sshd.ssh_command)} -U {sshd.user} "
             f"--port {port} -c {wv.conf} 127.0.0.1 pg"
         )
 
     test = subprocess.run(
-        f"{command(sshd['port'])} -t DUMMY DUMMY", shell=True, capture_output=True, text=True
+        f"{command(sshd.port)} -t DUMMY DUMMY", shell=True, capture_output=True, text=True
     )
     assert test.returncode == 0, test.stderr
     assert "Ready to retrieve WAL files from the server pg" in test.stdout
-    cluster = restore(pg, crashed, "restored", f"{command(sshd['port'])} %f %p")
+    cluster = restore(pg, crashed, "restored", f"{command(sshd.port)} %f %p")
     check_everything_is_back(cluster, crashed)
     # a dead ssh endpoint is a connection problem (2), not "end of recovery" (1)
     dead = subprocess.run(

@@ -25,8 +25,11 @@ ZSTD_ONESHOT_MAX = 64 << 20
 ALGORITHMS: tuple[str, ...] = ("gzip", "bzip2", "xz", "zstd", "lz4")
 ALIASES: dict[str, str] = {"pygzip": "gzip", "pigz": "gzip", "pybzip2": "bzip2"}
 # algorithm -> (low, medium, high, minimum, maximum), as Barman maps ``compression_level``.
+# gzip differs on purpose: levels 1-3 are ISA-L's (igzip), 4-9 zlib-ng's, and "medium" is 2:
+# on PostgreSQL WAL, ISA-L level 2 compresses ~7x faster than zlib-ng's level 6 (~20x faster
+# than Python's gzip, Barman's) for files ~10 % larger. ``compression_level = 6`` is Barman's.
 LEVELS: dict[str, tuple[int, int, int, int, int]] = {
-    "gzip": (1, 6, 9, 1, 9),
+    "gzip": (1, 2, 9, 1, 9),
     "bzip2": (1, 5, 9, 1, 9),
     "xz": (1, 3, 5, 1, 9),
     "zstd": (1, 4, 9, -22, 22),
@@ -122,12 +125,27 @@ class _Lz4Compressor:
         return self._header + out
 
 
+ISAL_MAX_LEVEL = 3
+
+
+def _gzip_compressor(level: int) -> _Compressor:
+    """A gzip-container deflate stream: ISA-L for levels 1-3 (when installed), else zlib-ng."""
+    if level <= ISAL_MAX_LEVEL:
+        try:
+            from isal import isal_zlib
+        except ImportError:  # pragma: no cover - isal is a dependency; keep working without
+            pass
+        else:
+            return cast(_Compressor, isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31))
+    from zlib_ng import zlib_ng
+
+    return cast(_Compressor, zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31))
+
+
 def _new_compressor(algo: str, level: int) -> _Compressor:
     """Create a fresh, unshared compressor (so concurrent threads never share state)."""
     if algo == "gzip":
-        from zlib_ng import zlib_ng
-
-        obj: _Compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
+        obj: _Compressor = _gzip_compressor(level)
     elif algo == "bzip2":
         import bz2
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from walvault.backup.info import Tablespace
 from walvault.config import ServerConfig
 from walvault.conninfo import mask_text
-from walvault.receiver.command import streaming_dsn
+from walvault.subprocesses import ClientCommand, client_connection, start_client
 from walvault.wal.names import parse_lsn
 
 log = logging.getLogger("walvault.backup")
@@ -22,16 +22,8 @@ _END_RE = re.compile(r"write-ahead log end point: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
 KEPT_LINES = 20
 
 
-@dataclass(frozen=True)
-class BaseBackupCommand:
+class BaseBackupCommand(ClientCommand):
     """argv and the extra environment for pg_basebackup."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-
-    def shown(self) -> str:
-        """The command line as it may be logged (it never holds a password)."""
-        return " ".join(self.argv)
 
 
 def _escape_mapping(path: str) -> str:
@@ -52,7 +44,7 @@ def build_basebackup_command(
     """
     conninfo = server.streaming_conninfo
     assert conninfo, "a server without a streaming conninfo cannot be backed up"
-    dsn, env, _ = streaming_dsn(conninfo, server.streaming_backup_name)
+    dsn, env, _ = client_connection(server, conninfo, server.streaming_backup_name)
     argv = [
         program_path,
         f"--dbname={dsn}",
@@ -69,9 +61,7 @@ def build_basebackup_command(
         argv.append(
             f"--tablespace-mapping={_escape_mapping(space.location)}={_escape_mapping(target)}"
         )
-    env["PATH"] = server.search_path
     env["LC_MESSAGES"] = "C"  # its progress lines are parsed
-    env["PGCONNECT_TIMEOUT"] = os.environ.get("PGCONNECT_TIMEOUT", "10")
     return BaseBackupCommand(tuple(argv), env)
 
 
@@ -104,24 +94,11 @@ def run_basebackup(
 
     An interruption (KeyboardInterrupt) stops pg_basebackup before propagating.
     """
-    from walvault.receiver.process import _die_with_parent
-
-    env = {**os.environ, **command.env}
     log.info("%s: running %s", server.name, command.shown())
     secrets = server.secrets()
     lines: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
     end_lsn = None
-    proc = subprocess.Popen(
-        list(command.argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        preexec_fn=_die_with_parent,
-    )
+    proc = start_client(command)
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:

@@ -15,7 +15,7 @@ from walvault.postgres.status import (
     has_monitoring_privileges,
     server_info,
 )
-from walvault.receiver.command import streaming_dsn
+from walvault.subprocesses import streaming_dsn
 
 
 @dataclass

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from walvault.cli.context import Context
-from walvault.cli.replication_status import report_error
+from walvault.cli.context import Context, require_enabled, seconds_argument
 from walvault.errors import WalvaultError
 from walvault.humanize import pretty_size
 
@@ -14,16 +13,6 @@ if TYPE_CHECKING:
     from walvault.backup.catalog import BackupSummary
     from walvault.backup.info import BackupInfo
     from walvault.config import ServerConfig
-
-
-def _seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 waits without limit)")
-    return value
 
 
 def register(sub: Any) -> None:
@@ -38,7 +27,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--wait-timeout",
-        type=_seconds,
+        type=seconds_argument,
         default=DEFAULT_WAIT_TIMEOUT,
         metavar="SECONDS",
         help=f"how long --wait waits (default: {DEFAULT_WAIT_TIMEOUT}; 0: no limit)",
@@ -75,9 +64,7 @@ def backup(ctx: Context, args: argparse.Namespace) -> int:
     failed = False
     for server in ctx.servers(args.server_name):
         try:
-            if server.disabled:
-                reasons = "; ".join(server.messages)
-                raise WalvaultError(f"server '{server.name}' is disabled: {reasons}")
+            require_enabled(server)
             if not server.active:
                 raise WalvaultError(f"server '{server.name}' is inactive (active = false)")
             info = take_backup(
@@ -93,7 +80,7 @@ def backup(ctx: Context, args: argparse.Namespace) -> int:
                 ctx.info(f"Backup {info.backup_id} of server {server.name}: {info.status}")
         except WalvaultError as exc:
             failed = True
-            report_error(ctx, exc.message)
+            ctx.error(exc.message)
     return 1 if failed else 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -48,9 +49,8 @@ class Context:
         if server is None:
             known = ", ".join(self.config.servers) or "none configured"
             raise ServerError(f"unknown server '{name}' (configured: {known})")
-        if server.disabled and not allow_disabled:
-            reasons = "; ".join(server.messages)
-            raise ServerError(f"server '{name}' is disabled: {reasons}")
+        if not allow_disabled:
+            require_enabled(server)
         if not server.active and not allow_inactive:
             raise ServerError(f"server '{name}' is inactive (active = false)")
         return server
@@ -76,9 +76,32 @@ class Context:
         if not self.quiet:
             print(f"WARNING: {text}", file=self.err, flush=True)
 
+    def error(self, text: str) -> None:
+        """``ERROR: <text>`` on stderr and in the log, for a failure that does not end the run."""
+        log.error("%s", text)
+        print(f"ERROR: {text}", file=self.err, flush=True)
+
     def emit_json(self, data: Any) -> None:
         """Print a JSON document on stdout."""
         print(json.dumps(data, indent=4, sort_keys=True), file=self.out, flush=True)
+
+
+def require_enabled(server: ServerConfig) -> None:
+    """Raise :class:`ServerError` (with the reasons) when ``server`` is disabled."""
+    if server.disabled:
+        reasons = "; ".join(server.messages)
+        raise ServerError(f"server '{server.name}' is disabled: {reasons}")
+
+
+def seconds_argument(text: str) -> int:
+    """argparse type for a timeout: a whole number of seconds, >= 0 (0: no limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 waits without limit)")
+    return value
 
 
 _configured = False

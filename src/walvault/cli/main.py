@@ -116,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(ctx, args)
         return code
     except WalvaultError as exc:
-        log.error("%s", exc.message)
-        print(f"ERROR: {exc.message}", file=sys.stderr, flush=True)
+        ctx.error(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)

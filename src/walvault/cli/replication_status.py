@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import logging
 from typing import Any
 
-from walvault.cli.context import Context
+from walvault.cli.context import Context, require_enabled
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.humanize import pretty_size
@@ -20,8 +19,6 @@ from walvault.postgres.replication_stats import (
     StreamingClient,
 )
 from walvault.wal.names import format_lsn
-
-log = logging.getLogger("walvault")
 
 BACKUP_HOST = "backup-host"
 WAL_HOST = "wal-host"
@@ -68,7 +65,7 @@ def replication_status(ctx: Context, args: argparse.Namespace) -> int:
             stats = _read(server, args.target, args.source)
         except WalvaultError as exc:
             failed = True
-            report_error(ctx, exc.message)
+            ctx.error(exc.message)
             continue
         if ctx.output_format == "json":
             documents[server.name] = _as_json(stats, args.target, args.source)
@@ -81,19 +78,12 @@ def replication_status(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def report_error(ctx: Context, message: str) -> None:
-    """``ERROR: <message>`` on stderr and in the log, for a failure that does not end the run."""
-    log.error("%s", message)
-    print(f"ERROR: {message}", file=ctx.err, flush=True)
-
-
 def _read(server: ServerConfig, target: str, source: str) -> ReplicationStats:
     """Connect to the chosen host of ``server`` and read its streaming clients."""
     from walvault.postgres.connection import connect
     from walvault.postgres.replication_stats import replication_stats
 
-    if server.disabled:
-        raise WalvaultError(f"server '{server.name}' is disabled: {'; '.join(server.messages)}")
+    require_enabled(server)
     if source == WAL_HOST:
         conninfo, which = server.wal_monitoring_conninfo, _wal_host_option(server)
     else:

@@ -5,22 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from walvault.cli.context import Context
-from walvault.cli.replication_status import report_error
+from walvault.cli.context import Context, require_enabled, seconds_argument
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 
 DEFAULT_ARCHIVE_TIMEOUT = 30
-
-
-def _timeout(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 waits without limit)")
-    return value
 
 
 def register(sub: Any) -> None:
@@ -42,7 +31,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--archive-timeout",
-        type=_timeout,
+        type=seconds_argument,
         default=DEFAULT_ARCHIVE_TIMEOUT,
         metavar="TIMEOUT",
         help=f"seconds --archive waits (default: {DEFAULT_ARCHIVE_TIMEOUT}; 0: no limit)",
@@ -55,16 +44,14 @@ def switch_wal(ctx: Context, args: argparse.Namespace) -> int:
     failed = False
     for server in ctx.servers(args.server_name):
         try:
-            if server.disabled:
-                reasons = "; ".join(server.messages)
-                raise WalvaultError(f"server '{server.name}' is disabled: {reasons}")
+            require_enabled(server)
             if not server.active:
                 ctx.info(f"Skipping inactive server '{server.name}'")
                 continue
             _switch_one(ctx, server, args.force, args.archive, args.archive_timeout)
         except WalvaultError as exc:
             failed = True
-            report_error(ctx, exc.message)
+            ctx.error(exc.message)
     return 1 if failed else 0
 
 

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
+from walvault.clients.common import LOCAL_HOST, SSH_FAILED, error, quote, ssh_argv, warning
 from walvault.errors import InvalidWalName, WalvaultError
 
 if TYPE_CHECKING:
     from walvault.config import ServerConfig
 
 OK, NOT_FOUND, CONNECTION, BAD_ARGS = 0, 1, 2, 3
-LOCAL_HOST = "local"
-SSH_FAILED = 255
-
-
-def error(message: str) -> None:
-    """One ``ERROR:`` line on stderr."""
-    print(f"ERROR: {message}", file=sys.stderr, flush=True)
 
 
 class DestinationError(WalvaultError):
@@ -116,7 +109,7 @@ class LocalSource:
 
         try:
             config = self.server(server)
-            with retrieve.open_wal(config, name, partial=partial, warn=_warning) as found:
+            with retrieve.open_wal(config, name, partial=partial, warn=warning) as found:
                 fd = open_destination(dest)
                 try:
                     retrieve.send_fd(found, fd)
@@ -135,15 +128,6 @@ class LocalSource:
             error(f"cannot write '{dest}': {exc.strerror}")
             return CONNECTION
         return OK
-
-
-def _warning(text: str) -> None:
-    print(f"WARNING: {text}", file=sys.stderr, flush=True)
-
-
-def _quote(arg: str) -> str:
-    """Quote one argument for the remote POSIX shell."""
-    return "'" + arg.replace("'", "'\"'\"'") + "'"
 
 
 class CommandSource:
@@ -264,12 +248,9 @@ class SshSource(CommandSource):
         """
         import shlex
 
-        argv = shlex.split(self.ssh_command)
-        if self.port:
-            argv += ["-p", self.port]
-        argv += ["-q", "-T", f"{self.user}@{self.host}"]
-        words = [_quote(arg) for arg in self.walvault_argv(*get_wal_args)[self._skip() :]]
-        return [*argv, " ".join([self.walvault_command, *words])]
+        words = [quote(arg) for arg in self.walvault_argv(*get_wal_args)[self._skip() :]]
+        remote = [self.walvault_command, *words]
+        return ssh_argv(shlex.split(self.ssh_command), self.user, self.host, self.port, remote)
 
     def _skip(self) -> int:
         """How many words of :meth:`walvault_argv` are the walvault command itself."""

@@ -27,15 +27,14 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from walvault import __version__
+from walvault.clients.common import LOCAL_HOST, SSH_FAILED, error, quote, ssh_argv
 
 if TYPE_CHECKING:
     import argparse
     import subprocess
 
 DEFAULT_USER = "walvault"
-LOCAL_HOST = "local"
 OK, FAILED, CONNECTION = 0, 2, 3
-SSH_FAILED = 255
 #: a compressed payload larger than this is spooled to a temporary file, not kept in memory
 MEMORY_SPOOL_MAX = 64 << 20
 _CHUNK = 1 << 20
@@ -47,11 +46,6 @@ _COMPRESSIONS = (
     (None, "--zstd", "zstd"),
     (None, "--lz4", "lz4"),
 )
-
-
-def error(message: str) -> None:
-    """One ``ERROR:`` line on stderr (PostgreSQL copies it into its log)."""
-    print(f"ERROR: {message}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,11 +102,6 @@ def _split(command: str) -> list[str]:
     return command.split()
 
 
-def _quote(arg: str) -> str:
-    """Quote one argument for the remote POSIX shell."""
-    return "'" + arg.replace("'", "'\"'\"'") + "'"
-
-
 def _local_walvault() -> str:
     """The ``walvault`` beside this program (PostgreSQL's PATH rarely has a venv's bin)."""
     beside = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "walvault")
@@ -128,12 +117,8 @@ def build_command(args: argparse.Namespace) -> list[str]:
     if args.walvault_host == LOCAL_HOST:
         program = _split(args.walvault_command) if args.walvault_command else [_local_walvault()]
         return [*program, *put_wal]
-    argv = _split(args.ssh_command)
-    if args.port:
-        argv += ["-p", str(args.port)]
-    argv += ["-q", "-T", f"{args.user}@{args.walvault_host}"]
-    remote = " ".join([args.walvault_command or "walvault", *(_quote(arg) for arg in put_wal)])
-    return [*argv, remote]
+    remote = [args.walvault_command or "walvault", *(quote(arg) for arg in put_wal)]
+    return ssh_argv(_split(args.ssh_command), args.user, args.walvault_host, args.port, remote)
 
 
 def _child_env(args: argparse.Namespace) -> dict[str, str] | None:

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
 from walvault import __version__
+from walvault.clients.common import LOCAL_HOST, error, warning
 
 if TYPE_CHECKING:
     import argparse
@@ -180,7 +181,7 @@ def fast_parse(argv: Sequence[str]) -> argparse.Namespace | None:
 
 def make_source(args: argparse.Namespace) -> Source:
     """In-process, a local walvault command, or ssh, from WALVAULT_HOST."""
-    from walvault.clients.transport import LOCAL_HOST, CommandSource, LocalSource, SshSource
+    from walvault.clients.transport import CommandSource, LocalSource, SshSource
 
     if args.walvault_host == LOCAL_HOST:
         if args.walvault_command:
@@ -203,19 +204,19 @@ def _open_spool(args: argparse.Namespace, source: Source) -> Spool | None:
     try:
         return Spool(args.spool_dir, spool_key(args.server_name, source.label))
     except (SpoolError, OSError) as exc:
-        print(f"WARNING: prefetch disabled: {exc}", file=sys.stderr, flush=True)
+        warning(f"prefetch disabled: {exc}")
         return None
 
 
 def restore(args: argparse.Namespace) -> int:
     """Bring WAL_NAME to WAL_DEST: from the spool when possible, else from the source."""
-    from walvault.clients.transport import BAD_ARGS, OK, error
+    from walvault.clients.transport import BAD_ARGS, OK
     from walvault.errors import InvalidWalName
     from walvault.wal.names import is_segment, validate_wal_name
 
     source = make_source(args)
     if args.compression:
-        print("WARNING: -z/-j are deprecated", file=sys.stderr, flush=True)
+        warning("-z/-j are deprecated")
     if args.test:
         return source.test(args.server_name)
     if os.path.isdir(args.wal_dest):
@@ -250,7 +251,7 @@ def _note_progress(spool: Spool, name: str, sysid: int, seg_size: int) -> None:
     try:
         spool.write_state(SpoolState(name, sysid, seg_size))
     except OSError as exc:
-        print(f"WARNING: cannot update the spool state: {exc}", file=sys.stderr, flush=True)
+        warning(f"cannot update the spool state: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = CONNECTION
     except Exception as exc:  # PostgreSQL must see 2, never a traceback's status
-        print(f"ERROR: unexpected {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        error(f"unexpected {type(exc).__name__}: {exc}")
         code = CONNECTION
     if code != 0 and args.sleep > 0:
         time.sleep(args.sleep)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -16,23 +13,13 @@ from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.receiver.command import ReceiverCommand
 from walvault.receiver.state import LineKeeper, ReceiverState, save_state
+from walvault.subprocesses import start_client
 
 log = logging.getLogger("walvault.receiver")
-
-PR_SET_PDEATHSIG = 1
 
 
 class ReceiverFailed(WalvaultError):
     """pg_receivewal ran and failed (its exit is already recorded in the state file)."""
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if walvault dies, so no orphan keeps holding the slot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def run_receiver(
@@ -45,19 +32,8 @@ def run_receiver(
 
     Raises :class:`WalvaultError` with the reason when pg_receivewal fails or is killed.
     """
-    env = {**os.environ, **command.env}
     log.info("%s: running %s", server.name, command.shown())
-    proc = subprocess.Popen(
-        list(command.argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        preexec_fn=_die_with_parent,
-    )
+    proc = start_client(command)
     stop_requested = False
 
     def forward(signum: int, _frame: FrameType | None) -> None:

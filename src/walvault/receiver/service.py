@@ -20,12 +20,13 @@ from walvault.postgres.replication import (
 )
 from walvault.postgres.sources import WalSource, check_or_record_identity, inspect_wal_source
 from walvault.receiver.binary import RECEIVEWAL_NAMES, find_program, require_compatible
-from walvault.receiver.command import build_receiver_command, streaming_dsn
+from walvault.receiver.command import build_receiver_command
 from walvault.receiver.gaps import record_gap
 from walvault.receiver.position import resume_segment, scan_streaming, truncate_bad_partial
 from walvault.receiver.process import ReceiverFailed, run_receiver
 from walvault.receiver.state import ReceiverState, load_state, save_state
 from walvault.receiver.sync import parse_sync_standby_names
+from walvault.subprocesses import streaming_dsn
 from walvault.wal.names import Segment, lsn_to_segment
 
 log = logging.getLogger("walvault.receiver")

@@ -1,0 +1,40 @@
+"""What walvault-wal-archive and walvault-wal-restore share: WALVAULT_HOST, ssh, messages.
+
+Free of imports: both clients run once per WAL segment and keep their start-up lean.
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: WALVAULT_HOST that means "this host, no ssh".
+LOCAL_HOST = "local"
+#: ssh's own exit status for a connection problem.
+SSH_FAILED = 255
+
+
+def error(message: str) -> None:
+    """One ``ERROR:`` line on stderr (PostgreSQL copies it into its log)."""
+    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+
+
+def warning(message: str) -> None:
+    """One ``WARNING:`` line on stderr."""
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def quote(arg: str) -> str:
+    """Quote one argument for the remote POSIX shell."""
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+def ssh_argv(
+    ssh: list[str], user: str, host: str, port: str | None, remote: list[str]
+) -> list[str]:
+    """``<ssh> [-p PORT] -q -T USER@HOST '<remote words joined>'``: everything after the
+    destination is one command line for the remote shell (``remote`` is already quoted)."""
+    argv = [*ssh]
+    if port:
+        argv += ["-p", str(port)]
+    argv += ["-q", "-T", f"{user}@{host}"]
+    return [*argv, " ".join(remote)]
