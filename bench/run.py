@@ -930,6 +930,16 @@ def verify_archive(
     return None
 
 
+def count_archived(home: Home) -> int:
+    """How many segment files the archive holds (hash directories only)."""
+    total = 0
+    with os.scandir(home.wals) as entries:
+        for entry in entries:
+            if entry.is_dir() and len(entry.name) == 16:
+                total += len(os.listdir(entry.path))
+    return total
+
+
 def archived_bytes(home: Home, names: Sequence[str]) -> int:
     return sum(home.archived(n).stat().st_size for n in names)
 
@@ -1171,16 +1181,27 @@ class Bench:
             os.rename(directory, home.streaming)
             try:
                 before = len(os.listdir(home.streaming))
+                archived_before = count_archived(home)
                 os.sync()
                 run = run_timed(archive_cmd(self.tools, home), capture=True, timeout=limit)
                 moved = before - len(os.listdir(home.streaming))
+                added = count_archived(home) - archived_before
             finally:
                 os.rename(home.streaming, directory)
                 home.streaming.mkdir()
+            if run.ok and added != moved:
+                self.results.errors.append(
+                    f"scale ({tool}): {moved} files left streaming/ but {added} reached the "
+                    "archive (duplicates or errors/?)"
+                )
             return run, moved
 
         small_segno = 1 * SEGS_PER_LOG  # names 000000010000000100000000...
-        big_segno = 16 * SEGS_PER_LOG  # names 000000010000001000000000..., after the small ones
+        # the big backlog's names start after every name the small runs use, at a log
+        # boundary: a name archived twice would be a duplicate, and a duplicate is compared
+        # byte by byte with its archived twin (that is another benchmark)
+        small_end = small_segno + p.scale_repeats * batch
+        big_segno = (small_end // SEGS_PER_LOG + 1) * SEGS_PER_LOG
         per_tool: dict[str, dict[str, Any]] = {
             t: {
                 case: {"seconds": [], "maxrss_kib": [], "archived": [], "timed_out_after": None}
