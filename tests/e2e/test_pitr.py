@@ -91,6 +91,16 @@ def test_impossible_targets_and_destinations(
     assert result.returncode == 1 and "is not empty" in result.stderr
     unknown = wv.run("recover", "pg", "20000101T000000", dest)
     assert unknown.returncode == 1 and "unknown backup" in unknown.stderr
+    # --standby-mode: standby.signal, and restore_command without -P (a standby must not
+    # consume the live .partial, which would fork its history)
+    standby = _recover(pg, wv, tmp_path, "standby", "--standby-mode", "--get-wal")
+    data = tmp_path / "standby" / "data"
+    assert (data / "standby.signal").exists() and not (data / "recovery.signal").exists()
+    auto = (data / "postgresql.auto.conf").read_text()
+    restore = next(line for line in auto.splitlines() if line.startswith("restore_command"))
+    assert "walvault-wal-restore" in restore and " -P " not in restore
+    assert "archive_mode = off" in auto
+    wait_for(lambda: standby.is_in_recovery(), what="standby in recovery")
 
 
 def test_recovery_onto_timeline_2_after_promotion(
