@@ -1,0 +1,1 @@
+"""walvault vs Barman side-by-side benchmark: the pieces behind bench/run.py."""

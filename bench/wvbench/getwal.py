@@ -1,0 +1,233 @@
+"""Section `getwal`: single get-wal and restore_command calls, and a replay-style restore."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import time
+from typing import Any
+
+from wvbench.common import SEG, log, median, sha256_file
+from wvbench.homes import (
+    Home,
+    archive_cmd,
+    get_wal_cmd,
+    place_partial,
+    restore_command,
+    server_section,
+    verify_archive,
+)
+from wvbench.report import Row
+from wvbench.runner import Bench
+from wvbench.tools import has_local_mode, reap_strays, run_timed
+
+# ---- get-wal and restore_command
+
+
+def getwal(bench: Bench) -> None:
+    p = bench.params
+    names = bench.segments[: p.restore_segments]
+    detail: dict[str, Any] = {"segments": len(names), "compression": "zstd"}
+    bench.results.details["get_wal"] = detail
+    homes: dict[str, Home] = {}
+    # each tool serves its own archive, built by its own archive-wal (zstd, the default
+    # level); if walvault's archive-wal is not built, walvault reads Barman's archive
+    for tool in ("barman", "walvault"):
+        if not bench.tool_ready(tool, "archive-wal"):
+            continue
+        home = bench.new_home(tool, "zstd")
+        for name in names:
+            os.link(bench.pool / name, home.streaming / name)
+        place_partial(home.streaming, names[-1])
+        os.sync()
+        run = run_timed(archive_cmd(bench.tools, home), capture=True)
+        problem = None if run.ok else run.describe()
+        problem = problem or verify_archive(home, names, bench.hashes, content=False)
+        if problem:
+            bench.results.errors.append(f"get-wal setup: archive-wal zstd ({tool}): {problem}")
+            continue
+        detail[f"archive_wal_zstd_{len(names)}_seconds_{tool}"] = run.elapsed
+        log(f"  {tool}: archived {len(names)} segments (zstd) in {run.elapsed:.1f} s")
+        homes[tool] = home
+    if "walvault" not in homes and "barman" in homes and bench.tools.walvault is not None:
+        shared = Home("walvault", homes["barman"].root, homes["barman"].root / "walvault.conf")
+        shared.conf.write_text(
+            f"[walvault]\nwalvault_home = {shared.root}\n"
+            f"log_file = {shared.root}/walvault.log\n\n"
+            + server_section(bench.cluster, "walvault", "zstd", {})  # type: ignore[arg-type]
+        )
+        homes["walvault"] = shared
+        detail["walvault_reads"] = "Barman's archive (walvault's archive-wal not built)"
+
+    can = {
+        ("barman", "get-wal"): "barman" in homes,
+        ("walvault", "get-wal"): "walvault" in homes and bench.tools.has("get-wal"),
+        ("barman", "restore"): "barman" in homes,
+        ("walvault", "restore"): "walvault" in homes
+        and bench.tools.wal_restore is not None
+        and has_local_mode(bench.tools.wal_restore_help),
+    }
+    restore_dir = bench.work / "restore"
+    restore_dir.mkdir()
+    target = restore_dir / "RECOVERYXLOG"
+
+    def text(tool: str, what: str) -> str | None:
+        if can[(tool, what)]:
+            return None
+        if tool == "barman":
+            return "not installed"
+        return "not built"
+
+    # -- single calls
+    singles: dict[str, dict[str, list[float]]] = {}
+    rss_single: dict[str, dict[str, list[int]]] = {}
+    picks = [names[(i * 7) % len(names)] for i in range(p.single_calls)]
+    for what in ("get-wal", "restore"):
+        for tool in ("barman", "walvault"):
+            singles.setdefault(what, {})[tool] = []
+            rss_single.setdefault(what, {})[tool] = []
+        for i, name in enumerate(picks):
+            order = ("barman", "walvault") if i % 2 == 0 else ("walvault", "barman")
+            for tool in order:
+                if not can[(tool, what)]:
+                    continue
+                if what == "get-wal":
+                    run = run_timed(get_wal_cmd(bench.tools, homes[tool], name), capture=False)
+                else:
+                    cmd = restore_command(bench.tools, homes[tool], 0, restore_dir / "spool")
+                    cmd = cmd.replace("%f", name).replace("%p", shlex.quote(str(target)))
+                    run = run_timed(["/bin/sh", "-c", cmd], capture=True)
+                    if run.ok and target.stat().st_size != SEG:
+                        run.returncode = -1
+                        run.stderr = f"{target} has {target.stat().st_size} bytes"
+                if not run.ok:
+                    bench.results.errors.append(f"one {what} call ({tool}): {run.describe()}")
+                    can[(tool, what)] = False
+                    continue
+                singles[what][tool].append(run.elapsed)
+                rss_single[what][tool].append(run.maxrss_kib)
+    detail["single_calls"] = singles
+    for what, label in (
+        ("get-wal", "one `get-wal` call (to /dev/null): seconds"),
+        ("restore", "one restore_command call: seconds"),
+    ):
+        bench.results.add(
+            Row(
+                "get-wal",
+                label,
+                "s",
+                "lower",
+                median(singles[what]["barman"]),
+                median(singles[what]["walvault"]),
+                text("barman", what),
+                text("walvault", what),
+                note=f"median of {p.single_calls}",
+            )
+        )
+
+    # -- replay-style restore of consecutive segments
+    replay: dict[str, Any] = {}
+    modes = [("barman", 0), ("walvault", 0), ("walvault", 4)]
+    for tool, prefetch in modes:
+        if not can[(tool, "restore")]:
+            continue
+        spool = restore_dir / f"spool-{tool}-{prefetch}"
+        restored = restore_dir / f"restored-{tool}-{prefetch}"
+        restored.mkdir()
+        cmd = restore_command(bench.tools, homes[tool], prefetch, spool)
+        maxrss = 0
+        problem = None
+        start = time.perf_counter()
+        for name in names:
+            run = run_timed(
+                [
+                    "/bin/sh",
+                    "-c",
+                    cmd.replace("%f", name).replace("%p", shlex.quote(str(target))),
+                ],
+                capture=True,
+            )
+            if not run.ok:
+                problem = run.describe()
+                break
+            maxrss = max(maxrss, run.maxrss_kib)
+            os.rename(target, restored / name)  # what PostgreSQL does with RECOVERYXLOG
+        elapsed = time.perf_counter() - start
+        key = f"{tool}" + (f" -p {prefetch}" if prefetch else "")
+        if prefetch:
+            # the prefetch worker outlives the last call (it stops when idle): stop it
+            strays = reap_strays(str(spool))
+            detail.setdefault("prefetch_workers_stopped_after_run", {})[key] = len(strays)
+        if problem is None:
+            bad = [n for n in names if sha256_file(restored / n) != bench.hashes[n]]
+            if bad:
+                problem = f"{len(bad)} restored segments differ from the originals (first {bad[0]})"
+        shutil.rmtree(restored)
+        shutil.rmtree(spool, ignore_errors=True)
+        if problem:
+            bench.results.errors.append(f"restore of {len(names)} segments ({key}): {problem}")
+            replay[key] = {"error": problem}
+            continue
+        replay[key] = {"seconds": elapsed, "maxrss_kib": maxrss}
+        log(
+            f"  restore {len(names)} segments, {key:12}: {elapsed:6.1f} s "
+            f"({len(names) / elapsed:.1f} seg/s)"
+        )
+    detail["replay"] = replay
+
+    def rsec(key: str) -> float | None:
+        got = replay.get(key, {})
+        return got.get("seconds")
+
+    def rtext(key: str, tool: str) -> str | None:
+        if key in replay and "error" in replay[key]:
+            return "failed"
+        return text(tool, "restore")
+
+    bench.results.add(
+        Row(
+            "get-wal",
+            f"{len(names)} segments through restore_command, serial: seconds",
+            "s",
+            "lower",
+            rsec("barman"),
+            rsec("walvault"),
+            rtext("barman", "barman"),
+            rtext("walvault", "walvault"),
+            note="Barman: `barman get-wal pg %f > %p`; walvault: `walvault-wal-restore local`",
+        )
+    )
+    bench.results.add(
+        Row(
+            "get-wal",
+            f"{len(names)} segments, walvault with prefetch -p 4: seconds",
+            "s",
+            "lower",
+            rsec("barman"),
+            rsec("walvault -p 4"),
+            rtext("barman", "barman"),
+            rtext("walvault -p 4", "walvault"),
+            note="Barman column: its serial figure (Barman has no local prefetch)",
+        )
+    )
+    mem = {
+        t: max(rss_single["get-wal"][t] + rss_single["restore"][t] or [0]) / 1024
+        for t in ("barman", "walvault")
+    }
+    bench.results.add(
+        Row(
+            "get-wal",
+            "get-wal / restore_command call: peak memory",
+            "MiB",
+            "lower",
+            mem["barman"] or None,
+            mem["walvault"] or None,
+            text("barman", "get-wal"),
+            text("walvault", "restore") if not can[("walvault", "get-wal")] else None,
+            note="prefetch workers that outlive a call are not counted",
+        )
+    )
+    for home in {h.root for h in homes.values()}:
+        shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(restore_dir, ignore_errors=True)

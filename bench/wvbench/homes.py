@@ -1,0 +1,170 @@
+"""Each tool's server home (configuration, directories), its commands, and archive checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wvbench.cluster import Cluster
+from wvbench.common import PG_MAJOR, SEG, hash_dir, seg_name, seg_parse
+from wvbench.tools import Tools
+
+# --------------------------------------------------------------------------- configurations
+
+
+def server_section(cluster: Cluster, slot: str, codec: str, extra: dict[str, str]) -> str:
+    lines = [
+        "[pg]",
+        "description = walvault bench",
+        f"conninfo = {cluster.conninfo()}",
+        f"streaming_conninfo = {cluster.conninfo()}",
+        "backup_method = postgres",
+        "streaming_archiver = on",
+        f"slot_name = {slot}",
+        "archiver = off",
+        f"path_prefix = {cluster.bindir}",
+    ]
+    if codec != "none":
+        lines.append(f"compression = {codec}")
+    lines += [f"{key} = {value}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Home:
+    """One tool's server home: configuration file and directories."""
+
+    tool: str  # "barman" | "walvault"
+    root: Path
+    conf: Path
+
+    @property
+    def server(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def streaming(self) -> Path:
+        return self.server / "streaming"
+
+    @property
+    def wals(self) -> Path:
+        return self.server / "wals"
+
+    def archived(self, name: str) -> Path:
+        return self.wals / hash_dir(name) / name
+
+
+def make_home(
+    tool: str,
+    root: Path,
+    cluster: Cluster,
+    codec: str,
+    sysid: int,
+    extra: dict[str, str] | None = None,
+) -> Home:
+    root.mkdir(parents=True)
+    home = Home(tool=tool, root=root, conf=root / f"{tool}.conf")
+    for sub in ("base", "wals", "streaming", "incoming", "errors"):
+        (home.server / sub).mkdir(parents=True)
+    # what receive-wal records on first contact (Barman's format): the archive belongs to
+    # this cluster, as in a real deployment where receive-wal ran before archive-wal
+    (home.server / "identity.json").write_text(
+        json.dumps({"systemid": str(sysid), "version": str(PG_MAJOR)}, indent=4, sort_keys=True)
+        + "\n"
+    )
+    if tool == "barman":
+        head = f"[barman]\nbarman_user = root\nbarman_home = {root}\nlog_file = {root}/barman.log\n"
+    else:
+        head = f"[walvault]\nwalvault_home = {root}\nlog_file = {root}/walvault.log\n"
+    home.conf.write_text(head + "\n" + server_section(cluster, tool, codec, extra or {}))
+    home.conf.chmod(0o600)
+    return home
+
+
+def archive_cmd(tools: Tools, home: Home) -> list[str]:
+    exe = tools.barman if home.tool == "barman" else tools.walvault
+    assert exe is not None
+    return [str(exe), "-c", str(home.conf), "-q", "archive-wal", "pg"]
+
+
+def get_wal_cmd(tools: Tools, home: Home, name: str) -> list[str]:
+    exe = tools.barman if home.tool == "barman" else tools.walvault
+    assert exe is not None
+    return [str(exe), "-c", str(home.conf), "-q", "get-wal", "pg", name]
+
+
+def restore_command(tools: Tools, home: Home, prefetch: int, spool: Path) -> str:
+    """The ``restore_command`` a local deployment of each tool would use (%f, %p unexpanded)."""
+    if home.tool == "barman":
+        # Barman's advice for a restore on the Barman host itself (barman-wal-restore needs ssh)
+        assert tools.barman is not None
+        barman, conf = shlex.quote(str(tools.barman)), shlex.quote(str(home.conf))
+        return f"{barman} -c {conf} -q get-wal pg %f > %p"
+    assert tools.wal_restore is not None
+    parts = [str(tools.wal_restore), "-c", str(home.conf)]
+    if prefetch:
+        parts += ["-p", str(prefetch), "--spool-dir", str(spool)]
+    # WALVAULT_HOST 'local': read the archive on this host, no ssh
+    return " ".join(shlex.quote(p) for p in parts) + " local pg %f %p"
+
+
+def place_partial(streaming: Path, after: str) -> None:
+    """The live segment of pg_receivewal: a 16 MiB ``.partial`` after the newest finished one."""
+    tli, segno = seg_parse(after)
+    path = streaming / f"{seg_name(tli, segno + 1)}.partial"
+    with open(path, "wb") as handle:
+        handle.truncate(SEG)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def decompressed_sha256(path: Path) -> str:
+    """sha256 of the file's content after decompression (algorithm found by magic bytes)."""
+    from walvault.archive import compression
+
+    algo = compression.identify_file(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in compression.iter_decompressed(handle, algo):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def verify_archive(
+    home: Home, names: Sequence[str], hashes: dict[str, str], content: bool
+) -> str | None:
+    """None when every segment is archived (and, with ``content``, intact), else what is wrong."""
+    missing = [n for n in names if not home.archived(n).is_file()]
+    if missing:
+        return (
+            f"{len(missing)} of {len(names)} segments missing from {home.wals} "
+            f"(first: {missing[0]})"
+        )
+    left = sorted(n for n in os.listdir(home.streaming) if not n.endswith(".partial"))
+    if left:
+        return f"{len(left)} files left in {home.streaming} (first: {left[0]})"
+    if content:
+        for name in names:
+            if decompressed_sha256(home.archived(name)) != hashes[name]:
+                return f"{home.archived(name)} does not decompress to the original segment"
+    return None
+
+
+def count_archived(home: Home) -> int:
+    """How many segment files the archive holds (hash directories only)."""
+    total = 0
+    with os.scandir(home.wals) as entries:
+        for entry in entries:
+            if entry.is_dir() and len(entry.name) == 16:
+                total += len(os.listdir(entry.path))
+    return total
+
+
+def archived_bytes(home: Home, names: Sequence[str]) -> int:
+    return sum(home.archived(n).stat().st_size for n in names)

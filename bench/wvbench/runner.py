@@ -1,0 +1,90 @@
+"""The Bench: one run's cluster, WAL pool and tool homes, shared by the sections."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+
+from wvbench.cluster import Cluster, collect_wal, ensure_bench_user
+from wvbench.common import BENCH_USER, PAGE, PG_MAJOR, Params, log, sha256_file
+from wvbench.homes import Home, make_home
+from wvbench.report import Results
+from wvbench.tools import Tools
+
+# --------------------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, params: Params, tools: Tools, work: Path, results: Results) -> None:
+        self.params = params
+        self.tools = tools
+        self.work = work
+        self.results = results
+        self.cluster: Cluster | None = None
+        self.pool = work / "pool"
+        self.segments: list[str] = []
+        self.hashes: dict[str, str] = {}
+        self.sysid = 0
+        self.first_page = b""
+        self._homes = 0
+
+    # ---- setup
+
+    def setup(self) -> None:
+        user = ensure_bench_user()
+        self.cluster = Cluster(self.work / "pg", self.tools.pg_bindir, user)
+        log(f"initdb + start PostgreSQL {PG_MAJOR} as {BENCH_USER} on port {self.cluster.port}")
+        self.cluster.init()
+        self.cluster.start()
+        self.results.details["postgres_version"] = self.cluster.version()
+        start = time.monotonic()
+        self.segments = collect_wal(self.cluster, self.pool, self.params)
+        # the tools need no live server from here on (identity.json is written for them):
+        # stop it, so its checkpointer, autovacuum (after pgbench) and write-back do not
+        # compete with the measurements on this small machine
+        self.cluster.sql("CHECKPOINT")
+        self.cluster.stop()
+        os.sync()
+        log(
+            f"collected {len(self.segments)} finished 16 MiB segments "
+            f"({self.segments[0]} .. {self.segments[-1]}) in {time.monotonic() - start:.0f} s"
+        )
+        with open(self.pool / self.segments[0], "rb") as handle:
+            self.first_page = handle.read(PAGE)
+        (self.sysid,) = struct.unpack_from("<Q", self.first_page, 24)
+        self.hashes = {n: sha256_file(self.pool / n) for n in self.segments}
+        self.results.details["wal"] = {
+            "segments_collected": len(self.segments),
+            "first": self.segments[0],
+            "last": self.segments[-1],
+            "system_identifier": str(self.sysid),
+            "generated_by": f"pgbench -i -s {self.params.pgbench_scale}, then pgbench -c 4 -j 2 -T",
+        }
+
+    def teardown(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def new_home(self, tool: str, codec: str, extra: dict[str, str] | None = None) -> Home:
+        assert self.cluster is not None
+        self._homes += 1
+        root = self.work / "homes" / f"{self._homes:03d}-{tool}-{codec}"
+        return make_home(tool, root, self.cluster, codec, self.sysid, extra)
+
+    def tool_ready(self, tool: str, command: str) -> bool:
+        if tool == "barman":
+            return self.tools.barman is not None
+        return self.tools.has(command)
+
+    def texts(self, command: str, failed: dict[str, str]) -> tuple[str | None, str | None]:
+        out: list[str | None] = []
+        for tool in ("barman", "walvault"):
+            if tool in failed:
+                out.append("failed")
+            elif not self.tool_ready(tool, command):
+                out.append("not built" if tool == "walvault" else "not installed")
+            else:
+                out.append(None)
+        return out[0], out[1]
