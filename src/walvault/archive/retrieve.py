@@ -58,6 +58,7 @@ class WalNotFound(WalvaultError):
     """No candidate holds the requested file (exit 1: "end of recovery" for PostgreSQL)."""
 
     exit_code = 1
+    means_not_found = True  # the only exit 1 of get-wal (see cli.main._exit_code)
 
 
 class WalSendError(WalvaultError):

@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
         help="list up to N available WAL names from WAL_NAME on, instead of sending",
     )
     p.add_argument("-t", "--test", action="store_true", help="only check the server is usable")
-    p.set_defaults(func=get_wal, prepare=prepare)
+    p.set_defaults(func=get_wal, prepare=prepare, failure_exit_code=2)
 
 
 def prepare(ctx: Context, args: argparse.Namespace) -> None:

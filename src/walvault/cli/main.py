@@ -97,6 +97,19 @@ def _drop_privileges(ctx: Context) -> None:
     os.environ["HOME"] = entry.pw_dir
 
 
+def _exit_code(args: argparse.Namespace, exc: WalvaultError) -> int:
+    """The exit code of an expected failure.
+
+    A command may remap the generic code 1 (``failure_exit_code``): for get-wal, 1 means "no
+    such WAL", which PostgreSQL takes as the end of recovery, so a configuration or server
+    problem must not look like it (it exits 2: "could not ask").
+    """
+    remap = getattr(args, "failure_exit_code", None)
+    if remap is not None and exc.exit_code == 1 and not getattr(exc, "means_not_found", False):
+        return int(remap)
+    return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (see README, "Exit codes")."""
     parser = build_parser()
@@ -117,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except WalvaultError as exc:
         ctx.error(exc.message)
-        return exc.exit_code
+        return _exit_code(args, exc)
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)
         return 130
