@@ -191,6 +191,21 @@ def test_tablespaces_are_copied_into_the_backup(
     link = Path(binfo.data_dir(server, backup_id)) / "pg_tblspc" / str(oid)
     assert os.readlink(link) == str(copy)
     assert sorted(p.name for p in location.rglob("*")) == before  # the original is untouched
+    # a recovered copy gets its own tablespace: it must never write into the backup
+    from wvharness import start_restored
+
+    snapshot = sorted((p.name, p.stat().st_size) for p in copy.rglob("*") if p.is_file())
+    restored_dir = tmp_path / "restored"
+    result = wv.run("recover", "pg", backup_id, str(restored_dir / "data"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    new_link = restored_dir / "data" / "pg_tblspc" / str(oid)
+    assert os.readlink(new_link) == str(restored_dir / "data") + f"_tablespaces/{oid}"
+    restored = start_restored(pg, restored_dir, "restored")
+    wait_for(lambda: not restored.is_in_recovery(), what="end of recovery", timeout=120)
+    assert restored.scalar("SELECT count(*) FROM moved") == 1000
+    restored.sql("INSERT INTO moved SELECT generate_series(1, 1000)")
+    restored.sql("CHECKPOINT")
+    assert sorted((p.name, p.stat().st_size) for p in copy.rglob("*") if p.is_file()) == snapshot
 
 
 def _history(server: Any) -> str:

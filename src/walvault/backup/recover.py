@@ -128,6 +128,29 @@ def _disable_archiving(data: str) -> None:
                 handle.writelines(lines)
 
 
+def _copy_tablespaces(destination: str, echo: Echo) -> None:
+    """Give the copy its own tablespaces: never leave links into the backup itself.
+
+    ``pg_tblspc/<oid>`` links of the backup point at the backup's copy of each tablespace;
+    a server started on them would write into the backup. Each is copied next to the
+    destination (``<destination>_tablespaces/<oid>``) and the link re-pointed there.
+    """
+    links = os.path.join(destination, "pg_tblspc")
+    if not os.path.isdir(links):
+        return
+    for oid in sorted(os.listdir(links)):
+        link = os.path.join(links, oid)
+        if not os.path.islink(link):
+            continue
+        target = os.path.realpath(link)
+        new = os.path.join(f"{destination}_tablespaces", oid)
+        _check_destination(new)
+        shutil.copytree(target, new, symlinks=True, dirs_exist_ok=True)
+        os.unlink(link)
+        os.symlink(new, link)
+        echo(f"Tablespace {oid} restored to {new}")
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -159,6 +182,7 @@ def recover(
     os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
     shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
     os.chmod(destination, 0o700)
+    _copy_tablespaces(destination, echo)
     for stale in ("postmaster.pid", "postmaster.opts"):
         if os.path.exists(os.path.join(destination, stale)):
             os.unlink(os.path.join(destination, stale))
