@@ -21,8 +21,15 @@ What it does, in one run:
 5. ``getwal``: one ``get-wal`` call, one ``restore_command`` call, and a replay-style restore
    of consecutive segments through ``restore_command`` (serial, and with prefetch ``-p 4`` for
    walvault), each tool reading its own zstd archive;
-6. prints a table (and writes JSON, default ``bench/results/latest.json``); peak memory is the
-   maximum resident set size of the command's process tree (``wait4``).
+6. ``lag``: each tool's receiver in turn (started by its ``cron``, own slot and
+   application_name) while ``pgbench -c 4 -j 2 -T 20`` runs; every 100 ms, how far its
+   ``write_lsn``/``flush_lsn`` in pg_stat_replication are behind ``pg_current_wal_lsn()``;
+7. ``recovery``: each tool backs up the cluster (``backup --wait``, postgres method), pgbench
+   writes ~10 more segments that both archive, then each tool's ``recover`` of its latest
+   backup into a new directory is timed up to the end of recovery of the started server,
+   and both recovered clusters must hold the same rows;
+8. prints a table (and writes JSON, default ``bench/results/latest.json``); peak memory is the
+   maximum resident set size of the command's process tree (GNU time).
 
 Everything it creates (cluster, WAL pool, archives) is removed at the end, and its PostgreSQL
 is stopped even on failure. Figures that cannot be measured (e.g. a walvault command that is

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wvbench import archive, getwal, scale
+from wvbench import archive, getwal, lag, recovery, scale
 from wvbench.common import BARMAN_VERSION, BASE, HERE, SECTIONS, SEG, BenchError, Params, log
 from wvbench.report import Results, machine_info, table, walvault_tree
 from wvbench.runner import Bench
@@ -23,10 +23,13 @@ from wvbench.tools import find_tools, reap_strays
 # --------------------------------------------------------------------------- main
 
 
-def disk_check(params: Params) -> None:
+def disk_check(params: Params, sections: Sequence[str]) -> None:
     usage = shutil.disk_usage(BASE)
     # pool + one restored copy + archives of the restore set, plus the sparse backlog's pages
     need = (params.pool_min + 40) * SEG * 2.5 + params.scale_backlog * 12 * 1024
+    if "recovery" in sections:
+        # two base backups of the pgbench cluster (~16 MB per scale unit) and a restored copy
+        need += 3 * params.pgbench_scale * 16e6
     if usage.free < need:
         raise BenchError(
             f"{BASE} has {usage.free / 1e9:.1f} GB free; this run needs about {need / 1e9:.1f} GB"
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
     bench = None
     status = 0
     try:
-        disk_check(params)
+        disk_check(params, sections)
         tools = find_tools(args.barman_venv, install_barman=True)
         results.missing.extend(tools.missing)
         for line in tools.missing:
@@ -97,6 +100,8 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
                     "archive": archive.archive_throughput,
                     "scale": scale.scale,
                     "getwal": getwal.getwal,
+                    "lag": lag.lag,
+                    "recovery": recovery.recovery,
                 }[section](bench)
             except BenchError as exc:
                 results.errors.append(f"{section}: {exc}")

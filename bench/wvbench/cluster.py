@@ -92,8 +92,9 @@ class Cluster:
             "port": str(self.port),
             "unix_socket_directories": f"'{self.sock}'",
             "wal_level": "replica",
-            "max_wal_senders": "4",
-            "max_replication_slots": "4",
+            # two receivers plus a pg_basebackup (two connections) in `recovery`
+            "max_wal_senders": "10",
+            "max_replication_slots": "10",
             # the cluster only produces WAL for the bench: its own durability does not matter
             "fsync": "off",
             "synchronous_commit": "off",

@@ -23,7 +23,7 @@ SEG = 16 << 20
 PAGE = 8192
 SEGS_PER_LOG = 0x100000000 // SEG
 CODECS = ("none", "gzip", "zstd", "lz4")
-SECTIONS = ("archive", "scale", "getwal")
+SECTIONS = ("archive", "scale", "getwal", "lag", "recovery")
 BARMAN_VERSION = "3.20.1"
 GNU_TIME = "/usr/bin/time"
 
@@ -50,6 +50,8 @@ class Params:
     barman_scale_limit: float  # seconds
     single_calls: int
     restore_segments: int
+    lag_seconds: int  # pgbench -T while the lag is sampled, per tool
+    recovery_segments: int  # WAL written after the backups, in 16 MiB segments
 
     @classmethod
     def make(cls, quick: bool) -> Params:
@@ -68,6 +70,8 @@ class Params:
                 barman_scale_limit=60.0,
                 single_calls=10,
                 restore_segments=60,
+                lag_seconds=10,
+                recovery_segments=5,
             )
         return cls(
             quick=False,
@@ -83,6 +87,8 @@ class Params:
             barman_scale_limit=120.0,
             single_calls=20,
             restore_segments=200,
+            lag_seconds=20,
+            recovery_segments=10,
         )
 
 
@@ -145,6 +151,14 @@ def fmt_num(value: float | None, digits: int = 1) -> str:
     if value >= 100:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}"
+
+
+def fmt_bytes(value: float) -> str:
+    """Bytes in decimal units (B, kB, MB), as pg_size_pretty would but base 10."""
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{fmt_num(value / size)} {unit}"
+    return f"{value:,.0f} B"
 
 
 def tail(text: str, lines: int = 15) -> str:

@@ -66,6 +66,7 @@ def make_home(
     codec: str,
     sysid: int,
     extra: dict[str, str] | None = None,
+    slot: str | None = None,
 ) -> Home:
     root.mkdir(parents=True)
     home = Home(tool=tool, root=root, conf=root / f"{tool}.conf")
@@ -81,7 +82,7 @@ def make_home(
         head = f"[barman]\nbarman_user = root\nbarman_home = {root}\nlog_file = {root}/barman.log\n"
     else:
         head = f"[walvault]\nwalvault_home = {root}\nlog_file = {root}/walvault.log\n"
-    home.conf.write_text(head + "\n" + server_section(cluster, tool, codec, extra or {}))
+    home.conf.write_text(head + "\n" + server_section(cluster, slot or tool, codec, extra or {}))
     home.conf.chmod(0o600)
     return home
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wvbench.common import BASE, REPO, fmt_num
+from wvbench.common import BASE, REPO, fmt_bytes, fmt_num
 
 # --------------------------------------------------------------------------- results
 
@@ -129,6 +129,8 @@ def table(results: Results) -> str:
                 return "-"
             if unit == "s":
                 return f"{value:.3f} s" if value < 1 else f"{value:.1f} s"
+            if unit == "bytes":
+                return fmt_bytes(value)
             return f"{fmt_num(value)} {unit}"
 
         figure = row.figure

@@ -67,11 +67,24 @@ class Bench:
         if self.cluster is not None:
             self.cluster.stop()
 
-    def new_home(self, tool: str, codec: str, extra: dict[str, str] | None = None) -> Home:
+    def new_home(
+        self,
+        tool: str,
+        codec: str,
+        extra: dict[str, str] | None = None,
+        slot: str | None = None,
+    ) -> Home:
         assert self.cluster is not None
         self._homes += 1
         root = self.work / "homes" / f"{self._homes:03d}-{tool}-{codec}"
-        return make_home(tool, root, self.cluster, codec, self.sysid, extra)
+        return make_home(tool, root, self.cluster, codec, self.sysid, extra, slot)
+
+    def live_cluster(self) -> Cluster:
+        """The bench cluster, started again if a section before stopped it."""
+        assert self.cluster is not None
+        if not (self.cluster.data / "postmaster.pid").exists():
+            self.cluster.start()
+        return self.cluster
 
     def tool_ready(self, tool: str, command: str) -> bool:
         if tool == "barman":
