@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from walvault.config import ServerConfig
+from wvharness import stop_process
 
 MiB = 1 << 20
 SYSID = 7712154413990288428
@@ -158,13 +158,7 @@ def receivewal(pg: Any, directory: Path, slot: str = "supply") -> Iterator[subpr
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def stream_segments(pg: Any, directory: Path, count: int, timeout: float = 60) -> list[str]:

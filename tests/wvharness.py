@@ -18,6 +18,17 @@ WALVAULT = [sys.executable, "-m", "walvault.cli.main"]
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGINT a still-running process (a graceful stop), SIGKILL it after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Walvault:
     """A walvault home with a configuration file, and ways to run the CLI against it."""
 
@@ -65,13 +76,7 @@ class Walvault:
     def cleanup(self) -> None:
         """Stop every spawned process."""
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             for stream in (proc.stdout, proc.stderr):
                 if stream:
                     stream.close()

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from walvault.cli.context import Context
+from walvault.config import ServerConfig
 
 
 def register(sub: Any) -> None:
@@ -21,16 +22,25 @@ def register(sub: Any) -> None:
     p.set_defaults(func=rebuild_xlogdb)
 
 
+def _enabled(ctx: Context, names: list[str]) -> tuple[list[ServerConfig], int]:
+    """The named servers that are not disabled, and 1 if any was skipped (with a warning)."""
+    servers: list[ServerConfig] = []
+    code = 0
+    for server in ctx.servers(names):
+        if server.disabled:
+            ctx.warn(f"Skipping disabled server '{server.name}': {'; '.join(server.messages)}")
+            code = 1
+        else:
+            servers.append(server)
+    return servers, code
+
+
 def archive_wal(ctx: Context, args: argparse.Namespace) -> int:
     """Archive one batch per staging directory of each server; exit 1 if any was left behind."""
     from walvault.archive.archiver import archive_wal as run
 
-    code = 0
-    for server in ctx.servers(args.server_name):
-        if server.disabled:
-            ctx.warn(f"Skipping disabled server '{server.name}': {'; '.join(server.messages)}")
-            code = 1
-            continue
+    servers, code = _enabled(ctx, args.server_name)
+    for server in servers:
         if not server.active:
             ctx.info(f"Skipping inactive server '{server.name}'")
             continue
@@ -43,12 +53,8 @@ def rebuild_xlogdb(ctx: Context, args: argparse.Namespace) -> int:
     """Rewrite ``<server>-xlog.db`` from the files of ``wals/`` (keeping ``.partial`` ones)."""
     from walvault.archive.archiver import rebuild_xlogdb as rebuild
 
-    code = 0
-    for server in ctx.servers(args.server_name):
-        if server.disabled:
-            ctx.warn(f"Skipping disabled server '{server.name}': {'; '.join(server.messages)}")
-            code = 1
-            continue
+    servers, code = _enabled(ctx, args.server_name)
+    for server in servers:
         ctx.info(f"Rebuilding xlogdb for server {server.name}")
         result = rebuild(server)
         for path in result.unexpected:
