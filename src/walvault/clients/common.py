@@ -11,6 +11,9 @@ import sys
 LOCAL_HOST = "local"
 #: ssh's own exit status for a connection problem.
 SSH_FAILED = 255
+#: restore_command exit codes: restored, not found (end of recovery), could not ask, bad
+#: arguments.  (walvault-wal-archive uses 0, 2 and 3 with the same meanings.)
+OK, NOT_FOUND, CONNECTION, BAD_ARGS = 0, 1, 2, 3
 
 
 def error(message: str) -> None:
@@ -38,3 +41,10 @@ def ssh_argv(
         argv += ["-p", str(port)]
     argv += ["-q", "-T", f"{user}@{host}"]
     return [*argv, " ".join(remote)]
+
+
+def source_label(host: str, user: str, port: str | None) -> str:
+    """How a WAL source is named (spool keys, messages): ``local`` or ``user@host[:port]``."""
+    if host == LOCAL_HOST:
+        return LOCAL_HOST
+    return f"{user}@{host}" + (f":{port}" if port else "")

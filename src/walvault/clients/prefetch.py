@@ -20,8 +20,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from walvault.clients.common import OK
 from walvault.clients.spool import LOCK, LOG, STATE, Spool, SpoolState, segment_problem
-from walvault.clients.transport import OK, Source
+from walvault.clients.transport import Source
 from walvault.wal.names import Segment, is_segment
 
 if TYPE_CHECKING:

@@ -11,13 +11,22 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
-from walvault.clients.common import LOCAL_HOST, SSH_FAILED, error, quote, ssh_argv, warning
+from walvault.clients.common import (
+    BAD_ARGS,
+    CONNECTION,
+    LOCAL_HOST,
+    OK,
+    SSH_FAILED,
+    error,
+    quote,
+    source_label,
+    ssh_argv,
+    warning,
+)
 from walvault.errors import InvalidWalName, WalvaultError
 
 if TYPE_CHECKING:
     from walvault.config import ServerConfig
-
-OK, NOT_FOUND, CONNECTION, BAD_ARGS = 0, 1, 2, 3
 
 
 class DestinationError(WalvaultError):
@@ -238,7 +247,7 @@ class SshSource(CommandSource):
         super().__init__(config=config, walvault_command=walvault_command, compression=compression)
         self.host, self.user, self.port = host, user, port
         self.ssh_command = ssh_command
-        self.label = f"{user}@{host}" + (f":{port}" if port else "")
+        self.label = source_label(host, user, port)
 
     def command(self, *get_wal_args: str) -> list[str]:
         """The ssh argv; everything after the destination is one remote shell command.

@@ -8,6 +8,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from walvault.errors import InvalidWalName
+from walvault.wal.pagecheck import (
+    MAX_LSN,
+    MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
+    UINT32_MAX,
+    format_lsn,
+    is_segment_name,
+    valid_segment_size,
+)
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -34,16 +43,11 @@ __all__ = [
     "validate_wal_name",
 ]
 
-MIN_SEGMENT_SIZE = 1 << 20  # 1 MiB, PostgreSQL's WalSegMinSize
-MAX_SEGMENT_SIZE = 1 << 30  # 1 GiB, PostgreSQL's WalSegMaxSize
 DEFAULT_SEGMENT_SIZE = 16 << 20
-MAX_LSN = (1 << 64) - 1
-_UINT32_MAX = 0xFFFFFFFF
 _MAX_SHOWN_NAME = 128
 
 # re.fullmatch only succeeds when the whole string matches, so (unlike
 # ``re.match(r"...$")``) a trailing newline is never accepted.
-_SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
 _HISTORY_RE = re.compile(r"[0-9A-F]{8}\.history")
 _BACKUP_RE = re.compile(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup")
 _PARTIAL_RE = re.compile(r"[0-9A-F]{24}\.partial")
@@ -61,7 +65,7 @@ class WalKind(enum.Enum):
 
 def is_segment(name: str) -> bool:
     """True for a plain 24-hex-digit segment name."""
-    return _SEGMENT_RE.fullmatch(name) is not None
+    return is_segment_name(name)
 
 
 def is_history(name: str) -> bool:
@@ -114,13 +118,6 @@ def validate_wal_name(name: str) -> str:
     )
 
 
-def valid_segment_size(size: int) -> bool:
-    """True when ``size`` is a power of two between 1 MiB and 1 GiB (inclusive)."""
-    if not isinstance(size, int) or isinstance(size, bool):
-        return False
-    return MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE and size & (size - 1) == 0
-
-
 def _check_size(seg_size: int) -> int:
     if not valid_segment_size(seg_size):
         raise ValueError(f"invalid WAL segment size {seg_size!r}")
@@ -149,7 +146,7 @@ class Segment:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"Segment.{field} must be an int, not {type(value).__name__}")
-            if not 0 <= value <= _UINT32_MAX:
+            if not 0 <= value <= UINT32_MAX:
                 raise ValueError(f"Segment.{field} out of range: {value}")
 
     @property
@@ -228,12 +225,6 @@ def _check_lsn(lsn: int) -> int:
     if not isinstance(lsn, int) or isinstance(lsn, bool) or not 0 <= lsn <= MAX_LSN:
         raise ValueError(f"LSN out of range: {lsn!r}")
     return lsn
-
-
-def format_lsn(lsn: int) -> str:
-    """Format an integer LSN the way PostgreSQL does (``%X/%X``)."""
-    _check_lsn(lsn)
-    return f"{lsn >> 32:X}/{lsn & _UINT32_MAX:X}"
 
 
 def lsn_to_segment(lsn: int, tli: int, seg_size: int, *, prev_on_boundary: bool = False) -> Segment:
