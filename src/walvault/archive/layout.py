@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from walvault.config import ServerConfig
 from walvault.wal.names import hash_dir, is_segment, validate_wal_name
@@ -100,8 +100,7 @@ def errors_path(server: ServerConfig, filename: str) -> str:
     return os.path.join(server.errors_directory, filename)
 
 
-@dataclass(frozen=True)
-class ArchiveEntry:
+class ArchiveEntry(NamedTuple):
     """One entry met while walking ``wals/``: ``directory`` is "" at the top level."""
 
     directory: str

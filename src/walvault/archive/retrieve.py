@@ -18,7 +18,6 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from walvault.archive.compression import MAGIC_MAX_LEN, identify
@@ -67,17 +66,26 @@ class WalSendError(WalvaultError):
     exit_code = 2
 
 
-@dataclass
 class FoundWal:
     """An open candidate: the descriptor, where it was found and how it is stored."""
 
-    name: str
-    path: str
-    fd: int
-    size: int
-    compression: str | None
-    kind: WalKind
-    head: bytes
+    __slots__ = ("compression", "fd", "head", "kind", "name", "path", "size")
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        fd: int,
+        size: int,
+        compression: str | None,
+        kind: WalKind,
+        head: bytes,
+    ) -> None:
+        self.name, self.path, self.fd, self.size = name, path, fd, size
+        self.compression, self.kind, self.head = compression, kind, head
+
+    def __repr__(self) -> str:
+        return f"FoundWal({self.name!r}, {self.path!r}, fd={self.fd}, {self.compression})"
 
     @property
     def from_partial(self) -> bool:

@@ -8,13 +8,11 @@ problems disable only the server concerned, with every reason kept in ``messages
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import glob
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from walvault.config.options import (
     BARMAN_ONLY,
@@ -39,8 +37,7 @@ _QUOTED_RE = re.compile(r"""^(['"])(.*)\1$""", re.DOTALL)
 _INTERP_RE = re.compile(r"%\(([^)]+)\)s|%%|%")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """The whole configuration: global settings and the servers, by name."""
 
     path: str
@@ -53,7 +50,7 @@ class Config:
     lock_directory_cleanup: bool
     servers: Mapping[str, ServerConfig]
     warnings: tuple[str, ...] = ()
-    files: tuple[str, ...] = field(default=())
+    files: tuple[str, ...] = ()
 
 
 def find_config_file(explicit: str | None) -> str:
@@ -314,7 +311,7 @@ def _build_server(
             shown.append((option.name, _display(value)))
 
     messages += _server_problems(name, typed, warnings, check_conninfo)
-    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    fields = set(ServerConfig._fields)
     kwargs = {k: v for k, v in typed.items() if k in fields and v is not None}
     if not typed.get("streaming_archiver") and not typed.get("archiver"):
         kwargs["archiver"] = True
@@ -390,7 +387,7 @@ def _check_cross_server_paths(servers: dict[str, ServerConfig]) -> dict[str, Ser
             else:
                 owners.setdefault(real, (server.name, option))
     return {
-        name: dataclasses.replace(server, messages=server.messages + tuple(extra[name]))
+        name: server._replace(messages=server.messages + tuple(extra[name]))
         if name in extra
         else server
         for name, server in servers.items()

@@ -7,8 +7,7 @@ options resolved before it (plus ``name`` and ``walvault_home``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from walvault.config import parsers as p
 
@@ -19,8 +18,7 @@ def _compression(raw: str) -> str | None:
     return canonical_algorithm(raw.strip())
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One server option."""
 
     name: str

@@ -7,7 +7,7 @@ option name and the offending value.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -64,11 +64,13 @@ def choice(*accepted: str) -> ChoiceParser:
     return ChoiceParser(accepted)
 
 
-@dataclass(frozen=True)
 class ChoiceParser:
     """Accepts one value of a fixed set."""
 
-    accepted: tuple[str, ...]
+    __slots__ = ("accepted",)
+
+    def __init__(self, accepted: tuple[str, ...]) -> None:
+        self.accepted = accepted
 
     def __call__(self, raw: str) -> str:
         value = raw.strip().lower()
@@ -100,8 +102,7 @@ def parse_age(raw: str) -> int:
     return int(match.group(1)) * _AGE_SECONDS[match.group(2).lower()]
 
 
-@dataclass(frozen=True)
-class RetentionPolicy:
+class RetentionPolicy(NamedTuple):
     """``REDUNDANCY n`` or ``RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS``."""
 
     kind: str  # "redundancy" or "window"
@@ -135,11 +136,13 @@ def parse_csv_choices(accepted: tuple[str, ...]) -> CsvChoiceParser:
     return CsvChoiceParser(accepted)
 
 
-@dataclass(frozen=True)
 class CsvChoiceParser:
     """Comma-separated values, each of a fixed set."""
 
-    accepted: tuple[str, ...]
+    __slots__ = ("accepted",)
+
+    def __init__(self, accepted: tuple[str, ...]) -> None:
+        self.accepted = accepted
 
     def __call__(self, raw: str) -> tuple[str, ...]:
         items = tuple(item.strip().lower() for item in raw.split(",") if item.strip())

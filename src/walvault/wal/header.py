@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from walvault.errors import InvalidWalName
 from walvault.wal.names import WalKind, classify, validate_wal_name
@@ -48,8 +47,7 @@ class SupportsRead(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
 
 
-@dataclass(frozen=True)
-class WalHeader:
+class WalHeader(NamedTuple):
     """The fields of a WAL segment's long page header."""
 
     magic: int

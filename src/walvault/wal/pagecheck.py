@@ -37,9 +37,14 @@ HeaderFields = tuple[int, int, int, int, int, int, int, int]
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 
 
+def is_upper_hex(text: str, length: int) -> bool:
+    """True when ``text`` is exactly ``length`` upper-case hexadecimal digits."""
+    return len(text) == length and _UPPER_HEX.issuperset(text)
+
+
 def is_segment_name(name: str) -> bool:
     """True for a plain 24-hex-digit (upper case) segment name."""
-    return len(name) == 24 and _UPPER_HEX.issuperset(name)
+    return is_upper_hex(name, 24)
 
 
 def valid_segment_size(size: int) -> bool:
