@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from walvault.config import Config, ServerConfig, find_config_file, load_config
@@ -16,19 +15,31 @@ from walvault.errors import ServerError
 log = logging.getLogger("walvault")
 
 
-@dataclass
 class Context:
-    """Global options plus the configuration, loaded on first use."""
+    """Global options plus the configuration, loaded on first use.
 
-    config_option: str | None = None
-    output_format: str = "console"
-    quiet: bool = False
-    debug: bool = False
-    #: False for commands that never connect (see ``load_config(check_conninfo=...)``).
-    check_conninfo: bool = True
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-    _config: Config | None = None
+    (A plain class, not a dataclass: importing dataclasses costs every command ~5 ms, and
+    get-wal runs once per WAL segment.)
+    """
+
+    def __init__(
+        self,
+        config_option: str | None = None,
+        output_format: str = "console",
+        quiet: bool = False,
+        debug: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        self.config_option = config_option
+        self.output_format = output_format
+        self.quiet = quiet
+        self.debug = debug
+        #: False for commands that never connect (see ``load_config(check_conninfo=...)``).
+        self.check_conninfo = True
+        self.out: TextIO = sys.stdout if out is None else out
+        self.err: TextIO = sys.stderr if err is None else err
+        self._config: Config | None = None
 
     @property
     def config(self) -> Config:
