@@ -1,12 +1,15 @@
 """walvault vs Barman 3.20.1, side by side on the same real WAL (a benchmark, not a test).
 
-Usage (as root, with the Python that has walvault installed):
+Usage (as root, with a Python that can import walvault, used to check the archives):
 
     /opt/wv-venv/bin/python bench/run.py [--quick] [--json OUT.json] [--sections LIST] [--keep]
 
 What it does, in one run:
 
-1. installs Barman 3.20.1 into its own venv if needed (``bench/barman_env.sh``);
+1. installs Barman 3.20.1 into its own venv if needed (``bench/barman_env.sh``), and walvault
+   as it is deployed: a regular (not editable) ``pip install`` of a copy of this tree, as it
+   is, into a fresh venv of the run made from ``/usr/bin/python3`` (pip compiles the
+   ``.pyc`` files; dependencies pinned to the versions beside the bench's Python);
 2. creates a throwaway PostgreSQL 15 cluster (16 MiB segments) owned by the unprivileged user
    ``walvault-bench`` under ``/var/tmp/walvault-bench/``, streams its WAL with
    ``pg_receivewal`` on a slot while ``pgbench -i`` then ``pgbench -T`` run, and keeps the

@@ -16,6 +16,7 @@ from typing import Any
 
 from wvbench import archive, getwal, lag, recovery, scale
 from wvbench.common import BARMAN_VERSION, BASE, HERE, SECTIONS, SEG, BenchError, Params, log
+from wvbench.install import SYSTEM_PYTHON, Install, install_walvault
 from wvbench.report import Results, machine_info, table, walvault_tree
 from wvbench.runner import Bench
 from wvbench.tools import find_tools, reap_strays
@@ -53,6 +54,12 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
         default=Path(os.environ.get("BARMAN_VENV", BASE / "barman-venv")),
         help="Barman 3.20.1's venv (installed by bench/barman_env.sh if missing)",
     )
+    parser.add_argument(
+        "--walvault-python",
+        default=SYSTEM_PYTHON,
+        help="the Python of the venv walvault is pip-installed into, from this tree "
+        f"(default: {SYSTEM_PYTHON})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (debugging)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -80,14 +87,18 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     bench = None
+    install: Install | None = None
+    tree: dict[str, Any] = {}
     status = 0
     try:
         disk_check(params, sections)
-        tools = find_tools(args.barman_venv, install_barman=True)
+        work.mkdir()
+        tree = walvault_tree()  # what is copied and installed next
+        install = install_walvault(work, args.walvault_python)
+        tools = find_tools(args.barman_venv, install_barman=True, walvault_bindir=install.bindir)
         results.missing.extend(tools.missing)
         for line in tools.missing:
             log(f"MISSING: {line}")
-        work.mkdir()
         bench = Bench(params, tools, work, results)
         bench.setup()
         loads = results.details.setdefault("loadavg_1min", {})
@@ -128,12 +139,25 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
     elapsed = time.monotonic() - started
     results.details.setdefault("loadavg_1min", {})["end"] = os.getloadavg()[0]
     info = machine_info()
-    report = {
+    if install is not None:
+        info["python_walvault"] = install.python_version
+    report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "mode": "quick" if args.quick else "full",
         "elapsed_seconds": round(elapsed, 1),
         "machine": info,
-        "walvault_tree": walvault_tree(),
+        "walvault_tree": tree,
+        "walvault_install": None
+        if install is None
+        else {
+            "how": "pip install (not editable) of a copy of the tree, .pyc compiled by pip",
+            "venv": str(install.venv),
+            "made_from": install.python,
+            "python": install.python_version,
+            "pyc_files": install.compiled,
+            "seconds": round(install.seconds, 1),
+            "packages": install.packages,
+        },
         "versions": {
             "postgres": results.details.get("postgres_version"),
             "barman": bench.tools.barman_version if bench else None,
@@ -161,6 +185,8 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
             f"{tree.get('src_files_changed')} uncommitted file(s) under src/; "
             f"run {report['when']}"
         )
+    if install is not None:
+        print(f"walvault {install.describe()}")
     loads = results.details["loadavg_1min"]
     print(
         "1-min load average before each part: "

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -224,7 +223,9 @@ def find_pg_bindir() -> Path:
     )
 
 
-def find_tools(barman_venv: Path, install_barman: bool) -> Tools:
+def find_tools(barman_venv: Path, install_barman: bool, walvault_bindir: Path) -> Tools:
+    """Barman in ``barman_venv`` (installed if asked), walvault's programs in
+    ``walvault_bindir``, and PostgreSQL's binaries; what is missing is listed, not fatal."""
     missing: list[str] = []
     pg_bindir = find_pg_bindir()
 
@@ -248,16 +249,14 @@ def find_tools(barman_venv: Path, install_barman: bool) -> Tools:
         missing.append(f"Barman: not installed in {barman_venv} (run bench/barman_env.sh)")
         barman = None
 
-    bindir = Path(sys.executable).parent
+    bindir = walvault_bindir
     walvault: Path | None = bindir / "walvault"
-    assert walvault is not None
-    if not os.access(walvault, os.X_OK):
-        found = shutil.which("walvault")
-        walvault = Path(found) if found else None
+    if not os.access(bindir / "walvault", os.X_OK):
+        walvault = None
     commands: set[str] = set()
     walvault_version = None
     if walvault is None:
-        missing.append("walvault: no `walvault` executable next to this Python or on PATH")
+        missing.append(f"walvault: no `walvault` executable in {bindir}")
     else:
         proc = subprocess.run([str(walvault), "--help"], capture_output=True, text=True)
         # the sub-commands are listed as "    name   help text" under "COMMAND"
@@ -269,11 +268,9 @@ def find_tools(barman_venv: Path, install_barman: bool) -> Tools:
                 missing.append(f"walvault {command}: not built yet (`walvault --help` lacks it)")
 
     wal_restore: Path | None = bindir / "walvault-wal-restore"
-    assert wal_restore is not None
     wal_restore_help = ""
-    if not os.access(wal_restore, os.X_OK):
-        found = shutil.which("walvault-wal-restore")
-        wal_restore = Path(found) if found else None
+    if not os.access(bindir / "walvault-wal-restore", os.X_OK):
+        wal_restore = None
     if wal_restore is not None:
         proc = subprocess.run([str(wal_restore), "--help"], capture_output=True, text=True)
         if proc.returncode == 0 and "usage" in proc.stdout.lower():

@@ -8,7 +8,10 @@ import io
 import lzma
 import os
 import random
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import lz4.frame
 import pytest
@@ -171,14 +174,104 @@ def test_pipe_like_source_and_every_level(algo: str) -> None:
         assert back.getvalue() == data
 
 
-def test_zstd_streaming_path_for_large_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = wal_like(3 * comp.CHUNK_SIZE)
-    oneshot = comp.compress_bytes("zstd", data)
-    monkeypatch.setattr(comp, "ZSTD_ONESHOT_MAX", comp.CHUNK_SIZE)
-    streamed = comp.compress_bytes("zstd", data)
-    assert zstandard.get_frame_parameters(oneshot).content_size == len(data)
-    assert comp.decompress_bytes("zstd", streamed) == data
-    assert STANDARD_DECODERS["zstd"](streamed) == data
+def _compress_file(algo: str, path: Path, skip: int = 0) -> bytes:
+    out = io.BytesIO()
+    with open(path, "rb") as handle:
+        handle.read(skip)
+        written = comp.compress_stream(algo, "medium", handle, out)
+        assert handle.read() == b""  # everything was consumed
+    assert written == len(out.getvalue())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("size", [0, 1, 8191, comp.CHUNK_SIZE, comp.CHUNK_SIZE + 1])
+def test_round_trip_from_a_file(tmp_path: Path, algo: str, size: int) -> None:
+    data = wal_like(size, seed=size)
+    path = tmp_path / "segment"
+    path.write_bytes(data)
+    packed = _compress_file(algo, path)
+    assert STANDARD_DECODERS[algo](packed) == data
+    assert comp.decompress_bytes(algo, packed) == data
+
+
+@pytest.mark.parametrize("size", [0, 100, 16 << 20])
+def test_zstd_from_a_file_records_its_size(tmp_path: Path, size: int) -> None:
+    """Empty, short and exactly one 16 MiB segment: standard frames that say their size."""
+    data = wal_like(size, seed=3)
+    path = tmp_path / "segment"
+    path.write_bytes(data)
+    packed = _compress_file("zstd", path)
+    assert zstandard.get_frame_parameters(packed).content_size == size
+    assert STANDARD_DECODERS["zstd"](packed) == data
+    assert comp.decompress_bytes("zstd", packed) == data
+    tail = _compress_file("zstd", path, skip=size // 3)  # from where the reader stands
+    assert zstandard.get_frame_parameters(tail).content_size == size - size // 3
+    assert comp.decompress_bytes("zstd", tail) == data[size // 3 :]
+
+
+class _Sink(io.RawIOBase):
+    """A writable that only counts what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any, /) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("algo", ["zstd", "gzip", "lz4"])
+def test_compressing_a_file_holds_one_chunk_not_the_file(tmp_path: Path, algo: str) -> None:
+    path = tmp_path / "segment"
+    path.write_bytes(wal_like(16 << 20, seed=5))
+    sink = _Sink()
+    tracemalloc.start()
+    try:
+        with open(path, "rb") as src:
+            written = comp.compress_stream(algo, "medium", src, sink)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert written == sink.size > 0
+    assert peak < 3 * comp.CHUNK_SIZE, peak
+
+
+class _Changing(io.FileIO):
+    """A file that grows or shrinks on disk once its first piece has been read."""
+
+    def __init__(self, path: Path, delta: int) -> None:
+        super().__init__(path, "rb")
+        self._path, self._delta = path, delta
+
+    def readinto(self, buffer: Any, /) -> int | None:
+        count = super().readinto(buffer)
+        if self._delta:
+            size = self._path.stat().st_size
+            os.truncate(self._path, size + self._delta)
+            self._delta = 0
+        return count
+
+
+@pytest.mark.parametrize("algo", ["zstd", "gzip"])
+@pytest.mark.parametrize("delta", [-1000, 1000])
+def test_a_file_that_changes_size_is_refused(tmp_path: Path, algo: str, delta: int) -> None:
+    path = tmp_path / "segment"
+    path.write_bytes(wal_like(3 * comp.CHUNK_SIZE))
+    with _Changing(path, delta) as src, pytest.raises(comp.CompressionError, match="size"):
+        comp.compress_stream(algo, "medium", src, io.BytesIO())
+
+
+def test_zstd_medium_is_barmans_level_4() -> None:
+    assert comp.resolve_level("zstd", "medium") == comp.resolve_level("zstd", None) == 4
+    assert comp.resolve_level("zstd", 4) == comp.resolve_level("zstd", "4") == 4
+    data = wal_like(300_000)
+    packed = comp.compress_bytes("zstd", data, 4)
+    assert packed == zstandard.ZstdCompressor(level=4).compress(data)
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -16,10 +16,16 @@ def register(sub: Any) -> None:
         help="move finished WAL files from streaming/ and incoming/ into the archive",
     )
     p.add_argument("server_name", nargs="+", help="server names, or 'all'")
-    p.set_defaults(func=archive_wal)
+    p.set_defaults(func=archive_wal, prepare=prepare)
     p = sub.add_parser("rebuild-xlogdb", help="rebuild the WAL catalogue from the archive")
     p.add_argument("server_name", nargs="+", help="server names, or 'all'")
-    p.set_defaults(func=rebuild_xlogdb)
+    p.set_defaults(func=rebuild_xlogdb, prepare=prepare)
+
+
+def prepare(ctx: Context, args: argparse.Namespace) -> None:
+    """Before the configuration is read: these commands never connect to PostgreSQL, so
+    its connection strings are not parsed (that would load libpq through psycopg)."""
+    ctx.check_conninfo = False
 
 
 def _enabled(ctx: Context, names: list[str]) -> tuple[list[ServerConfig], int]:

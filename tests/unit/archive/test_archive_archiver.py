@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from walsupply import (
     SYSID,
@@ -79,6 +80,24 @@ def test_every_compression_round_trips(tmp_path: Path, algo: str | None) -> None
     assert not os.path.exists(archive_journal_path(server))
     identity = json.loads(Path(server.identity_path).read_text())
     assert identity == {"systemid": str(SYSID), "version": "15"}
+
+
+def test_zstd_frames_record_the_segment_size(tmp_path: Path) -> None:
+    server = make_server(tmp_path, compression="zstd")
+    names = write_segments(server.streaming_wals_directory, 1, 2)
+    sizes = {n: os.path.getsize(Path(server.streaming_wals_directory, n)) for n in names}
+    _live_partial(server, 3)
+    assert archive_wal(server, Out()).archived == names
+    for name, path in archived_files(server).items():
+        assert zstandard.get_frame_parameters(path.read_bytes()).content_size == sizes[name]
+
+
+@pytest.mark.parametrize(("cores", "workers"), [({0}, 1), ({0, 1}, 2), (set(range(8)), 8)])
+def test_one_worker_per_usable_core(
+    monkeypatch: pytest.MonkeyPatch, cores: set[int], workers: int
+) -> None:
+    monkeypatch.setattr(archiver.os, "sched_getaffinity", lambda pid: cores)
+    assert archiver._workers() == workers
 
 
 def test_client_compressed_files_are_kept_as_sent(tmp_path: Path) -> None:

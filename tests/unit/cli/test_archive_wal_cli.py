@@ -1,0 +1,50 @@
+"""archive-wal and rebuild-xlogdb never connect: they neither parse conninfo nor load libpq."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Runs the command in a fresh interpreter and reports its exit code and whether psycopg
+# (libpq) was imported on the way.
+PROBE = """
+import json, sys
+from walvault.cli.main import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "psycopg": "psycopg" in sys.modules}))
+"""
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    path = tmp_path / "w.conf"
+    # "port" without a value: libpq cannot parse it, so a check would disable the server
+    path.write_text(
+        f"[walvault]\nwalvault_home = {tmp_path}\n[pg]\nconninfo = host=x port\narchiver = on\n"
+    )
+    return path
+
+
+def _run(*argv: str) -> tuple[dict[str, object], str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True
+    )
+    *output, last = proc.stdout.splitlines()
+    result: dict[str, object] = json.loads(last)
+    return result, "\n".join(output)
+
+
+@pytest.mark.parametrize("command", ["archive-wal", "rebuild-xlogdb"])
+def test_runs_without_libpq_despite_an_unparsable_conninfo(conf: Path, command: str) -> None:
+    result, _ = _run("-c", str(conf), "-q", command, "pg")
+    assert result == {"code": 0, "psycopg": False}
+
+
+def test_other_commands_still_disable_the_server_for_it(conf: Path) -> None:
+    result, output = _run("-c", str(conf), "show-servers", "pg")
+    assert result["psycopg"] is True
+    assert "disabled: True" in output and 'missing "=" after "port"' in output
