@@ -7,7 +7,6 @@ function looks at or writes one file, and is safe to call from worker threads.
 from __future__ import annotations
 
 import enum
-import json
 import os
 import stat
 from collections.abc import Generator, Iterator
@@ -23,7 +22,8 @@ from walvault.archive.compression import (
     iter_decompressed,
 )
 from walvault.config import ServerConfig
-from walvault.fs import SyncBatch, durable_replace_bytes, durable_write_from, ensure_dir
+from walvault.fs import SyncBatch, durable_write_from
+from walvault.identity import write_identity
 from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, check_segment, parse_long_header
 from walvault.wal.names import WalKind, classify
 
@@ -222,8 +222,5 @@ def record_identity(server: ServerConfig, header: WalHeader) -> bool:
     PostgreSQL version cannot be told from the header's magic."""
     if header.pg_version is None:
         return False
-    payload = {"systemid": str(header.system_identifier), "version": str(header.pg_version)}
-    ensure_dir(server.backup_directory)
-    text = json.dumps(payload, indent=4, sort_keys=True) + "\n"
-    durable_replace_bytes(server.identity_path, text.encode())
+    write_identity(server, header.system_identifier, header.pg_version)
     return True

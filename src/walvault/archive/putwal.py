@@ -269,10 +269,9 @@ class _Session:
 
     def _system_identifier(self) -> int | None:
         if not self._sysid_read:
-            from walvault.postgres.sources import read_identity
+            from walvault.identity import stored_system_identifier
 
-            value = (read_identity(self.server) or {}).get("systemid", "")
-            self._sysid = int(value) if value.isdigit() else None
+            self._sysid = stored_system_identifier(self.server)
             self._sysid_read = True
         return self._sysid
 

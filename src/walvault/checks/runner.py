@@ -141,7 +141,7 @@ def _slot(name: str, server: ServerConfig, endpoint: Endpoint) -> CheckResult:
 
 
 def _systemid_coherence(server: ServerConfig, facts: RemoteFacts) -> CheckResult:
-    from walvault.postgres.sources import read_identity
+    from walvault.identity import read_identity
 
     live = facts.main.info.system_identifier if facts.main.info else None
     streamed = facts.streaming.identity.system_identifier if facts.streaming.identity else None

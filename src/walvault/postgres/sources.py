@@ -7,13 +7,11 @@ the same cluster as ``conninfo``, and the monitoring user needs monitoring privi
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
-from walvault.fs import durable_replace_bytes
+from walvault.identity import read_identity, write_identity
 from walvault.postgres.connection import connect, connect_replication
 from walvault.postgres.replication import SystemIdentity, identify_system
 from walvault.postgres.status import ServerInfo, SlotInfo, get_slot, has_monitoring_privileges
@@ -70,27 +68,12 @@ def inspect_wal_source(server: ServerConfig, timeout: int = 10) -> WalSource:
     return WalSource(identity, info, slot)
 
 
-def read_identity(server: ServerConfig) -> dict[str, str] | None:
-    """``identity.json`` (Barman's format), or None before the first contact."""
-    try:
-        with open(server.identity_path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        raise WalvaultError(f"{server.identity_path} is not valid JSON") from None
-    return {str(k): str(v) for k, v in data.items()}
-
-
 def check_or_record_identity(server: ServerConfig, source: WalSource) -> None:
     """Record the system identifier on first contact; refuse a different cluster afterwards."""
     stored = read_identity(server)
     systemid = source.identity.system_identifier
     if stored is None:
-        os.makedirs(server.backup_directory, exist_ok=True)
-        payload = {"systemid": systemid, "version": str(source.info.major)}
-        text = json.dumps(payload, indent=4, sort_keys=True) + "\n"
-        durable_replace_bytes(server.identity_path, text.encode())
+        write_identity(server, systemid, source.info.major)
         return
     if stored.get("systemid") != systemid:
         raise WalvaultError(
