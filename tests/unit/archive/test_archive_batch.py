@@ -87,3 +87,11 @@ def test_selection_from_200000_files_does_no_per_file_io(
     assert batch.size == 1000 and batch.waiting == 199_999
     assert batch.files[0] == segment_name(1, 1) and batch.files[-1] == segment_name(1, 1000)
     assert calls.total() == 0  # one scandir, names only: no stat, no open
+
+
+def test_a_stray_24_character_name_is_unknown_and_not_the_newest_segment() -> None:
+    stray = "zz-not-a-wal-segment-zzz"
+    assert len(stray) == 24
+    batch = B.select_streaming("/s", [SEG[0], stray, SEG[1]])
+    assert batch.files == (SEG[0],) and batch.held_back == (SEG[1],)
+    assert batch.unknown == (stray,) and batch.waiting == 2
