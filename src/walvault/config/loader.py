@@ -131,7 +131,7 @@ def _refers_to_unset(template: str, resolved: Mapping[str, str | None]) -> bool:
 
 
 def _display(value: Any) -> str:
-    if isinstance(value, tuple):
+    if type(value) is tuple:  # a list option; not a NamedTuple such as RetentionPolicy
         return ",".join(str(item) for item in value)
     return str(value)
 

@@ -359,6 +359,9 @@ def test_aliases_and_typed_values(tmp_path: Path) -> None:
     assert server.last_wal_maximum_age == 7200
     assert server.recovery_options == ("get-wal",)
     assert server.slot_name == "walvault_1"
+    shown = dict(server.shown)  # what show-servers prints
+    assert shown["retention_policy"] == "RECOVERY WINDOW OF 2 WEEKS"
+    assert shown["recovery_options"] == "get-wal"
 
 
 def test_missing_home_and_missing_global_section(tmp_path: Path) -> None:
