@@ -160,6 +160,27 @@ def test_failing_pg_basebackup_is_failed_without_leftovers(pg: Any, walvault_fac
     assert deleted.returncode == 0 and not list(binfo.iter_backups(server)), deleted.stderr
 
 
+def test_streaming_conninfo_of_another_cluster_is_refused_before_copying(
+    pg_factory: Any, walvault_factory: Any
+) -> None:
+    pg = pg_factory("primary")
+    other = pg_factory("other")
+    assert other.system_identifier() != pg.system_identifier()
+    options = streaming_server(pg, streaming_conninfo=other.streaming_conninfo())
+    wv = walvault_factory({"pg": options})
+    result = wv.run("backup", "pg", timeout=120)
+    assert result.returncode == 1
+    assert (
+        f"streaming_conninfo of server 'pg' reaches system {other.system_identifier()} but "
+        f"conninfo reaches system {pg.system_identifier()}"
+    ) in result.stderr, result.stderr
+    server = wv.server()
+    assert not list(binfo.iter_backups(server))  # refused before a backup was started
+    assert not os.path.exists(server.basebackups_directory) or not os.listdir(
+        server.basebackups_directory
+    )
+
+
 def test_backup_method_other_than_postgres_is_refused(pg: Any, walvault_factory: Any) -> None:
     wv = walvault_factory({"pg": streaming_server(pg, backup_method="rsync")})
     result = wv.run("backup", "pg")

@@ -45,7 +45,12 @@ from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
 from walvault.humanize import pretty_duration, pretty_size
-from walvault.postgres.connection import ConnectionFailed, connect, describe_error
+from walvault.postgres.connection import (
+    ConnectionFailed,
+    connect,
+    connect_replication,
+    describe_error,
+)
 from walvault.postgres.status import ServerInfo
 from walvault.wal.names import format_lsn
 
@@ -77,10 +82,11 @@ def _setting(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str | N
 def inspect_source(server: ServerConfig) -> SourceFacts:
     """Read the server's facts over ``conninfo`` and check its identity (recorded at first).
 
-    The streaming connection is not opened here: pg_basebackup uses it, and the copy's own
-    ``global/pg_control`` is checked against the same identity afterwards.
+    ``streaming_conninfo``, which pg_basebackup will use, must reach the same cluster: it
+    is asked with IDENTIFY_SYSTEM before anything is copied.  (The copy's own
+    ``global/pg_control`` is checked against the same identity afterwards as well.)
     """
-    from walvault.postgres.replication import SystemIdentity
+    from walvault.postgres.replication import SystemIdentity, identify_system
     from walvault.postgres.sources import WalSource, check_or_record_identity
     from walvault.postgres.status import server_info
 
@@ -95,6 +101,23 @@ def inspect_source(server: ServerConfig) -> SourceFacts:
             "SELECT spcname::text, oid::bigint, pg_tablespace_location(oid) FROM pg_tablespace "
             "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
         ).fetchall()
+    assert server.streaming_conninfo
+    try:
+        with connect_replication(
+            server.streaming_conninfo,
+            application_name=server.streaming_backup_name,
+            timeout=server.check_timeout or 10,
+        ) as conn:
+            streamed: str | None = identify_system(conn).system_identifier
+    except (ConnectionFailed, psycopg.Error) as exc:  # pg_basebackup fails too, saying why
+        log.debug("cannot check streaming_conninfo before the copy: %s", exc)
+        streamed = None
+    if streamed is not None and streamed != info.system_identifier:
+        raise WalvaultError(
+            f"streaming_conninfo of server '{server.name}' reaches system {streamed} but "
+            f"conninfo reaches system {info.system_identifier}: pg_basebackup would copy "
+            "another cluster (they must point at the same cluster); nothing was copied"
+        )
     identity = SystemIdentity(info.system_identifier, info.timeline, info.current_lsn or 0)
     check_or_record_identity(server, WalSource(identity, info, None))
     spaces = [Tablespace(str(r[0]), int(str(r[1])), str(r[2])) for r in rows]
