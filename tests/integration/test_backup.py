@@ -227,6 +227,25 @@ def test_tablespaces_are_copied_into_the_backup(
     restored.sql("INSERT INTO moved SELECT generate_series(1, 1000)")
     restored.sql("CHECKPOINT")
     assert sorted((p.name, p.stat().st_size) for p in copy.rglob("*") if p.is_file()) == snapshot
+    restored.stop()
+    # --tablespace NAME:LOCATION puts it where asked; a bad rule is refused before copying
+    elsewhere = tmp_path / "relocated" / "extra"
+    second = tmp_path / "restored2"
+    bad = wv.run("recover", "pg", backup_id, str(second / "data"), "--tablespace", "nope:/x")
+    assert bad.returncode == 1 and "has no tablespace 'nope' (its tablespaces: extra)" in (
+        bad.stderr
+    )
+    assert not second.exists()
+    result = wv.run(
+        "recover", "pg", backup_id, str(second / "data"), "--tablespace", f"extra:{elsewhere}"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.readlink(second / "data" / "pg_tblspc" / str(oid)) == str(elsewhere)
+    assert not Path(f"{second / 'data'}_tablespaces").exists()
+    relocated = start_restored(pg, second, "restored2")
+    wait_for(lambda: not relocated.is_in_recovery(), what="end of recovery", timeout=120)
+    assert relocated.scalar("SELECT count(*) FROM moved") == 1000
+    assert relocated.scalar(f"SELECT pg_tablespace_location({oid})") == str(elsewhere)
 
 
 def _history(server: Any) -> str:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from walvault.backup.info import DONE, BackupInfo, data_dir
+from walvault.backup.info import DONE, BackupInfo, data_dir, parse_tablespaces
 from walvault.backup.targets import RecoveryTarget
 from walvault.backup.walcopy import archived_timelines, copy_wal, needed_wal
 from walvault.config import ServerConfig
@@ -36,6 +36,8 @@ class RecoverOptions:
     standby_mode: bool = False
     port: int | None = None
     config_file: str | None = None
+    #: ``--tablespace NAME:LOCATION`` rules, as given
+    tablespaces: tuple[str, ...] = ()
 
 
 def _check_destination(path: str) -> None:
@@ -128,12 +130,60 @@ def _disable_archiving(data: str) -> None:
                 handle.writelines(lines)
 
 
-def _copy_tablespaces(destination: str, echo: Echo) -> None:
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def tablespace_locations(
+    server: ServerConfig, backup: BackupInfo, destination: str, rules: tuple[str, ...]
+) -> dict[str, str]:
+    """``--tablespace NAME:LOCATION`` rules as ``{oid: location}``, checked before copying.
+
+    NAME must be a tablespace of the backup, LOCATION an absolute path to a new or empty
+    directory, outside the destination and outside the server's backups, and used once.
+    """
+    spaces = {t.name: t for t in parse_tablespaces(backup.tablespaces)}
+    locations: dict[str, str] = {}
+    for rule in rules:
+        name, sep, location = rule.partition(":")
+        if not (sep and name and location):
+            raise WalvaultError(f"invalid --tablespace '{rule}': accepted: NAME:LOCATION")
+        if name not in spaces:
+            known = ", ".join(sorted(spaces)) or "none"
+            raise WalvaultError(
+                f"invalid --tablespace '{rule}': backup {backup.backup_id} has no tablespace "
+                f"'{name}' (its tablespaces: {known})"
+            )
+        oid = str(spaces[name].oid)
+        if oid in locations:
+            raise WalvaultError(f"invalid --tablespace '{rule}': '{name}' is relocated twice")
+        if not os.path.isabs(location):
+            raise WalvaultError(f"invalid --tablespace '{rule}': LOCATION must be absolute")
+        location = os.path.normpath(location)
+        if _inside(location, destination) or _inside(destination, location):
+            raise WalvaultError(
+                f"invalid --tablespace '{rule}': LOCATION and the destination must not "
+                "contain each other"
+            )
+        if _inside(location, server.basebackups_directory):
+            raise WalvaultError(
+                f"invalid --tablespace '{rule}': LOCATION is inside the server's backups"
+            )
+        if location in locations.values():
+            raise WalvaultError(f"invalid --tablespace '{rule}': {location} is used twice")
+        _check_destination(location)
+        locations[oid] = location
+    return locations
+
+
+def _copy_tablespaces(destination: str, echo: Echo, locations: dict[str, str]) -> None:
     """Give the copy its own tablespaces: never leave links into the backup itself.
 
     ``pg_tblspc/<oid>`` links of the backup point at the backup's copy of each tablespace;
-    a server started on them would write into the backup. Each is copied next to the
-    destination (``<destination>_tablespaces/<oid>``) and the link re-pointed there.
+    a server started on them would write into the backup. Each is copied to its
+    ``--tablespace`` location, else next to the destination
+    (``<destination>_tablespaces/<oid>``), and the link re-pointed there.
     """
     links = os.path.join(destination, "pg_tblspc")
     if not os.path.isdir(links):
@@ -143,7 +193,7 @@ def _copy_tablespaces(destination: str, echo: Echo) -> None:
         if not os.path.islink(link):
             continue
         target = os.path.realpath(link)
-        new = os.path.join(f"{destination}_tablespaces", oid)
+        new = locations.get(oid) or os.path.join(f"{destination}_tablespaces", oid)
         _check_destination(new)
         shutil.copytree(target, new, symlinks=True, dirs_exist_ok=True)
         os.unlink(link)
@@ -165,6 +215,7 @@ def recover(
     max_tli = _check_target(server, backup, options.target)
     destination = os.path.abspath(options.destination)
     _check_destination(destination)
+    locations = tablespace_locations(server, backup, destination, options.tablespaces)
     source = data_dir(server, backup.backup_id)
     if not os.path.isdir(source):
         raise WalvaultError(f"the data of backup {backup.backup_id} is missing: {source}")
@@ -182,7 +233,7 @@ def recover(
     os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
     shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
     os.chmod(destination, 0o700)
-    _copy_tablespaces(destination, echo)
+    _copy_tablespaces(destination, echo, locations)
     for stale in ("postmaster.pid", "postmaster.opts"):
         if os.path.exists(os.path.join(destination, stale)):
             os.unlink(os.path.join(destination, stale))

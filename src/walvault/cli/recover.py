@@ -41,6 +41,14 @@ def register(sub: Any) -> None:
         help="copy the WAL (streamed tail included) into the destination",
     )
     p.add_argument("--port", type=int, help="port for the restored server (postgresql.auto.conf)")
+    p.add_argument(
+        "--tablespace",
+        action="append",
+        default=[],
+        metavar="NAME:LOCATION",
+        help="restore tablespace NAME to LOCATION (repeatable; default: "
+        "<destination>_tablespaces/<oid>)",
+    )
     p.set_defaults(func=recover)
 
 
@@ -76,5 +84,6 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         standby_mode=args.standby_mode,
         port=args.port,
         config_file=ctx.config.path,
+        tablespaces=tuple(args.tablespace),
     )
     return do_recover(server, backup, options, ctx.info, ctx.warn)
