@@ -70,6 +70,7 @@ COMMANDS: dict[str, str] = {
 }
 #: Global options that take a value (the next argument unless written ``--opt=value``).
 _VALUED_GLOBALS = ("-c", "--config", "-f", "--format")
+_FLAG_GLOBALS = ("-q", "--quiet", "-d", "--debug", "-v", "--version")
 
 
 def command_modules(argv: Sequence[str]) -> list[ModuleType]:
@@ -78,13 +79,13 @@ def command_modules(argv: Sequence[str]) -> list[ModuleType]:
     wanted: tuple[str, ...] = COMMAND_MODULES
     items = iter(argv)
     for arg in items:
-        if arg in ("-h", "--help"):
-            break
         if arg in _VALUED_GLOBALS:
             next(items, None)
             continue
-        if arg.startswith("-"):
+        if arg in _FLAG_GLOBALS or arg.startswith(("--config=", "--format=")):
             continue
+        if arg.startswith("-"):  # help, or a form argparse may read differently (-qc X)
+            break
         if arg in COMMANDS:
             wanted = (COMMANDS[arg],)
         break

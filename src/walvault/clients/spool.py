@@ -198,6 +198,8 @@ class Spool:
         None means "not usable from the spool": absent, no live session, or invalid (then
         the file is deleted and a WARNING says why).
         """
+        if not is_segment_name(name):  # never a path: only names of segments are spooled
+            return None
         start = self.session_start()
         state = self.read_state() if start is not None else None
         if start is None or state is None:

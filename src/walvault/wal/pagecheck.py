@@ -39,7 +39,7 @@ _UPPER_HEX = frozenset("0123456789ABCDEF")
 
 def is_upper_hex(text: str, length: int) -> bool:
     """True when ``text`` is exactly ``length`` upper-case hexadecimal digits."""
-    return len(text) == length and _UPPER_HEX.issuperset(text)
+    return type(text) is str and len(text) == length and _UPPER_HEX.issuperset(text)
 
 
 def is_segment_name(name: str) -> bool:

@@ -34,6 +34,8 @@ def test_the_command_table_matches_what_the_modules_register() -> None:
         (["--config=/x", "-f", "json", "list-backup", "pg"], ["backup"]),
         (["-c", "status", "check", "pg"], ["check"]),  # "status" is -c's value here
         (["-h", "get-wal"], list(main.COMMAND_MODULES)),
+        (["-qc", "backup", "list-servers"], list(main.COMMAND_MODULES)),  # -qc takes "backup"
+        (["--conf", "backup", "check", "pg"], list(main.COMMAND_MODULES)),  # an abbreviation
         (["no-such-command"], list(main.COMMAND_MODULES)),
         ([], list(main.COMMAND_MODULES)),
     ],

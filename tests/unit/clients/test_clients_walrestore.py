@@ -257,3 +257,18 @@ def test_ssh_with_an_explicit_walvault_command(conf: Path, tmp_path: Path) -> No
     cmd = ["--ssh-command", ssh, "--walvault-command", f"{BIN}/walvault", "-c", str(conf)]
     assert run(*cmd, "h", "pg", NAME, str(dest)) == 0
     assert dest.read_bytes() == data
+
+
+@pytest.mark.parametrize("client", ["walvault-wal-restore", "walvault-wal-archive"])
+def test_a_broken_installation_exits_2_not_1(client: str, tmp_path: Path) -> None:
+    """Without walvault importable (-S: no site-packages), the script must not exit 1, which
+    restore_command would take as "no such WAL" and so end the recovery."""
+    script = Path(__file__).resolve().parents[3] / "bin" / client
+    run = subprocess.run(
+        [sys.executable, "-S", "-I", str(script), "local", "pg", NAME, str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("ERROR: cannot load walvault: ModuleNotFoundError")
