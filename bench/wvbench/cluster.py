@@ -176,6 +176,22 @@ class Cluster:
         return self.sql("SHOW server_version")
 
 
+def pgbench_argv(cluster: Cluster, seconds: int) -> list[str]:
+    """The TPC-B load every section runs: 4 clients, 2 threads, ``seconds`` long."""
+    return [
+        str(cluster.bindir / "pgbench"),
+        *cluster.client_args(),
+        "-n",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-T",
+        str(seconds),
+        "postgres",
+    ]
+
+
 def collect_wal(cluster: Cluster, pool: Path, params: Params) -> list[str]:
     """Stream the cluster's WAL into ``pool`` while pgbench runs; return the finished segments."""
     pool.mkdir(parents=True)
@@ -235,21 +251,7 @@ def collect_wal(cluster: Cluster, pool: Path, params: Params) -> list[str]:
                 break
             if spent >= params.pgbench_max_seconds:
                 break
-            check_call(
-                [
-                    pgbench,
-                    *cluster.client_args(),
-                    "-n",
-                    "-c",
-                    "4",
-                    "-j",
-                    "2",
-                    "-T",
-                    "10",
-                    "postgres",
-                ],
-                "pgbench -T",
-            )
+            check_call(pgbench_argv(cluster, 10), "pgbench -T")
             if receiver.poll() is not None:
                 raise BenchError(
                     "pg_receivewal stopped: "

@@ -19,7 +19,7 @@ from wvbench.homes import (
     verify_archive,
 )
 from wvbench.report import Row
-from wvbench.runner import Bench
+from wvbench.runner import Bench, no_figure
 from wvbench.tools import has_local_mode, reap_strays, run_timed
 
 # ---- get-wal and restore_command
@@ -73,11 +73,7 @@ def getwal(bench: Bench) -> None:
     target = restore_dir / "RECOVERYXLOG"
 
     def text(tool: str, what: str) -> str | None:
-        if can[(tool, what)]:
-            return None
-        if tool == "barman":
-            return "not installed"
-        return "not built"
+        return no_figure(tool, (), can[(tool, what)])
 
     # -- single calls
     singles: dict[str, dict[str, list[float]]] = {}

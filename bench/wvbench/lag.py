@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wvbench.cluster import Cluster
+from wvbench.cluster import pgbench_argv
 from wvbench.common import (
     PAGE,
     SEG,
@@ -30,7 +30,7 @@ from wvbench.common import (
 )
 from wvbench.homes import Home
 from wvbench.report import Row
-from wvbench.runner import Bench
+from wvbench.runner import Bench, no_figure
 from wvbench.tools import reap_strays, run_timed
 
 SAMPLE_EVERY = 0.1  # seconds
@@ -201,21 +201,6 @@ def received_upto(streaming: Path) -> int | None:
         return None
 
 
-def pgbench_argv(cluster: Cluster, seconds: int) -> list[str]:
-    return [
-        str(cluster.bindir / "pgbench"),
-        *cluster.client_args(),
-        "-n",
-        "-c",
-        "4",
-        "-j",
-        "2",
-        "-T",
-        str(seconds),
-        "postgres",
-    ]
-
-
 def p99(values: list[int]) -> float:
     if len(values) < 2:
         return float(values[0])
@@ -346,11 +331,7 @@ def lag(bench: Bench) -> None:
                 log(f"  cleanup: {problem}")
 
     def text(tool: str) -> str | None:
-        if tool in failed:
-            return "failed"
-        if tool not in tools:
-            return "not installed" if tool == "barman" else "not built"
-        return None
+        return no_figure(tool, failed, tool in tools)
 
     def value(tool: str, key: str) -> float | None:
         return measured.get(tool, {}).get(key)
@@ -361,32 +342,17 @@ def lag(bench: Bench) -> None:
         "positions the receiver last reported (pg_receivewal --status-interval: Barman passes "
         "none, so the default 10 s; walvault passes 1 s), not how much WAL it lacks"
     )
-    for key, label in (
-        ("write_median", "write_lsn behind pg_current_wal_lsn(), median"),
-        ("write_p99", "write_lsn behind pg_current_wal_lsn(), p99"),
-        ("flush_median", "flush_lsn behind pg_current_wal_lsn(), median"),
-        ("flush_p99", "flush_lsn behind pg_current_wal_lsn(), p99"),
-    ):
-        bench.results.add(
-            Row(
-                "streaming lag",
-                label,
-                "bytes",
-                "info",
-                value("barman", key),
-                value("walvault", key),
-                text("barman"),
-                text("walvault"),
-                note=note,
-            )
-        )
     true_note = (
         "the same samples, against where the receiver's newest .partial really ends (last "
         "valid WAL page, read just before the query): an upper bound, 8 KiB resolution"
     )
-    for key, label in (
-        ("true_median", "WAL on the receiver's disk behind, median"),
-        ("true_p99", "WAL on the receiver's disk behind, p99"),
+    for key, label, row_note in (
+        ("write_median", "write_lsn behind pg_current_wal_lsn(), median", note),
+        ("write_p99", "write_lsn behind pg_current_wal_lsn(), p99", note),
+        ("flush_median", "flush_lsn behind pg_current_wal_lsn(), median", note),
+        ("flush_p99", "flush_lsn behind pg_current_wal_lsn(), p99", note),
+        ("true_median", "WAL on the receiver's disk behind, median", true_note),
+        ("true_p99", "WAL on the receiver's disk behind, p99", true_note),
     ):
         bench.results.add(
             Row(
@@ -398,7 +364,7 @@ def lag(bench: Bench) -> None:
                 value("walvault", key),
                 text("barman"),
                 text("walvault"),
-                note=true_note,
+                note=row_note,
             )
         )
     bench.results.add(

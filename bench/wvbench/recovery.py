@@ -10,20 +10,19 @@ import subprocess
 import time
 from typing import Any
 
-from wvbench.cluster import Cluster
+from wvbench.cluster import Cluster, pgbench_argv
 from wvbench.common import SEG, BenchError, check_call, log, read_text, tail
 from wvbench.lag import (
     Receiver,
     exe,
     log_tail,
-    pgbench_argv,
     start_receiver,
     stop_receiver,
     stream_home,
     streaming_ready,
 )
 from wvbench.report import Row
-from wvbench.runner import Bench
+from wvbench.runner import Bench, no_figure
 from wvbench.tools import run_timed
 
 RECOVER_REPEATS = 2  # each tool recovers twice, the order reversed the second time
@@ -259,11 +258,7 @@ def recovery(bench: Bench) -> None:
             shutil.rmtree(rec.home.root, ignore_errors=True)
 
     def text(tool: str) -> str | None:
-        if tool in failed:
-            return "failed"
-        if tool not in tools:
-            return "not installed" if tool == "barman" else "not built"
-        return None
+        return no_figure(tool, failed, tool in tools)
 
     def value(tool: str, key: str, scale: float = 1.0) -> float | None:
         got = runs.get(tool, {}).get(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from wvbench.cluster import Cluster, collect_wal, ensure_bench_user
@@ -14,6 +15,15 @@ from wvbench.report import Results
 from wvbench.tools import Tools
 
 # --------------------------------------------------------------------------- the run
+
+
+def no_figure(tool: str, failed: Collection[str], ready: bool) -> str | None:
+    """What a table cell says instead of ``tool``'s figure (None: there is a figure)."""
+    if tool in failed:
+        return "failed"
+    if not ready:
+        return "not installed" if tool == "barman" else "not built"
+    return None
 
 
 class Bench:
@@ -92,12 +102,8 @@ class Bench:
         return self.tools.has(command)
 
     def texts(self, command: str, failed: dict[str, str]) -> tuple[str | None, str | None]:
-        out: list[str | None] = []
-        for tool in ("barman", "walvault"):
-            if tool in failed:
-                out.append("failed")
-            elif not self.tool_ready(tool, command):
-                out.append("not built" if tool == "walvault" else "not installed")
-            else:
-                out.append(None)
-        return out[0], out[1]
+        barman, walvault = (
+            no_figure(tool, failed, self.tool_ready(tool, command))
+            for tool in ("barman", "walvault")
+        )
+        return barman, walvault

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,24 @@ def _stage(server: ServerConfig, originals: dict[str, bytes], live: str) -> None
         else:
             (streaming / name).write_bytes(data)
     (streaming / live).write_bytes(b"")
+
+
+def _start_run(
+    wv: Any, options: dict[str, Any], algo: str | None, originals: dict[str, bytes], live: str
+) -> tuple[ServerConfig, subprocess.Popen[str]]:
+    """Stage a fresh backlog and start archive-wal with ``algo``, holding its lock."""
+    wv.write({"pg": {**options, "compression": algo or "none"}})
+    server = wv.server()
+    _stage(server, originals, live)
+    return server, _spawn_locked(wv, server)
+
+
+def _spawn_locked(wv: Any, server: ServerConfig) -> subprocess.Popen[str]:
+    """Start archive-wal and return once it holds its lock (or has already exited)."""
+    proc: subprocess.Popen[str] = wv.spawn("archive-wal", "pg")
+    while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
+        time.sleep(0.0005)
+    return proc
 
 
 def _check(server: ServerConfig, originals: dict[str, bytes], live: str, algo: str | None) -> None:
@@ -93,12 +112,7 @@ def test_sigkill_at_random_instants(pg: Any, walvault_factory: Any, tmp_path: Pa
     # how long a run works once it holds its lock (until its batch is committed)
     window: dict[str | None, float] = {}
     for algo in COMPRESSIONS:
-        wv.write({"pg": {**options, "compression": algo or "none"}})
-        server = wv.server()
-        _stage(server, originals, live)
-        proc = wv.spawn("archive-wal", "pg")
-        while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
-            time.sleep(0.0005)
+        server, proc = _start_run(wv, options, algo, originals, live)
         start = time.monotonic()
         while _state(server, originals) != "done":
             time.sleep(0.0005)
@@ -111,12 +125,7 @@ def test_sigkill_at_random_instants(pg: Any, walvault_factory: Any, tmp_path: Pa
         trials += 1
         assert trials < KILLS * 4, f"only {interrupted} of {trials} kills interrupted the work"
         algo = COMPRESSIONS[trials % len(COMPRESSIONS)]
-        wv.write({"pg": {**options, "compression": algo or "none"}})
-        server = wv.server()
-        _stage(server, originals, live)
-        proc = wv.spawn("archive-wal", "pg")
-        while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
-            time.sleep(0.0005)
+        server, proc = _start_run(wv, options, algo, originals, live)
         time.sleep(rng.uniform(0, window[algo] * 1.1))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -140,9 +149,7 @@ def test_two_kills_in_a_row(pg: Any, walvault_factory: Any, tmp_path: Path) -> N
     server = wv.server()
     _stage(server, originals, live)
     for delay in (0.05, 0.02):
-        proc = wv.spawn("archive-wal", "pg")
-        while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
-            time.sleep(0.001)
+        proc = _spawn_locked(wv, server)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)

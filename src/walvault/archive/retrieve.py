@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from walvault.archive.compression import MAGIC_MAX_LEN, identify
 from walvault.archive.layout import lookup_paths
 from walvault.errors import WalvaultError
-from walvault.wal.header import LONG_HEADER_SIZE, parse_long_header
 from walvault.wal.names import Segment, WalKind, classify, validate_wal_name
+from walvault.wal.pagecheck import LONG_HEADER_SIZE, unpack_long_header, whole_segment_problem
 
 if TYPE_CHECKING:
     from walvault.config import ServerConfig
@@ -105,17 +105,6 @@ class FoundWal:
         self.close()
 
 
-def _segment_problem(head: bytes, size: int) -> str | None:
-    """Why an uncompressed file cannot be served as a segment, or None when it can."""
-    try:
-        header = parse_long_header(head)
-    except ValueError as exc:
-        return str(exc)
-    if size != header.segment_size:
-        return f"size {size} is not the segment size {header.segment_size} of its header"
-    return None
-
-
 def _open_candidate(path: str, name: str, kind: WalKind, warn: Warn | None) -> FoundWal | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -131,7 +120,7 @@ def _open_candidate(path: str, name: str, kind: WalKind, warn: Warn | None) -> F
         head = os.pread(fd, _HEAD_SIZE, 0)
         compression = identify(head)
         if compression is None and kind is WalKind.SEGMENT:
-            problem = _segment_problem(head, info.st_size)
+            problem = whole_segment_problem(head, info.st_size)
             if problem is not None:
                 if warn is not None and not path.endswith(".partial"):
                     warn(f"skipping '{path}': {problem}")
@@ -207,7 +196,7 @@ def _checked_segment(pieces: Iterator[bytes], name: str) -> Iterator[bytes]:
             head += piece[: LONG_HEADER_SIZE - len(head)]
         total += len(piece)
         yield piece
-    problem = _segment_problem(head, total)
+    problem = whole_segment_problem(head, total)
     if problem is not None:
         raise WalSendError(f"archived copy of '{name}' is not a valid segment: {problem}")
 
@@ -286,7 +275,7 @@ def segment_size_of(found: FoundWal) -> int | None:
         except codecs.CompressionError:
             return None
     try:
-        return parse_long_header(head).segment_size
+        return unpack_long_header(head)[6]  # xlp_seg_size
     except ValueError:
         return None
 

@@ -52,17 +52,12 @@ def discard(dest: str) -> None:
 
 def segment_problem(dest: str) -> str | None:
     """Why the fetched segment at ``dest`` is unusable (short, no valid header), or None."""
-    from walvault.wal.header import LONG_HEADER_SIZE, parse_long_header
+    from walvault.wal.pagecheck import LONG_HEADER_SIZE, whole_segment_problem
 
     with open(dest, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        try:
-            header = parse_long_header(handle.read(LONG_HEADER_SIZE))
-        except ValueError as exc:
-            return str(exc)
-    if size != header.segment_size:
-        return f"got {size} bytes, the header says segments are {header.segment_size} bytes"
-    return None
+        return whole_segment_problem(
+            handle.read(LONG_HEADER_SIZE), os.fstat(handle.fileno()).st_size
+        )
 
 
 class Source(Protocol):

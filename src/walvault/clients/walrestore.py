@@ -11,9 +11,10 @@ configuration, I/O, interrupted), 3 bad arguments.  Never a status above 125 or 
 signal for an ordinary failure: PostgreSQL would abort the recovery.
 
 Start-up is kept lean (the restore_command runs once per segment).  A segment served from
-the prefetch spool imports only os, sys, struct, fcntl and this package's import-free
-modules (~2 ms over the interpreter's own start); the configuration, the archive code and
-the codecs are imported only when the segment has to be fetched; psycopg never is.
+the prefetch spool imports only built-in modules (os, sys, struct, fcntl, errno, stat) and
+this package's import-free modules (~2 ms over the interpreter's own start); the
+configuration, the archive code and the codecs are imported only when the segment has to
+be fetched; psycopg never is.
 """
 
 from __future__ import annotations

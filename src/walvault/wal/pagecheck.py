@@ -82,6 +82,18 @@ def unpack_long_header(data: bytes | bytearray | memoryview) -> HeaderFields:
     return fields
 
 
+def whole_segment_problem(head: bytes | bytearray | memoryview, size: int) -> str | None:
+    """Why a file of ``size`` bytes starting with ``head`` is not one whole segment (no long
+    page header, or not the segment size that header states), or None when it is."""
+    try:
+        fields = unpack_long_header(head)
+    except ValueError as exc:
+        return str(exc)
+    if size != fields[6]:
+        return f"size {size} is not the segment size {fields[6]} of its header"
+    return None
+
+
 def header_problems(
     fields: HeaderFields,
     name: str,

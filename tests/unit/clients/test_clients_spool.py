@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import subprocess
@@ -242,3 +243,26 @@ def test_prefetcher_started_by_the_client_serves_later_calls(
         pid = int(Path(spool.path, LOCK).read_text() or 0)
         if pid:
             os.kill(pid, 15)
+
+
+def test_a_spool_hit_imports_nothing_heavy(spool: Spool, session: int, tmp_path: Path) -> None:
+    """The README's start-up claim: a restore served from the spool loads no configuration,
+    no archive code, and none of re, typing, dataclasses or enum."""
+    put(spool, NEXT, fake_segment(NEXT))
+    spool_dir = os.path.dirname(spool.path)
+    code = (
+        "import sys\n"
+        "from walvault.clients import walrestore\n"
+        f"code = walrestore.main(['-p', '4', '--spool-dir', {spool_dir!r}, "
+        f"'-c', '/nonexistent.conf', 'local', 'pg', {NEXT!r}, {str(tmp_path / 'dest')!r}])\n"
+        "print(code, sorted(sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    status, loaded = out.split(" ", 1)
+    assert status == "0" and (tmp_path / "dest").read_bytes() == fake_segment(NEXT)
+    modules = set(ast.literal_eval(loaded))
+    heavy = {"re", "typing", "dataclasses", "enum", "configparser", "argparse", "zstandard"}
+    assert not modules & heavy, modules & heavy
+    assert not any(m.startswith(("walvault.config", "walvault.archive")) for m in modules)
