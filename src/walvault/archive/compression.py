@@ -8,13 +8,38 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
+from walvault.archive.zstdlib import zstandard
 from walvault.errors import WalvaultError
 
+# mypy reads this name as typing.TYPE_CHECKING: the restore client decodes through this
+# module once per WAL segment, and importing typing (with the re it imports) costs ~6 ms.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import IO, Protocol
+
     from _typeshed import ReadableBuffer, WriteableBuffer
+
+    class _Compressor(Protocol):
+        def compress(self, data: ReadableBuffer, /) -> bytes: ...
+        def flush(self) -> bytes: ...
+
+    class _Decoder(Protocol):
+        eof: bool
+
+        def feed(self, data: bytes) -> Iterator[bytes]: ...
+        def leftover(self) -> bytes: ...
+
+    class _NeedsInput(Protocol):
+        @property
+        def eof(self) -> bool: ...
+        @property
+        def needs_input(self) -> bool: ...
+        @property
+        def unused_data(self) -> bytes | None: ...
+        def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
+
 
 CHUNK_SIZE = 1 << 20
 # Decoded pieces stay below glibc's mmap threshold (128 KiB): bigger ones are each mapped,
@@ -106,11 +131,6 @@ def identify_file(path: str | os.PathLike[str]) -> str | None:
         return identify(handle.read(MAGIC_MAX_LEN))
 
 
-class _Compressor(Protocol):
-    def compress(self, data: ReadableBuffer, /) -> bytes: ...
-    def flush(self) -> bytes: ...
-
-
 class _Lz4Compressor:
     """Adapts lz4.frame's begin/compress/flush protocol to compress/flush."""
 
@@ -142,10 +162,10 @@ def _gzip_compressor(level: int) -> _Compressor:
         except ImportError:  # pragma: no cover - isal is a dependency; keep working without
             pass
         else:
-            return cast(_Compressor, isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31))
+            return isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
     from zlib_ng import zlib_ng
 
-    return cast(_Compressor, zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31))
+    return zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
 
 
 def _new_compressor(algo: str, level: int, size: int | None = None) -> _Compressor:
@@ -164,16 +184,14 @@ def _new_compressor(algo: str, level: int, size: int | None = None) -> _Compress
 
         obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level)
     elif algo == "zstd":
-        import zstandard
-
         pledged = -1 if size is None else size  # -1: unknown
-        obj = cast(_Compressor, zstandard.ZstdCompressor(level=level).compressobj(size=pledged))
+        obj = zstandard().ZstdCompressor(level=level).compressobj(size=pledged)
     else:
         obj = _Lz4Compressor(level)
     return obj
 
 
-def _size_left(src: BinaryIO) -> int | None:
+def _size_left(src: IO[bytes]) -> int | None:
     """Bytes left to read in ``src`` if it can tell (a file, memory), else None (a pipe)."""
     try:
         if not src.seekable():
@@ -186,7 +204,7 @@ def _size_left(src: BinaryIO) -> int | None:
     return max(0, end - position)
 
 
-def _pieces(src: BinaryIO, sized: bool) -> Iterator[ReadableBuffer]:
+def _pieces(src: IO[bytes], sized: bool) -> Iterator[ReadableBuffer]:
     """``src`` in pieces of at most ``CHUNK_SIZE`` bytes, until it ends.
 
     A file (``sized``) is read into one reused buffer, each piece being valid only until
@@ -203,7 +221,7 @@ def _pieces(src: BinaryIO, sized: bool) -> Iterator[ReadableBuffer]:
 
 
 def compress_stream(
-    algorithm: str | None, level: str | int | None, src: BinaryIO, dst: BinaryIO
+    algorithm: str | None, level: str | int | None, src: IO[bytes], dst: IO[bytes]
 ) -> int:
     """Compress everything read from ``src`` into ``dst`` as one stream; return bytes written.
 
@@ -236,28 +254,11 @@ def compress_stream(
     return written + dst.write(comp.flush())
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> int:
+def _copy(src: IO[bytes], dst: IO[bytes]) -> int:
     written = 0
     while chunk := src.read(CHUNK_SIZE):
         written += dst.write(chunk)
     return written
-
-
-class _Decoder(Protocol):
-    eof: bool
-
-    def feed(self, data: bytes) -> Iterator[bytes]: ...
-    def leftover(self) -> bytes: ...
-
-
-class _NeedsInput(Protocol):
-    @property
-    def eof(self) -> bool: ...
-    @property
-    def needs_input(self) -> bool: ...
-    @property
-    def unused_data(self) -> bytes | None: ...
-    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
 
 
 class _LimitedDecoder:
@@ -308,9 +309,7 @@ class _ZstdDecoder:
     """zstandard decompressobj: uncapped output, so input is fed in small slices."""
 
     def __init__(self) -> None:
-        import zstandard
-
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._obj = zstandard().ZstdDecompressor().decompressobj()
         self.eof = False
         self._rest = b""
 
@@ -362,20 +361,18 @@ def _codec_errors(algo: str) -> tuple[type[Exception], ...]:
     if algo == "gzip":
         from zlib_ng import zlib_ng
 
-        # its stub mistypes the error class as an instance
-        return (cast("type[Exception]", zlib_ng.error), *_COMMON_ERRORS)
+        error: type[Exception] = zlib_ng.error  # type: ignore[assignment] # stub: an instance
+        return (error, *_COMMON_ERRORS)
     if algo == "xz":
         import lzma
 
         return (lzma.LZMAError, *_COMMON_ERRORS)
     if algo == "zstd":
-        import zstandard
-
-        return (zstandard.ZstdError, *_COMMON_ERRORS)
+        return (zstandard().ZstdError, *_COMMON_ERRORS)
     return _COMMON_ERRORS
 
 
-def iter_decompressed(src: BinaryIO, algorithm: str | None) -> Iterator[bytes]:
+def iter_decompressed(src: IO[bytes], algorithm: str | None) -> Iterator[bytes]:
     """Yield the decompressed content of ``src`` piece by piece.
 
     Decoded pieces are at most 64 KiB, except with zstd, whose pieces are what one 4 KiB
@@ -411,7 +408,7 @@ def iter_decompressed(src: BinaryIO, algorithm: str | None) -> Iterator[bytes]:
         raise CompressionError(f"truncated {algo} data: the compressed stream is incomplete")
 
 
-def decompress_stream(algorithm: str | None, src: BinaryIO, dst: BinaryIO) -> int:
+def decompress_stream(algorithm: str | None, src: IO[bytes], dst: IO[bytes]) -> int:
     """Decompress ``src`` into ``dst``; return the number of decompressed bytes written."""
     return sum(dst.write(piece) for piece in iter_decompressed(src, algorithm))
 
@@ -440,7 +437,7 @@ class _IterReader(io.RawIOBase):
         return size
 
 
-def open_decompressed(algorithm: str | None, src: BinaryIO) -> io.BufferedReader:
+def open_decompressed(algorithm: str | None, src: IO[bytes]) -> io.BufferedReader:
     """Return a buffered reader yielding the decompressed content of ``src``."""
     return io.BufferedReader(_IterReader(iter_decompressed(src, algorithm)), CHUNK_SIZE)
 

@@ -10,14 +10,23 @@ errors/<name>.<UTC stamp>[.<n>].<kind>  (see errors_dir)
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator
-from typing import NamedTuple
 
-from walvault.config import ServerConfig
+from walvault.records import NamedTuple
 from walvault.wal.names import hash_dir, is_segment, validate_wal_name
+from walvault.wal.pagecheck import is_upper_hex
 
-_HASH_DIR_RE = re.compile(r"[0-9A-F]{16}")
+# mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module, and
+# must not pay ~6 ms for typing and re).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from walvault.config import ServerConfig
+
+
+def _is_hash_dir(name: str) -> bool:
+    """A ``wals/`` sub-directory name: 16 upper-case hex digits (timeline and log id)."""
+    return is_upper_hex(name, 16)
 
 
 def archived_path(server: ServerConfig, name: str) -> str:
@@ -67,7 +76,7 @@ def hash_dirs(server: ServerConfig) -> list[str]:
         entries = os.listdir(server.wals_directory)
     except FileNotFoundError:
         return []
-    return sorted(e for e in entries if _HASH_DIR_RE.fullmatch(e))
+    return sorted(e for e in entries if _is_hash_dir(e))
 
 
 def newest_archived_segment(server: ServerConfig, timeline: int | None = None) -> str | None:
@@ -127,7 +136,7 @@ def walk_archive(server: ServerConfig) -> Iterator[ArchiveEntry]:
         if not os.path.isdir(path):
             yield ArchiveEntry("", name, path, False)
             continue
-        if not _HASH_DIR_RE.fullmatch(name):
+        if not _is_hash_dir(name):
             yield ArchiveEntry("", name, path, True)
             continue
         try:

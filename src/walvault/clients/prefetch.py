@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 
 from walvault.clients.common import OK
 from walvault.clients.spool import LOCK, LOG, STATE, Spool, SpoolState, segment_problem
-from walvault.clients.transport import Source
 from walvault.wal.names import Segment, is_segment
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    from walvault.clients.transport import Source
 
 IDLE_EXIT = 30.0
 POLL = 0.01

@@ -7,13 +7,9 @@ problems disable only the server concerned, with every reason kept in ``messages
 
 from __future__ import annotations
 
-import configparser
-import glob
 import os
-import re
-from collections.abc import Mapping
-from typing import Any, NamedTuple
 
+from walvault.config.ini import IniError, read_ini
 from walvault.config.options import (
     BARMAN_ONLY,
     DIRECTORY_OPTIONS,
@@ -26,15 +22,21 @@ from walvault.config.parsers import parse_abs_path, parse_bool
 from walvault.config.server import ServerConfig
 from walvault.conninfo import mask_conninfo, parse_conninfo
 from walvault.errors import ConfigError
+from walvault.records import NamedTuple
+
+# mypy reads this name as typing.TYPE_CHECKING (importing typing costs the restore client ~6 ms)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 DEFAULT_LOCATIONS = ("~/.walvault.conf", "/etc/walvault.conf", "/etc/walvault/walvault.conf")
 ENV_VAR = "WALVAULT_CONFIG_FILE"
 GLOBAL_SECTIONS = ("walvault", "barman")
 DEFAULT_LOG_FORMAT = "%(asctime)s [%(process)s] %(name)s %(levelname)s: %(message)s"
-SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_QUOTED_RE = re.compile(r"""^(['"])(.*)\1$""", re.DOTALL)
-_INTERP_RE = re.compile(r"%\(([^)]+)\)s|%%|%")
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_OTHERS = _NAME_FIRST | frozenset("._-")
 
 
 class Config(NamedTuple):
@@ -76,28 +78,57 @@ def find_config_file(explicit: str | None) -> str:
     )
 
 
+def is_server_name(name: str) -> bool:
+    """ASCII letters, digits, ``.``, ``_`` and ``-``, at most 64, first a letter or a digit."""
+    return (
+        0 < len(name) <= 64
+        and name[0] in _NAME_FIRST
+        and all(char in _NAME_OTHERS for char in name)
+    )
+
+
 def _read_file(path: str) -> dict[str, dict[str, str]]:
-    parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\0")
     try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle, source=path)
+        return read_ini(path)
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file '{path}': {exc.strerror}") from None
-    except (configparser.Error, UnicodeDecodeError) as exc:
+    except (IniError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"cannot parse configuration file '{path}': {first}") from None
-    return {section: dict(parser.items(section, raw=True)) for section in parser.sections()}
+
+
+def _strip_quotes(value: str) -> str:
+    """The text between a leading quote and the same quote at the end, else ``value``.
+
+    That end may be followed by one newline (the end as the regular expression ``$`` sees it;
+    the loader strips values first, so in practice the quote ends the value).
+    """
+    if len(value) >= 2 and value[0] in "'\"":
+        if value[-1] == value[0]:
+            return value[1:-1]
+        if len(value) >= 3 and value[-1] == "\n" and value[-2] == value[0]:
+            return value[1:-2]
+    return value
 
 
 def _unquote(raw: str) -> str | None:
     """Barman's rules: matching quotes are removed; an empty value or ``None`` means None."""
-    value = raw.strip()
-    match = _QUOTED_RE.match(value)
-    if match:
-        value = match.group(2)
+    value = _strip_quotes(raw.strip())
     if value == "" or value == "None":
         return None
     return value
+
+
+def _reference_at(text: str, index: int) -> tuple[str, int] | None:
+    """At ``text[index] == "%"``: the key of the ``%(key)s`` starting there and the index
+    after it, or None.  The key is everything up to the first ``)`` (newlines included),
+    at least one character, and the ``)`` must be followed by ``s``."""
+    if text[index + 1 : index + 2] != "(":
+        return None
+    close = text.find(")", index + 2)
+    if close <= index + 2 or text[close + 1 : close + 2] != "s":
+        return None
+    return text[index + 2 : close], close + 2
 
 
 class _Interpolator:
@@ -109,25 +140,67 @@ class _Interpolator:
     def expand(self, text: str, depth: int = 0) -> str:
         if depth > 10:
             raise ValueError("interpolation is too deeply nested (a loop?)")
-
-        def substitute(match: re.Match[str]) -> str:
-            token = match.group(0)
-            if token == "%%":
-                return "%"
-            if token == "%":
+        percent = text.find("%")
+        if percent < 0:
+            return text
+        parts: list[str] = []
+        start = 0
+        while percent >= 0:  # left to right: the first problem is the one reported
+            parts.append(text[start:percent])
+            reference = _reference_at(text, percent)
+            if reference is not None:
+                key, start = reference
+                parts.append(self._lookup(key.lower(), depth))
+            elif text[percent + 1 : percent + 2] == "%":
+                parts.append("%")
+                start = percent + 2
+            else:
                 raise ValueError("a lone '%' must be written '%%'")
-            key = match.group(1).lower()
-            for source in self.sources:
-                if key in source and source[key] is not None:
-                    return self.expand(str(source[key]), depth + 1)
-            raise ValueError(f"'%({key})s' refers to an option that is not set")
+            percent = text.find("%", start)
+        parts.append(text[start:])
+        return "".join(parts)
 
-        return _INTERP_RE.sub(substitute, text)
+    def _lookup(self, key: str, depth: int) -> str:
+        for source in self.sources:
+            if key in source and source[key] is not None:
+                return self.expand(str(source[key]), depth + 1)
+        raise ValueError(f"'%({key})s' refers to an option that is not set")
+
+
+def _template_keys(template: str) -> list[str]:
+    """The keys of every ``%(key)s`` in ``template``, as written (``%%`` is not special here)."""
+    keys: list[str] = []
+    percent = template.find("%")
+    while percent >= 0:
+        reference = _reference_at(template, percent)
+        if reference is None:
+            percent = template.find("%", percent + 1)
+        else:
+            keys.append(reference[0])
+            percent = template.find("%", reference[1])
+    return keys
 
 
 def _refers_to_unset(template: str, resolved: Mapping[str, str | None]) -> bool:
     """True when a default template names an option that resolved to nothing."""
-    return any(resolved.get(key) is None for key in re.findall(r"%\(([^)]+)\)s", template))
+    return any(resolved.get(key) is None for key in _template_keys(template))
+
+
+def _conf_files(conf_dir: str) -> list[str]:
+    """The ``*.conf`` entries of ``conf_dir``, sorted: what ``glob.glob`` listed for
+    ``os.path.join(conf_dir, "*.conf")`` (hidden names excluded, an unreadable directory
+    listing nothing, the same path spelling), except that ``conf_dir`` is taken literally
+    even if it holds ``*``, ``?`` or ``[``."""
+    directory = os.path.dirname(os.path.join(conf_dir, "*.conf"))
+    try:
+        names = os.listdir(directory or os.curdir)
+    except OSError:
+        return []
+    return sorted(
+        os.path.join(directory, name)
+        for name in names
+        if name.endswith(".conf") and not name.startswith(".")
+    )
 
 
 def _display(value: Any) -> str:
@@ -207,7 +280,7 @@ def load_config(path: str, *, check_conninfo: bool = True) -> Config:
         conf_dir = os.path.expanduser(expander.expand(conf_dir))
         if not os.path.isdir(conf_dir):
             raise ConfigError(f"configuration_files_directory '{conf_dir}' is not a directory")
-        files += sorted(glob.glob(os.path.join(conf_dir, "*.conf")))
+        files += _conf_files(conf_dir)
     sections, origin = _merge_sections(files)
 
     global_for_servers = {k: v for k, v in glob_values.items() if k in OPTIONS_BY_NAME}
@@ -215,7 +288,7 @@ def load_config(path: str, *, check_conninfo: bool = True) -> Config:
     for section, raw_values in sections.items():
         if section in GLOBAL_SECTIONS:
             continue
-        if section == "all" or not SERVER_NAME_RE.fullmatch(section):
+        if section == "all" or not is_server_name(section):
             raise ConfigError(
                 f"invalid server name [{section}] in '{origin[section]}': accepted: letters, "
                 "digits, '.', '_' and '-' (at most 64, not starting with '.', '_' or '-'), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import stat
 import subprocess
 import sys
@@ -165,6 +166,34 @@ def test_client_start_up_stays_lean() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_local_fetch_imports_nothing_heavy(conf: Path, tmp_path: Path) -> None:
+    """The README's start-up claim for a segment read from the archive (zstd-compressed):
+    the configuration is loaded and the segment decoded without re, typing, enum,
+    configparser, the zstandard package's __init__ (platform) or contextlib: ~10 ms of
+    imports on every restore_command call."""
+    from walvault.archive.compression import compress_bytes
+
+    data = fake_segment(NAME)
+    archive(conf, data=compress_bytes("zstd", data))
+    dest = tmp_path / "dest"
+    code = (
+        "import sys\n"
+        "from walvault.clients import walrestore\n"
+        f"code = walrestore.main(['-c', {str(conf)!r}, 'local', 'pg', {NAME!r}, {str(dest)!r}])\n"
+        "print(code, sorted(sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    status, loaded = out.split(" ", 1)
+    assert status == "0" and dest.read_bytes() == data
+    modules = set(ast.literal_eval(loaded))
+    assert "zstandard.backend_c" in modules
+    heavy = {"re", "typing", "enum", "configparser", "glob", "fnmatch", "platform", "zstandard"}
+    heavy |= {"dataclasses", "argparse", "contextlib", "psycopg", "logging", "subprocess"}
+    assert not modules & heavy, modules & heavy
 
 
 # ------------------------------------------------------------------ ssh transport
