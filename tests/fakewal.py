@@ -83,3 +83,23 @@ def write_config(home: Path, servers: dict[str, dict[str, str]] | None = None) -
     conf = home / "walvault.conf"
     conf.write_text(text)
     return conf
+
+
+def restore_in_a_fresh_interpreter(argv: list[str]) -> tuple[int, set[str]]:
+    """Run ``walrestore.main(argv)`` in a new interpreter: its exit code and every module
+    it had loaded by the end (for the start-up claims about what a call imports)."""
+    import ast
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from walvault.clients import walrestore\n"
+        f"code = walrestore.main({argv!r})\n"
+        "print(code, sorted(sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    status, loaded = out.split(" ", 1)
+    return int(status), set(ast.literal_eval(loaded))

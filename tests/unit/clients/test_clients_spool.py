@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import fcntl
 import os
 import subprocess
@@ -14,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from fakewal import MIB, OTHER_SYSID, SYSID, archive_path, fake_segment, write_config
+from fakewal import (
+    MIB,
+    OTHER_SYSID,
+    SYSID,
+    archive_path,
+    fake_segment,
+    restore_in_a_fresh_interpreter,
+    write_config,
+)
 from walvault.clients import prefetch
 from walvault.clients.spool import LOCK, Spool, SpoolError, SpoolState, spool_key
 from walvault.clients.transport import LocalSource
@@ -250,19 +257,10 @@ def test_a_spool_hit_imports_nothing_heavy(spool: Spool, session: int, tmp_path:
     no archive code, and none of re, typing, dataclasses or enum."""
     put(spool, NEXT, fake_segment(NEXT))
     spool_dir = os.path.dirname(spool.path)
-    code = (
-        "import sys\n"
-        "from walvault.clients import walrestore\n"
-        f"code = walrestore.main(['-p', '4', '--spool-dir', {spool_dir!r}, "
-        f"'-c', '/nonexistent.conf', 'local', 'pg', {NEXT!r}, {str(tmp_path / 'dest')!r}])\n"
-        "print(code, sorted(sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    status, loaded = out.split(" ", 1)
-    assert status == "0" and (tmp_path / "dest").read_bytes() == fake_segment(NEXT)
-    modules = set(ast.literal_eval(loaded))
+    dest = tmp_path / "dest"
+    argv = ["-p", "4", "--spool-dir", spool_dir, "-c", "/nonexistent.conf", "local", "pg"]
+    status, modules = restore_in_a_fresh_interpreter([*argv, NEXT, str(dest)])
+    assert status == 0 and dest.read_bytes() == fake_segment(NEXT)
     heavy = {"re", "typing", "dataclasses", "enum", "configparser", "argparse", "zstandard"}
     assert not modules & heavy, modules & heavy
     assert not any(m.startswith(("walvault.config", "walvault.archive")) for m in modules)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import stat
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakewal import MIB, archive_path, fake_segment, write_config
+from fakewal import MIB, archive_path, fake_segment, restore_in_a_fresh_interpreter, write_config
 from walvault.clients import walrestore
 from walvault.clients.transport import LocalSource, SshSource
 from walvault.config import load_config
@@ -178,18 +177,9 @@ def test_a_local_fetch_imports_nothing_heavy(conf: Path, tmp_path: Path) -> None
     data = fake_segment(NAME)
     archive(conf, data=compress_bytes("zstd", data))
     dest = tmp_path / "dest"
-    code = (
-        "import sys\n"
-        "from walvault.clients import walrestore\n"
-        f"code = walrestore.main(['-c', {str(conf)!r}, 'local', 'pg', {NAME!r}, {str(dest)!r}])\n"
-        "print(code, sorted(sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    status, loaded = out.split(" ", 1)
-    assert status == "0" and dest.read_bytes() == data
-    modules = set(ast.literal_eval(loaded))
+    argv = ["-c", str(conf), "local", "pg", NAME, str(dest)]
+    status, modules = restore_in_a_fresh_interpreter(argv)
+    assert status == 0 and dest.read_bytes() == data
     assert "zstandard.backend_c" in modules
     heavy = {"re", "typing", "enum", "configparser", "glob", "fnmatch", "platform", "zstandard"}
     heavy |= {"dataclasses", "argparse", "contextlib", "psycopg", "logging", "subprocess"}
