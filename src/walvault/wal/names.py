@@ -181,6 +181,14 @@ class Segment(_SegmentFields):
                 raise ValueError(f"Segment.{field} out of range: {value}")
         return super().__new__(cls, tli, log, seg)
 
+    def _replace(self, **changes: int) -> Segment:
+        """A copy with some fields changed, checked as the constructor checks them."""
+        unknown = changes.keys() - set(self._fields)
+        if unknown:
+            raise ValueError(f"Segment has no field(s) {', '.join(sorted(unknown))}")
+        values = {"tli": self.tli, "log": self.log, "seg": self.seg, **changes}
+        return Segment(values["tli"], values["log"], values["seg"])
+
     @property
     def name(self) -> str:
         """The 24-character segment file name."""

@@ -316,3 +316,15 @@ def test_valid_segment_size() -> None:
     assert all(valid_segment_size(1 << n) for n in range(20, 31))
     for bad in (0, -MiB, MiB // 2, 2 * GiB, 3 * MiB, MiB + 1, True):
         assert not valid_segment_size(bad)
+
+
+def test_segment_replace_checks_like_the_constructor() -> None:
+    seg = Segment(1, 2, 3)
+    assert seg._replace(seg=4) == Segment(1, 2, 4)
+    assert type(seg._replace(tli=2)) is Segment
+    with pytest.raises(ValueError, match="out of range"):
+        seg._replace(log=1 << 32)
+    with pytest.raises(TypeError):
+        seg._replace(seg="4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no field"):
+        seg._replace(segment=4)
