@@ -205,3 +205,30 @@ def test_inactive_server_stops_its_receiver(pg: Any, walvault_factory: Any) -> N
         slot_active(pg) is False
         and pg.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walvault'") == 1
     )
+
+
+def test_a_server_disabled_by_its_conninfo_is_still_archived(
+    pg: Any, walvault_factory: Any
+) -> None:
+    """A typo in a conninfo (libpq cannot parse it) disables the server, but archive-wal
+    never connects: cron keeps moving what was streamed into the archive, and says why it
+    does nothing else.  (Before, cron skipped the server and streamed WAL piled up.)"""
+    options = streaming_server(pg)
+    wv = walvault_factory({"pg": options})
+    assert wv.run("cron").returncode == 0
+    wait_for(lambda: slot_active(pg), what="receiver streaming")
+    wv.write({"pg": {**options, "streaming_conninfo": "host=127.0.0.1 port='5432"}})
+    pg.sql("CREATE TABLE IF NOT EXISTS t (i int)")
+    pg.sql("INSERT INTO t SELECT generate_series(1, 1000)")
+    closed = pg.switch_wal()
+    pg.sql("INSERT INTO t VALUES (1)")  # the next segment's .partial: `closed` is not held
+    streaming = wv.server().streaming_wals_directory
+    wait_for(lambda: closed in segment_names(streaming), what="streamed")
+    result = wv.run("cron")
+    assert "disabled" in result.stdout + result.stderr
+    assert "archiving only" in result.stdout + result.stderr
+    assert "5432" not in result.stdout + result.stderr  # the conninfo is never shown
+    wait_for(lambda: _archived(wv, closed), what="archived by cron's archive-wal")
+    pid = receiver_pid(wv)
+    if pid:
+        os.kill(pid, signal.SIGTERM)

@@ -25,11 +25,19 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
     config = ctx.config
     failures = 0
     for server in config.servers.values():
+        archive_only = False
         if server.disabled:
-            ctx.info(f"Skipping temporarily disabled server '{server.name}'")
-            continue
+            if not _archivable(config.path, server.name):
+                ctx.info(f"Skipping temporarily disabled server '{server.name}'")
+                continue
+            ctx.warn(
+                f"Server '{server.name}' is disabled ({'; '.join(server.messages)}): "
+                "archiving only, as archive-wal never connects; no receive-wal, backup "
+                "checks or retention until the configuration is fixed"
+            )
+            archive_only = True
         try:
-            cron_server(config.path, server, ctx.info)
+            cron_server(config.path, server, ctx.info, archive_only=archive_only)
         except Exception as exc:  # one server's trouble must not stop the others
             failures += 1
             log.exception("cron failed for server %s", server.name)
@@ -37,3 +45,19 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
     if config.lock_directory_cleanup:
         locks.cleanup_lock_directory(config.lock_directory)
     return 1 if failures else 0
+
+
+def _archivable(path: str, name: str) -> bool:
+    """True when ``name`` is disabled only by connection strings libpq cannot parse.
+
+    archive-wal never connects, so such a server's WAL can still be archived: streamed WAL
+    must not pile up in ``streaming/`` because of a typo in a conninfo.
+    """
+    from walvault.config import load_config
+    from walvault.errors import ConfigError
+
+    try:
+        server = load_config(path, check_conninfo=False).servers.get(name)
+    except ConfigError:
+        return False
+    return server is not None and not server.disabled

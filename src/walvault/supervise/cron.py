@@ -107,8 +107,14 @@ def prepare_directories(server: ServerConfig) -> None:
         ensure_dir(path)
 
 
-def cron_server(config_path: str, server: ServerConfig, echo: Echo) -> None:
-    """One cron pass for one server, under its cron lock."""
+def cron_server(
+    config_path: str, server: ServerConfig, echo: Echo, *, archive_only: bool = False
+) -> None:
+    """One cron pass for one server, under its cron lock.
+
+    ``archive_only``: only start archive-wal (a server whose conninfo cannot be parsed:
+    nothing that connects is started or stopped).
+    """
     lock = locks.ServerLock(server.lock_directory, server.name, locks.CRON)
     try:
         lock.acquire()
@@ -124,6 +130,8 @@ def cron_server(config_path: str, server: ServerConfig, echo: Echo) -> None:
             return
         prepare_directories(server)
         ensure_archiver(config_path, server, echo)
+        if archive_only:
+            return
         if server.streaming_archiver:
             ensure_receiver(config_path, server, echo)
         else:
