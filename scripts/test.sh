@@ -2,7 +2,7 @@
 # scripts/test.sh -- THE test command of walvault:   bash scripts/test.sh [pytest args...]
 #
 # Runs, in order, stopping at the first failure and exiting with its code:
-#   ruff check src tests; ruff format --check src tests; mypy;
+#   ruff check src tests bench; ruff format --check src tests bench; mypy;
 #   python -m pytest -q -p no:cacheprovider "$@"
 # pytest's "no tests collected" (exit 5) is a failure too.
 #
@@ -55,10 +55,10 @@ run_checks() {
     if [[ "${WALVAULT_SKIP_LINT:-0}" == 1 ]]; then
         section "lint and type checks skipped (WALVAULT_SKIP_LINT=1)"
     else
-        section "ruff check src tests"
-        ruff check src tests || return $?
-        section "ruff format --check src tests"
-        ruff format --check src tests || return $?
+        section "ruff check src tests bench"
+        ruff check src tests bench || return $?
+        section "ruff format --check src tests bench"
+        ruff format --check src tests bench || return $?
         section "mypy"
         mypy || return $?
     fi

@@ -171,4 +171,4 @@ def check_call(argv: Sequence[str], what: str, **kwargs: Any) -> str:
         raise BenchError(
             f"{what} failed (exit {proc.returncode}): {tail(proc.stderr or proc.stdout)}"
         )
-    return proc.stdout
+    return str(proc.stdout)

@@ -183,8 +183,8 @@ def getwal(bench: Bench) -> None:
     detail["replay"] = replay
 
     def rsec(key: str) -> float | None:
-        got = replay.get(key, {})
-        return got.get("seconds")
+        seconds = replay.get(key, {}).get("seconds")
+        return None if seconds is None else float(seconds)
 
     def rtext(key: str, tool: str) -> str | None:
         if key in replay and "error" in replay[key]:
@@ -236,6 +236,6 @@ def getwal(bench: Bench) -> None:
             note="prefetch workers that outlive a call are not counted",
         )
     )
-    for home in {h.root for h in homes.values()}:
-        shutil.rmtree(home, ignore_errors=True)
+    for root in {h.root for h in homes.values()}:
+        shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(restore_dir, ignore_errors=True)

@@ -185,7 +185,7 @@ def received_upto(streaming: Path) -> int | None:
                     return False
                 magic = struct.unpack_from("<H", head, 0)[0]
                 pageaddr = struct.unpack_from("<Q", head, 8)[0]
-                return magic == XLP_MAGIC and pageaddr == start + index * PAGE
+                return bool(magic == XLP_MAGIC and pageaddr == start + index * PAGE)
 
             if not valid(0):
                 return start

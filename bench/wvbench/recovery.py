@@ -264,7 +264,7 @@ def recovery(bench: Bench) -> None:
         got = runs.get(tool, {}).get(key)
         return got / scale if got is not None else None
 
-    rows = detail.get("history_rows_primary")
+    primary_rows = detail.get("history_rows_primary")
     segs = detail.get("wal_after_backups_bytes", 0) / SEG
     for key, label, unit, better, scale, note in (
         (
@@ -296,7 +296,7 @@ def recovery(bench: Bench) -> None:
             f"mean of {RECOVER_REPEATS}; the latest backup plus {segs:.1f} segments of pgbench "
             "WAL (zstd archives); "
             "includes chown -R and pg_ctl start as the bench user; both recovered clusters "
-            f"checked for the same count(*) FROM pgbench_history ({rows})",
+            f"checked for the same count(*) FROM pgbench_history ({primary_rows})",
         ),
         ("recover_maxrss_kib_max", "`recover`: peak memory", "MiB", "lower", 1024.0, ""),
     ):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from wvbench.common import BARMAN_VERSION, BASE, GNU_TIME, HERE, PG_MAJOR, BenchError, log, tail
 
@@ -75,7 +75,7 @@ def run_timed(
     launch = list(argv)
     if os.access(GNU_TIME, os.X_OK):
         launch = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *argv]
-    out_file = None
+    out_file: IO[bytes] | None = None
     try:
         if stdout_path is not None:
             out_file = open(stdout_path, "wb")  # noqa: SIM115
@@ -229,8 +229,9 @@ def find_tools(barman_venv: Path, install_barman: bool, walvault_bindir: Path) -
     missing: list[str] = []
     pg_bindir = find_pg_bindir()
 
-    barman: Path | None = barman_venv / "bin" / "barman"
-    if not os.access(barman, os.X_OK) and install_barman:
+    barman_path = barman_venv / "bin" / "barman"
+    barman: Path | None = barman_path
+    if not os.access(barman_path, os.X_OK) and install_barman:
         log(f"Barman is not installed in {barman_venv}: running bench/barman_env.sh")
         proc = subprocess.run(
             ["bash", str(HERE / "barman_env.sh"), str(barman_venv)],
@@ -240,8 +241,8 @@ def find_tools(barman_venv: Path, install_barman: bool, walvault_bindir: Path) -
         if proc.returncode != 0:
             missing.append(f"Barman: bench/barman_env.sh failed: {tail(proc.stderr, 5)}")
     barman_version = None
-    if os.access(barman, os.X_OK):
-        out = subprocess.run([str(barman), "--version"], capture_output=True, text=True).stdout
+    if os.access(barman_path, os.X_OK):
+        out = subprocess.run([str(barman_path), "--version"], capture_output=True, text=True).stdout
         barman_version = out.split()[0] if out.split() else None
         if barman_version != BARMAN_VERSION:
             missing.append(f"Barman in {barman_venv} is {barman_version}, not {BARMAN_VERSION}")
