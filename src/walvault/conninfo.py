@@ -8,13 +8,15 @@ from __future__ import annotations
 #: Keys whose values are secrets and never shown.
 SECRET_KEYS = frozenset({"password", "sslpassword"})
 MASK = "*****"
+#: What libpq's own messages about a connection string put in double quotes.
+_LIBPQ_QUOTES = frozenset({"=", "]", ":", "/"})
 
 
 def parse_conninfo(conninfo: str) -> dict[str, str]:
     """Parse a key=value or URI conninfo with libpq's rules.
 
-    Raises :class:`ValueError` with libpq's reason; the message never contains the string
-    itself, so a password in it cannot leak.
+    Raises :class:`ValueError` with libpq's reason, without the pieces of the string libpq
+    quotes in it (see :func:`_unquoted_reason`), so a password in it cannot leak.
     """
     from psycopg import Error as PsycopgError
     from psycopg.conninfo import conninfo_to_dict
@@ -23,8 +25,27 @@ def parse_conninfo(conninfo: str) -> dict[str, str]:
         parsed = conninfo_to_dict(conninfo)
     except PsycopgError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
-        raise ValueError(f"invalid connection string: {reason}") from None
+        raise ValueError(f"invalid connection string: {_unquoted_reason(reason)}") from None
     return {key: str(value) for key, value in parsed.items() if value is not None}
+
+
+def _unquoted_reason(reason: str) -> str:
+    """libpq's reason with everything from its first quoted piece of the string masked.
+
+    libpq quotes what it could not parse, which may be a password or a whole URI:
+    ``missing "=" after "passwordhunter2" in connection info string``.  The separators libpq
+    itself quotes (``"="``, ``"]"``, ``":"``, ``"/"``) stay; from any other quoted piece on,
+    the rest becomes ``"*****"`` (a quote inside a secret could shift what looks quoted).
+    """
+    parts = reason.split('"')
+    kept = [parts[0]]
+    for index in range(1, len(parts), 2):
+        quoted = parts[index]
+        if quoted not in _LIBPQ_QUOTES or index + 1 == len(parts):
+            kept.append(f'"{MASK}"')
+            break
+        kept.append(f'"{quoted}"{parts[index + 1]}')
+    return "".join(kept).rstrip()
 
 
 def mask_conninfo(conninfo: str) -> str:

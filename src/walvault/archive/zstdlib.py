@@ -52,8 +52,13 @@ def _backend() -> ModuleType | None:
     from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec
 
     for entry in sys.path:
-        package_dir = os.path.join(entry or os.curdir, "zstandard")
+        if not isinstance(entry, str):
+            continue  # the import system skips such entries too
+        where = entry or os.curdir
+        package_dir = os.path.join(where, "zstandard")
         if not os.path.isfile(os.path.join(package_dir, "__init__.py")):
+            if os.path.isfile(where) or _module_file_in(where):
+                return None  # a zip, or a zstandard module that is not the package: not ours
             continue  # not here: keep searching, as the import system would
         for suffix in EXTENSION_SUFFIXES:
             path = os.path.join(package_dir, "backend_c" + suffix)
@@ -68,3 +73,12 @@ def _backend() -> ModuleType | None:
                 return module
         return None  # the package that `import zstandard` would find has no C backend
     return None
+
+
+def _module_file_in(directory: str) -> bool:
+    """True when ``directory`` holds something else ``import zstandard`` would load first."""
+    from importlib.machinery import all_suffixes
+
+    return os.path.isdir(os.path.join(directory, "zstandard")) or any(
+        os.path.exists(os.path.join(directory, "zstandard" + suffix)) for suffix in all_suffixes()
+    )

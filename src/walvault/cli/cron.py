@@ -48,10 +48,11 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _archivable(path: str, name: str) -> bool:
-    """True when ``name`` is disabled only by connection strings libpq cannot parse.
+    """True when active ``name`` is disabled only by connection strings libpq cannot parse.
 
     archive-wal never connects, so such a server's WAL can still be archived: streamed WAL
-    must not pile up in ``streaming/`` because of a typo in a conninfo.
+    must not pile up in ``streaming/`` because of a typo in a conninfo.  (An inactive server
+    is not archived by cron anyway.)
     """
     from walvault.config import load_config
     from walvault.errors import ConfigError
@@ -60,4 +61,4 @@ def _archivable(path: str, name: str) -> bool:
         server = load_config(path, check_conninfo=False).servers.get(name)
     except ConfigError:
         return False
-    return server is not None and not server.disabled
+    return server is not None and server.active and not server.disabled

@@ -36,13 +36,18 @@ DEFAULT_SECTION = "\0"
 
 
 class IniError(ValueError):
-    """The text is not an INI file: ``str()`` names the line (1-based) and shows it."""
+    """The text is not an INI file: ``str()`` names the line (1-based) and the reason.
+
+    The line's text is kept in ``line`` but never put in the message: it may hold a password
+    (``conninfo = ... password=...`` before any section header), and configuration errors
+    reach logs, PostgreSQL's among them.
+    """
 
     def __init__(self, lineno: int, line: str, reason: str) -> None:
         self.lineno = lineno
         self.line = line
         self.reason = reason
-        super().__init__(f"line {lineno}: {reason}: {line.rstrip(chr(10))!r}")
+        super().__init__(f"line {lineno}: {reason}")
 
 
 def parse_ini(lines: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,25 @@ def test_the_backend_alone_imports_no_platform_or_typing() -> None:
 def test_falls_back_to_the_package(env: dict[str, str], prelude: str) -> None:
     name, _ = _run(env, prelude)
     assert name == "zstandard"
+
+
+def test_a_shadowing_module_is_what_import_would_load(tmp_path: Path) -> None:
+    """A ``zstandard.py`` earlier on sys.path wins for ``import zstandard``: so it must here."""
+    (tmp_path / "zstandard.py").write_text("SHADOW = True\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); sys.path.insert(0, b'/nowhere')\n"
+        "from walvault.archive.zstdlib import zstandard\n"
+        "print(getattr(zstandard(), 'SHADOW', False))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_bytes_entries_on_sys_path_are_skipped() -> None:
+    code = (
+        "import sys; sys.path.insert(0, b'/nowhere')\n"
+        "from walvault.archive.zstdlib import zstandard\n"
+        "print(zstandard().__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "zstandard.backend_c"
