@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wvbench import archive, getwal, lag, recovery, scale
+from wvbench import archive, getwal, lag, recovery, scale, sshrestore
 from wvbench.common import BARMAN_VERSION, BASE, HERE, SECTIONS, SEG, BenchError, Params, log
 from wvbench.install import SYSTEM_PYTHON, Install, install_walvault
 from wvbench.report import Results, machine_info, table, walvault_tree
@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
                     "archive": archive.archive_throughput,
                     "scale": scale.scale,
                     "getwal": getwal.getwal,
+                    "ssh": sshrestore.ssh_restore,
                     "lag": lag.lag,
                     "recovery": recovery.recovery,
                 }[section](bench)

@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from wvbench.common import SEG, log, median, sha256_file
@@ -25,14 +26,13 @@ from wvbench.tools import has_local_mode, reap_strays, run_timed
 # ---- get-wal and restore_command
 
 
-def getwal(bench: Bench) -> None:
-    p = bench.params
-    names = bench.segments[: p.restore_segments]
-    detail: dict[str, Any] = {"segments": len(names), "compression": "zstd"}
-    bench.results.details["get_wal"] = detail
+def archived_homes(bench: Bench, names: list[str], detail: dict[str, Any]) -> dict[str, Home]:
+    """Each tool's own zstd archive of ``names`` (default level), built by its own archive-wal.
+
+    If walvault's archive-wal is not built, walvault reads Barman's archive.  Timings go to
+    ``detail``; failures to ``bench.results.errors`` (that tool is then missing).
+    """
     homes: dict[str, Home] = {}
-    # each tool serves its own archive, built by its own archive-wal (zstd, the default
-    # level); if walvault's archive-wal is not built, walvault reads Barman's archive
     for tool in ("barman", "walvault"):
         if not bench.tool_ready(tool, "archive-wal"):
             continue
@@ -45,7 +45,7 @@ def getwal(bench: Bench) -> None:
         problem = None if run.ok else run.describe()
         problem = problem or verify_archive(home, names, bench.hashes, content=False)
         if problem:
-            bench.results.errors.append(f"get-wal setup: archive-wal zstd ({tool}): {problem}")
+            bench.results.errors.append(f"archive-wal zstd ({tool}) for restores: {problem}")
             continue
         detail[f"archive_wal_zstd_{len(names)}_seconds_{tool}"] = run.elapsed
         log(f"  {tool}: archived {len(names)} segments (zstd) in {run.elapsed:.1f} s")
@@ -59,6 +59,45 @@ def getwal(bench: Bench) -> None:
         )
         homes["walvault"] = shared
         detail["walvault_reads"] = "Barman's archive (walvault's archive-wal not built)"
+    return homes
+
+
+def replay(
+    bench: Bench, names: list[str], command: str, target: Path
+) -> tuple[float, int, str | None]:
+    """Run ``command`` (%f, %p unexpanded) for each name in turn, as PostgreSQL would.
+
+    Like PostgreSQL, which replays RECOVERYXLOG and then removes it, each restored segment
+    is checked and deleted: keeping them would pile up dirty page cache, and the kernel's
+    writeback throttling would then slow every later write of both tools.  Returns the sum
+    of the calls' own wall times, the largest peak RSS, and the first problem (or None).
+    """
+    elapsed = 0.0
+    maxrss = 0
+    bad: list[str] = []
+    for name in names:
+        target.unlink(missing_ok=True)
+        expanded = command.replace("%f", name).replace("%p", shlex.quote(str(target)))
+        run = run_timed(["/bin/sh", "-c", expanded], capture=True)
+        if not run.ok:
+            target.unlink(missing_ok=True)
+            return elapsed, maxrss, run.describe()
+        elapsed += run.elapsed
+        maxrss = max(maxrss, run.maxrss_kib)
+        if sha256_file(target) != bench.hashes[name]:
+            bad.append(name)
+    target.unlink(missing_ok=True)
+    if bad:
+        return elapsed, maxrss, f"{len(bad)} restored segments differ (first {bad[0]})"
+    return elapsed, maxrss, None
+
+
+def getwal(bench: Bench) -> None:
+    p = bench.params
+    names = bench.segments[: p.restore_segments]
+    detail: dict[str, Any] = {"segments": len(names), "compression": "zstd"}
+    bench.results.details["get_wal"] = detail
+    homes = archived_homes(bench, names, detail)
 
     can = {
         ("barman", "get-wal"): "barman" in homes,
@@ -126,68 +165,42 @@ def getwal(bench: Bench) -> None:
             )
         )
 
-    # -- replay-style restore of consecutive segments.  Like PostgreSQL, which replays
-    # RECOVERYXLOG and then removes it, the bench checks each restored segment and deletes
-    # it: keeping 200 x 16 MiB would pile up 3.2 GB of dirty page cache, and the kernel's
-    # writeback throttling would then slow every later write of both tools.  The time is
-    # the sum of the restore_command calls' own wall times; the loop's wall time (the
-    # checks included) is in the JSON.
-    replay: dict[str, Any] = {}
+    # -- replay-style restore of consecutive segments (see `replay`).  The time is the sum
+    # of the restore_command calls' own wall times; the loop's wall time (the checks
+    # included) is in the JSON.
+    replays: dict[str, Any] = {}
     modes = [("barman", 0), ("walvault", 0), ("walvault", 4)]
     for tool, prefetch in modes:
         if not can[(tool, "restore")]:
             continue
         spool = restore_dir / f"spool-{tool}-{prefetch}"
         cmd = restore_command(bench.tools, homes[tool], prefetch, spool)
-        maxrss = 0
-        problem = None
-        elapsed = 0.0
-        bad: list[str] = []
         start = time.perf_counter()
-        for name in names:
-            target.unlink(missing_ok=True)
-            run = run_timed(
-                [
-                    "/bin/sh",
-                    "-c",
-                    cmd.replace("%f", name).replace("%p", shlex.quote(str(target))),
-                ],
-                capture=True,
-            )
-            if not run.ok:
-                problem = run.describe()
-                break
-            elapsed += run.elapsed
-            maxrss = max(maxrss, run.maxrss_kib)
-            if sha256_file(target) != bench.hashes[name]:
-                bad.append(name)
+        elapsed, maxrss, problem = replay(bench, names, cmd, target)
         loop_seconds = time.perf_counter() - start
-        target.unlink(missing_ok=True)
         key = f"{tool}" + (f" -p {prefetch}" if prefetch else "")
         if prefetch:
             # the prefetch worker outlives the last call (it stops when idle): stop it
             strays = reap_strays(str(spool))
             detail.setdefault("prefetch_workers_stopped_after_run", {})[key] = len(strays)
-        if problem is None and bad:
-            problem = f"{len(bad)} restored segments differ from the originals (first {bad[0]})"
         shutil.rmtree(spool, ignore_errors=True)
         if problem:
             bench.results.errors.append(f"restore of {len(names)} segments ({key}): {problem}")
-            replay[key] = {"error": problem}
+            replays[key] = {"error": problem}
             continue
-        replay[key] = {"seconds": elapsed, "loop_seconds": loop_seconds, "maxrss_kib": maxrss}
+        replays[key] = {"seconds": elapsed, "loop_seconds": loop_seconds, "maxrss_kib": maxrss}
         log(
             f"  restore {len(names)} segments, {key:12}: {elapsed:6.1f} s "
             f"({len(names) / elapsed:.1f} seg/s)"
         )
-    detail["replay"] = replay
+    detail["replay"] = replays
 
     def rsec(key: str) -> float | None:
-        seconds = replay.get(key, {}).get("seconds")
+        seconds = replays.get(key, {}).get("seconds")
         return None if seconds is None else float(seconds)
 
     def rtext(key: str, tool: str) -> str | None:
-        if key in replay and "error" in replay[key]:
+        if key in replays and "error" in replays[key]:
             return "failed"
         return text(tool, "restore")
 
