@@ -32,6 +32,7 @@ MODES = ((0, False), (4, False), (0, True), (4, True))  # (-p jobs, shared ssh c
 
 
 def _harness() -> Any:
+    """tests/sshharness.py: an unprivileged sshd on a free loopback port, throwaway keys."""
     tests = HERE.parent / "tests"
     if str(tests) not in sys.path:
         sys.path.insert(0, str(tests))
@@ -54,14 +55,14 @@ def _ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
     return bindir
 
 
-def _command(bench: Bench, tool: str, home: Home, port: int, jobs: int, spool: Path) -> str:
+def _command(bench: Bench, tool: str, home: Home, sshd: Any, jobs: int, spool: Path) -> str:
     """The restore_command each tool's documentation gives for a remote backup server."""
     tools = bench.tools
     client = tools.barman.parent / "barman-wal-restore" if tools.barman else None
     if tool == "walvault":
         client = tools.wal_restore
     assert client is not None
-    parts = [str(client), "-U", "root", "--port", str(port), "-c", str(home.conf)]
+    parts = [str(client), "-U", sshd.user, "--port", str(sshd.port), "-c", str(home.conf)]
     if jobs:
         parts += ["-p", str(jobs), "--spool-dir", str(spool)]
     return " ".join(shlex.quote(part) for part in parts) + " 127.0.0.1 pg %f %p"
@@ -101,7 +102,7 @@ def ssh_restore(bench: Bench) -> None:
                     continue
                 spool = work / f"spool-{tool}-{jobs}"
                 cmd = f"PATH={shlex.quote(path)} " + _command(
-                    bench, tool, homes[tool], sshd.port, jobs, spool
+                    bench, tool, homes[tool], sshd, jobs, spool
                 )
                 start = time.perf_counter()
                 elapsed, maxrss, problem = replay(bench, names, cmd, target)
