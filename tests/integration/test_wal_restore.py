@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,44 @@ def test_prefetch_recovery_ignores_a_stale_spool(
         if pid:
             os.kill(pid, signal.SIGTERM)
             time.sleep(0.2)
+
+
+def test_prefetch_recovery_over_a_shared_ssh_connection(
+    pg: Any, walvault_factory: Any, tmp_path: Path, sshd: Sshd
+) -> None:
+    """The README's ssh recipe: -p 4 and OpenSSH connection sharing (ControlMaster with
+    ControlPersist).  PostgreSQL recovers every row, the prefetcher fetched over ssh, and
+    the shared connection was used (its socket exists while the master lives)."""
+    import tempfile
+
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    crashed = crashed_primary(pg, wv, tmp_path, segments=6)
+    control = Path(tempfile.mkdtemp(prefix="cm", dir="/tmp"))  # a socket path must be short
+    spool_dir = tmp_path / "spool"
+    ssh = (
+        f"{sshd.ssh_command} -o ControlMaster=auto -o ControlPath={control}/cm-%C "
+        "-o ControlPersist=60"
+    )
+    command = (
+        f"{RESTORE} -P -p 4 --spool-dir {spool_dir} --ssh-command {shlex.quote(ssh)} "
+        f"-U {sshd.user} --port {sshd.port} -c {wv.conf} 127.0.0.1 pg %f %p"
+    )
+    key = f"pg@{sshd.user}@127.0.0.1_{sshd.port}"  # spool_key: ':' is not kept
+    try:
+        cluster = restore(pg, crashed, "restored", command)
+        check_everything_is_back(cluster, crashed)
+        assert [p.name for p in control.iterdir() if p.name.startswith("cm-")], "no master"
+        log = (spool_dir / key / "prefetch.log").read_text()
+        assert log.count(" spooled ") >= 4, log
+    finally:
+        lock = spool_dir / key / ".prefetch.lock"
+        pid = int(lock.read_text() or 0) if lock.exists() else 0
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+        for socket in control.glob("cm-*"):
+            subprocess.run(
+                [*shlex.split(sshd.ssh_command), "-o", f"ControlPath={socket}", "-O", "exit", "x"],
+                capture_output=True,
+                timeout=10,
+            )
+        shutil.rmtree(control, ignore_errors=True)
