@@ -85,12 +85,25 @@ def write_config(home: Path, servers: dict[str, dict[str, str]] | None = None) -
     return conf
 
 
+def python_stdout(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """What ``code`` prints when run by a new interpreter (this one's), which must succeed:
+    for claims about what a fresh process imports.  ``env`` adds to the environment."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env} if env else None,
+    ).stdout
+
+
 def restore_in_a_fresh_interpreter(argv: list[str]) -> tuple[int, set[str]]:
     """Run ``walrestore.main(argv)`` in a new interpreter: its exit code and every module
     it had loaded by the end (for the start-up claims about what a call imports)."""
     import ast
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -98,8 +111,5 @@ def restore_in_a_fresh_interpreter(argv: list[str]) -> tuple[int, set[str]]:
         f"code = walrestore.main({argv!r})\n"
         "print(code, sorted(sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    status, loaded = out.split(" ", 1)
+    status, loaded = python_stdout(code).split(" ", 1)
     return int(status), set(ast.literal_eval(loaded))

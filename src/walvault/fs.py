@@ -26,6 +26,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import stat
 import threading
 import time
@@ -133,8 +134,6 @@ def _copy_fd(src_fd: int, dst_fd: int) -> None:
             raise
     # Plain reads finish the job after a refusal, or if the kernel call stopped early.
     with open(src_fd, "rb", closefd=False) as src, open(dst_fd, "wb", closefd=False) as dst:
-        import shutil  # imports bz2 and lzma: ~2 ms that get-wal need not pay
-
         shutil.copyfileobj(src, dst, COPY_CHUNK)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from pgharness import free_port, wait_until
 from sshharness import Sshd
+from walvault.clients.common import source_label
+from walvault.clients.spool import spool_key
 from wvharness import segment_names, start_receiver, streaming_server, wait_for
 
 BIN = Path(sys.executable).parent
@@ -206,7 +208,7 @@ def test_prefetch_recovery_over_a_shared_ssh_connection(
         f"{RESTORE} -P -p 4 --spool-dir {spool_dir} --ssh-command {shlex.quote(ssh)} "
         f"-U {sshd.user} --port {sshd.port} -c {wv.conf} 127.0.0.1 pg %f %p"
     )
-    key = f"pg@{sshd.user}@127.0.0.1_{sshd.port}"  # spool_key: ':' is not kept
+    key = spool_key("pg", source_label("127.0.0.1", sshd.user, str(sshd.port)))
     try:
         cluster = restore(pg, crashed, "restored", command)
         check_everything_is_back(cluster, crashed)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 import typing
 
 import pytest
 
+from fakewal import python_stdout
 from walvault import records
 
 # the run-time class (mypy sees typing.NamedTuple under this name)
@@ -102,5 +101,4 @@ def test_records_pickle() -> None:
 
 def test_importing_records_loads_no_typing() -> None:
     code = "import sys, walvault.records; print('typing' in sys.modules, 're' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert python_stdout(code).split() == ["False", "False"]

@@ -24,10 +24,13 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
 
     config = ctx.config
     failures = 0
+    archivable: set[str] | None = None  # read again only if a server is disabled
     for server in config.servers.values():
         archive_only = False
         if server.disabled:
-            if not _archivable(config.path, server.name):
+            if archivable is None:
+                archivable = _archivable_names(config.path)
+            if server.name not in archivable:
                 ctx.info(f"Skipping temporarily disabled server '{server.name}'")
                 continue
             ctx.warn(
@@ -47,8 +50,9 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _archivable(path: str, name: str) -> bool:
-    """True when active ``name`` is disabled only by connection strings libpq cannot parse.
+def _archivable_names(path: str) -> set[str]:
+    """The active servers that nothing but their connection strings (libpq cannot parse
+    them) would disable: the configuration read without parsing conninfo.
 
     archive-wal never connects, so such a server's WAL can still be archived: streamed WAL
     must not pile up in ``streaming/`` because of a typo in a conninfo.  (An inactive server
@@ -58,7 +62,7 @@ def _archivable(path: str, name: str) -> bool:
     from walvault.errors import ConfigError
 
     try:
-        server = load_config(path, check_conninfo=False).servers.get(name)
+        servers = load_config(path, check_conninfo=False).servers
     except ConfigError:
-        return False
-    return server is not None and server.active and not server.disabled
+        return set()
+    return {name for name, server in servers.items() if server.active and not server.disabled}

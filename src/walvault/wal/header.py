@@ -48,16 +48,17 @@ class SupportsRead(Protocol):
 
 
 class WalHeader(NamedTuple):
-    """The fields of a WAL segment's long page header."""
+    """The fields of a WAL segment's long page header, in the header's order (so the tuple
+    is what :func:`walvault.wal.pagecheck.unpack_long_header` returns)."""
 
     magic: int
     info: int
     timeline: int
     pageaddr: int
+    rem_len: int
     system_identifier: int
     segment_size: int
     block_size: int
-    rem_len: int = 0
 
     @property
     def pg_version(self) -> int | None:
@@ -70,17 +71,7 @@ class WalHeader(NamedTuple):
 
 def parse_long_header(data: bytes | bytearray | memoryview) -> WalHeader:
     """Decode the first 40 bytes of ``data`` as a long page header (ValueError if not one)."""
-    magic, info, tli, pageaddr, rem_len, sysid, seg_size, blcksz = unpack_long_header(data)
-    return WalHeader(
-        magic=magic,
-        info=info,
-        timeline=tli,
-        pageaddr=pageaddr,
-        system_identifier=sysid,
-        segment_size=seg_size,
-        block_size=blcksz,
-        rem_len=rem_len,
-    )
+    return WalHeader(*unpack_long_header(data))
 
 
 def read_header(fileobj: SupportsRead) -> WalHeader:
@@ -118,16 +109,6 @@ def check_segment(
     if kind not in (WalKind.SEGMENT, WalKind.PARTIAL):
         assert kind is not None
         raise InvalidWalName(f"'{expected_name}' is a {kind.value} file, not a WAL segment")
-    fields = (
-        header.magic,
-        header.info,
-        header.timeline,
-        header.pageaddr,
-        header.rem_len,
-        header.system_identifier,
-        header.segment_size,
-        header.block_size,
-    )
     return header_problems(
-        fields, expected_name, system_identifier=system_identifier, segment_size=segment_size
+        header, expected_name, system_identifier=system_identifier, segment_size=segment_size
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fakewal import python_stdout
 
 CODE = (
     "import sys\n"
@@ -19,26 +18,17 @@ CODE = (
     "import zstandard as package\n"  # the real package decodes what the backend wrote
     "assert package.ZstdDecompressor().decompress(frame) == data\n"
     "assert issubclass(z.ZstdError, Exception)\n"
-    "print(z.__name__, 'platform' in sys.modules)\n"
+    "print(z.__name__)\n"
 )
 
 
-def _run(env: dict[str, str] | None = None, prelude: str = "") -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", prelude + CODE],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, **(env or {})},
-    )
-    return out.stdout.split()
+def _loaded_api(env: dict[str, str] | None = None, prelude: str = "") -> str:
+    """The module zstdlib gave, after checking it round-trips with the real package."""
+    return python_stdout(prelude + CODE, env=env).strip()
 
 
 def test_the_compiled_backend_is_loaded_directly() -> None:
-    # the name printed before `import zstandard` ran: the backend; platform only came
-    # with the package, imported afterwards by the check itself
-    name, _ = _run()
-    assert name == "zstandard.backend_c"
+    assert _loaded_api() == "zstandard.backend_c"
 
 
 def test_the_backend_alone_imports_no_platform_or_typing() -> None:
@@ -48,8 +38,7 @@ def test_the_backend_alone_imports_no_platform_or_typing() -> None:
         "zstandard().ZstdDecompressor()\n"
         "print(sorted(m for m in ('platform', 'typing', 're', 'zstandard') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert python_stdout(code).strip() == "[]"
 
 
 @pytest.mark.parametrize(
@@ -61,8 +50,7 @@ def test_the_backend_alone_imports_no_platform_or_typing() -> None:
     ids=["import-policy-set", "package-already-imported"],
 )
 def test_falls_back_to_the_package(env: dict[str, str], prelude: str) -> None:
-    name, _ = _run(env, prelude)
-    assert name == "zstandard"
+    assert _loaded_api(env, prelude) == "zstandard"
 
 
 def test_a_shadowing_module_is_what_import_would_load(tmp_path: Path) -> None:
@@ -73,8 +61,7 @@ def test_a_shadowing_module_is_what_import_would_load(tmp_path: Path) -> None:
         "from walvault.archive.zstdlib import zstandard\n"
         "print(getattr(zstandard(), 'SHADOW', False))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert python_stdout(code).strip() == "True"
 
 
 def test_bytes_entries_on_sys_path_are_skipped() -> None:
@@ -83,5 +70,4 @@ def test_bytes_entries_on_sys_path_are_skipped() -> None:
         "from walvault.archive.zstdlib import zstandard\n"
         "print(zstandard().__name__)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "zstandard.backend_c"
+    assert python_stdout(code).strip() == "zstandard.backend_c"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fakewal import python_stdout
 
 # Runs the command in a fresh interpreter and reports its exit code and whether psycopg
 # (libpq) was imported on the way.
@@ -30,10 +30,7 @@ def conf(tmp_path: Path) -> Path:
 
 
 def _run(*argv: str) -> tuple[dict[str, object], str]:
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True
-    )
-    *output, last = proc.stdout.splitlines()
+    *output, last = python_stdout(PROBE, *argv).splitlines()
     result: dict[str, object] = json.loads(last)
     return result, "\n".join(output)
 

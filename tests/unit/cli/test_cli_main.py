@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import subprocess
-import sys
 
 import pytest
 
+from fakewal import python_stdout
 from walvault.cli import main
 
 
@@ -62,10 +61,7 @@ def test_get_wal_does_not_import_the_other_commands() -> None:
         "'000000010000000000000001'])\n"
         "print(sorted(m for m in sys.modules if m.startswith('walvault.')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    loaded = set(ast.literal_eval(out))
+    loaded = set(ast.literal_eval(python_stdout(code)))
     assert "walvault.cli.get_wal" in loaded
     others = {f"walvault.cli.{name}" for name in main.COMMAND_MODULES} - {"walvault.cli.get_wal"}
     assert not loaded & others

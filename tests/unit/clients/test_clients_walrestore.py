@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakewal import MIB, archive_path, fake_segment, restore_in_a_fresh_interpreter, write_config
+from fakewal import (
+    MIB,
+    archive_path,
+    fake_segment,
+    python_stdout,
+    restore_in_a_fresh_interpreter,
+    write_config,
+)
 from walvault.clients import walrestore
 from walvault.clients.transport import LocalSource, SshSource
 from walvault.config import load_config
@@ -163,8 +170,7 @@ def test_client_start_up_stays_lean() -> None:
         "bad = [m for m in ('psycopg', 'walvault.config', 'walvault.archive.retrieve',"
         " 'argparse', 'logging', 'subprocess') if m in sys.modules]; print(bad)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert python_stdout(code).strip() == "[]"
 
 
 def test_a_local_fetch_imports_nothing_heavy(conf: Path, tmp_path: Path) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import ast
 import glob
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from fakewal import python_stdout
 from walvault.config import load_config
 from walvault.config.loader import _conf_files
 from walvault.config.parsers import RetentionPolicy
@@ -109,10 +108,7 @@ def test_loading_a_realistic_configuration_imports_nothing_heavy(tmp_path: Path)
         "print(repr(sorted(sys.modules)))\n"
         "print(repr(config))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    modules_line, config_line = out.splitlines()
+    modules_line, config_line = python_stdout(code).splitlines()
     modules = set(ast.literal_eval(modules_line))
     assert "walvault.config.loader" in modules
     assert not modules & FORBIDDEN, sorted(modules & FORBIDDEN)
