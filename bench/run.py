@@ -3,6 +3,7 @@
 Usage (as root, with a Python that can import walvault, used to check the archives):
 
     /opt/wv-venv/bin/python bench/run.py [--quick] [--json OUT.json] [--sections LIST] [--keep]
+                                         [--barman-venv DIR] [--walvault-python PYTHON]
 
 What it does, in one run:
 
@@ -24,6 +25,9 @@ What it does, in one run:
 5. ``getwal``: one ``get-wal`` call, one ``restore_command`` call, and a replay-style restore
    of consecutive segments through ``restore_command`` (serial, and with prefetch ``-p 4`` for
    walvault), each tool reading its own zstd archive;
+   ``ssh``: the same replay through ``barman-wal-restore`` and ``walvault-wal-restore`` over
+   ssh to a throwaway sshd on 127.0.0.1, serial and with ``-p 4``, with and without a
+   shared ssh connection (ControlMaster);
 6. ``lag``: each tool's receiver in turn (started by its ``cron``, own slot and
    application_name) while ``pgbench -c 4 -j 2 -T 20`` runs; every 100 ms, how far its
    ``write_lsn``/``flush_lsn`` in pg_stat_replication are behind ``pg_current_wal_lsn()``;

@@ -105,7 +105,8 @@ class Cluster:
             for key, value in settings.items():
                 conf.write(f"{key} = {value}\n")
 
-    def start(self) -> None:
+    def start(self, timeout: int = 60) -> None:
+        """pg_ctl start as the bench user, waiting up to ``timeout`` seconds."""
         self.started = True
         check_call(
             self._as_user(
@@ -117,11 +118,11 @@ class Cluster:
                     str(self.logfile),
                     "-w",
                     "-t",
-                    "60",
+                    str(timeout),
                     "start",
                 ]
             ),
-            "pg_ctl start",
+            f"pg_ctl start ({self.data})",
         )
 
     def stop(self) -> None:

@@ -50,6 +50,7 @@ class Params:
     barman_scale_limit: float  # seconds
     single_calls: int
     restore_segments: int
+    ssh_segments: int  # restores over ssh, per tool and mode
     lag_seconds: int  # pgbench -T while the lag is sampled, per tool
     recovery_segments: int  # WAL written after the backups, in 16 MiB segments
 
@@ -70,6 +71,7 @@ class Params:
                 barman_scale_limit=60.0,
                 single_calls=10,
                 restore_segments=60,
+                ssh_segments=20,
                 lag_seconds=10,
                 recovery_segments=5,
             )
@@ -87,6 +89,7 @@ class Params:
             barman_scale_limit=120.0,
             single_calls=20,
             restore_segments=200,
+            ssh_segments=60,
             lag_seconds=20,
             recovery_segments=10,
         )

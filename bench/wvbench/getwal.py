@@ -62,6 +62,17 @@ def archived_homes(bench: Bench, names: list[str], detail: dict[str, Any]) -> di
     return homes
 
 
+def remove_homes(homes: dict[str, Home]) -> None:
+    """Delete the homes ``archived_homes`` made (one directory may serve both tools)."""
+    for root in {h.root for h in homes.values()}:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def replay_key(tool: str, jobs: int, shared_ssh: bool = False) -> str:
+    """How a restore run is named in the log and the JSON: ``walvault -p 4``, ..."""
+    return tool + (f" -p {jobs}" if jobs else "") + (" shared ssh" if shared_ssh else "")
+
+
 def replay(
     bench: Bench, names: list[str], command: str, target: Path
 ) -> tuple[float, int, str | None]:
@@ -178,7 +189,7 @@ def getwal(bench: Bench) -> None:
         start = time.perf_counter()
         elapsed, maxrss, problem = replay(bench, names, cmd, target)
         loop_seconds = time.perf_counter() - start
-        key = f"{tool}" + (f" -p {prefetch}" if prefetch else "")
+        key = replay_key(tool, prefetch)
         if prefetch:
             # the prefetch worker outlives the last call (it stops when idle): stop it
             strays = reap_strays(str(spool))
@@ -249,6 +260,5 @@ def getwal(bench: Bench) -> None:
             note="prefetch workers that outlive a call are not counted",
         )
     )
-    for root in {h.root for h in homes.values()}:
-        shutil.rmtree(root, ignore_errors=True)
+    remove_homes(homes)
     shutil.rmtree(restore_dir, ignore_errors=True)

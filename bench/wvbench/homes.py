@@ -88,30 +88,36 @@ def make_home(
 
 
 def archive_cmd(tools: Tools, home: Home) -> list[str]:
-    exe = tools.barman if home.tool == "barman" else tools.walvault
-    assert exe is not None
-    return [str(exe), "-c", str(home.conf), "-q", "archive-wal", "pg"]
+    return [str(tools.exe(home.tool)), "-c", str(home.conf), "-q", "archive-wal", "pg"]
 
 
 def get_wal_cmd(tools: Tools, home: Home, name: str) -> list[str]:
-    exe = tools.barman if home.tool == "barman" else tools.walvault
-    assert exe is not None
-    return [str(exe), "-c", str(home.conf), "-q", "get-wal", "pg", name]
+    return [str(tools.exe(home.tool)), "-c", str(home.conf), "-q", "get-wal", "pg", name]
 
 
-def restore_command(tools: Tools, home: Home, prefetch: int, spool: Path) -> str:
-    """The ``restore_command`` a local deployment of each tool would use (%f, %p unexpanded)."""
-    if home.tool == "barman":
+def restore_command(
+    tools: Tools, home: Home, prefetch: int, spool: Path, ssh: tuple[str, int] | None = None
+) -> str:
+    """The ``restore_command`` each tool's documentation gives (%f, %p unexpanded): on the
+    backup host itself, or with ``ssh`` = (user, port) through ssh to 127.0.0.1."""
+    if ssh is None and home.tool == "barman":
         # Barman's advice for a restore on the Barman host itself (barman-wal-restore needs ssh)
-        assert tools.barman is not None
-        barman, conf = shlex.quote(str(tools.barman)), shlex.quote(str(home.conf))
+        barman, conf = shlex.quote(str(tools.exe("barman"))), shlex.quote(str(home.conf))
         return f"{barman} -c {conf} -q get-wal pg %f > %p"
-    assert tools.wal_restore is not None
-    parts = [str(tools.wal_restore), "-c", str(home.conf)]
+    if home.tool == "barman":
+        client: Path | None = tools.exe("barman").parent / "barman-wal-restore"
+    else:
+        client = tools.wal_restore
+    assert client is not None
+    parts = [str(client)]
+    if ssh is not None:
+        parts += ["-U", ssh[0], "--port", str(ssh[1])]
+    parts += ["-c", str(home.conf)]
     if prefetch:
         parts += ["-p", str(prefetch), "--spool-dir", str(spool)]
-    # WALVAULT_HOST 'local': read the archive on this host, no ssh
-    return " ".join(shlex.quote(p) for p in parts) + " local pg %f %p"
+    # WALVAULT_HOST 'local' (walvault only): read the archive on this host, no ssh
+    host = "127.0.0.1" if ssh is not None else "local"
+    return " ".join(shlex.quote(p) for p in parts) + f" {host} pg %f %p"
 
 
 def place_partial(streaming: Path, after: str) -> None:

@@ -24,6 +24,7 @@ from wvbench.common import (
     fmt_bytes,
     is_segment_name,
     log,
+    median,
     read_text,
     seg_parse,
     tail,
@@ -31,7 +32,7 @@ from wvbench.common import (
 from wvbench.homes import Home
 from wvbench.report import Row
 from wvbench.runner import Bench, no_figure
-from wvbench.tools import reap_strays, run_timed
+from wvbench.tools import processes_mentioning, reap_strays, run_timed
 
 SAMPLE_EVERY = 0.1  # seconds
 XLP_MAGIC = 0xD110  # PostgreSQL 15's WAL page magic
@@ -43,22 +44,8 @@ class Receiver:
 
     tool: str
     home: Home
-    slot: str
-    app: str  # streaming_archiver_name: the application_name in pg_stat_replication
+    slot: str  # also its streaming_archiver_name: the application_name in pg_stat_replication
     started: bool = False
-
-
-def exe(bench: Bench, tool: str) -> str:
-    path = bench.tools.barman if tool == "barman" else bench.tools.walvault
-    assert path is not None
-    return str(path)
-
-
-def streaming_ready(bench: Bench, tool: str, *commands: str) -> bool:
-    """The tool is installed (Barman) or has these sub-commands (walvault)."""
-    if tool == "barman":
-        return bench.tools.barman is not None
-    return all(bench.tools.has(c) for c in commands)
 
 
 def stream_home(
@@ -67,7 +54,7 @@ def stream_home(
     name = f"wvb_{purpose}_{tool}"
     options = {"create_slot": "auto", "streaming_archiver_name": name, **(extra or {})}
     home = bench.new_home(tool, codec, options, slot=name)
-    return Receiver(tool, home, name, name)
+    return Receiver(tool, home, name)
 
 
 def log_tail(rec: Receiver) -> str:
@@ -82,19 +69,19 @@ def start_receiver(bench: Bench, rec: Receiver, timeout: float = 90.0) -> float:
     cluster = bench.live_cluster()
     start = time.monotonic()
     rec.started = True  # from here on, stop_receiver has something to stop
-    run = run_timed([exe(bench, rec.tool), "-c", str(rec.home.conf), "cron"], timeout=60)
+    run = run_timed([str(bench.tools.exe(rec.tool)), "-c", str(rec.home.conf), "cron"], timeout=60)
     if not run.ok:
         raise BenchError(f"{rec.tool} cron: {run.describe()}; log: {log_tail(rec)}")
     deadline = start + timeout
     while True:
         state = cluster.sql(
-            f"SELECT state FROM pg_stat_replication WHERE application_name = '{rec.app}'"
+            f"SELECT state FROM pg_stat_replication WHERE application_name = '{rec.slot}'"
         )
         if state == "streaming":
             return time.monotonic() - start
         if time.monotonic() > deadline:
             raise BenchError(
-                f"{rec.tool}: no receiver streaming as {rec.app} {timeout:.0f} s after cron "
+                f"{rec.tool}: no receiver streaming as {rec.slot} {timeout:.0f} s after cron "
                 f"(state {state or 'absent'}); log: {log_tail(rec)}"
             )
         time.sleep(0.2)
@@ -110,9 +97,22 @@ def stop_receiver(bench: Bench, rec: Receiver) -> list[str]:
         return problems
     rec.started = False
     if rec.tool == "barman":
-        argv = [exe(bench, "barman"), "-c", str(rec.home.conf), "receive-wal", "--stop", "pg"]
+        argv = [
+            str(bench.tools.exe("barman")),
+            "-c",
+            str(rec.home.conf),
+            "receive-wal",
+            "--stop",
+            "pg",
+        ]
     else:
-        argv = [exe(bench, "walvault"), "-c", str(rec.home.conf), "terminate-process", "pg"]
+        argv = [
+            str(bench.tools.exe("walvault")),
+            "-c",
+            str(rec.home.conf),
+            "terminate-process",
+            "pg",
+        ]
         argv.append("receive-wal")
     try:
         run = run_timed(argv, timeout=60)
@@ -148,14 +148,9 @@ def stop_receiver(bench: Bench, rec: Receiver) -> list[str]:
 
 def receiver_cmdline(rec: Receiver) -> str | None:
     """The pg_receivewal command line the tool started (to show its --status-interval)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            text = " ".join(a.decode(errors="replace") for a in argv if a)
-            if "pg_receivewal" in argv[0].decode(errors="replace") and str(rec.home.root) in text:
-                return text
+    for _, argv in processes_mentioning(str(rec.home.root)):
+        if "pg_receivewal" in argv[0]:
+            return " ".join(argv)
     return None
 
 
@@ -238,7 +233,7 @@ def sample_lag(bench: Bench, rec: Receiver) -> dict[str, Any]:
                 # the file first, then the server: the receiver can only have moved on
                 # meanwhile, so the true lag is not underestimated
                 on_disk = received_upto(rec.home.streaming)
-                row = conn.execute(query, (rec.app,)).fetchone()
+                row = conn.execute(query, (rec.slot,)).fetchone()
                 if row is None or row[0] is None or row[1] is None:
                     absent += 1
                 else:
@@ -276,7 +271,7 @@ def sample_lag(bench: Bench, rec: Receiver) -> dict[str, Any]:
         "flush_median": statistics.median(flush),
         "flush_p99": p99(flush),
         "true_samples": len(true),
-        "true_median": statistics.median(true) if true else None,
+        "true_median": median(true),
         "true_p99": p99(true) if true else None,
         "write_max": max(write),
         "flush_max": max(flush),
@@ -294,7 +289,7 @@ def lag(bench: Bench) -> None:
         "runs": {},
     }
     bench.results.details["streaming_lag"] = detail
-    tools = [t for t in ("barman", "walvault") if streaming_ready(bench, t, "cron", "receive-wal")]
+    tools = [t for t in ("barman", "walvault") if bench.tool_ready(t, "cron", "receive-wal")]
     measured: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     cluster = bench.live_cluster()

@@ -12,14 +12,13 @@ from typing import Any
 
 from wvbench.cluster import Cluster, pgbench_argv
 from wvbench.common import SEG, BenchError, check_call, log, read_text, tail
+from wvbench.homes import archive_cmd
 from wvbench.lag import (
     Receiver,
-    exe,
     log_tail,
     start_receiver,
     stop_receiver,
     stream_home,
-    streaming_ready,
 )
 from wvbench.report import Row
 from wvbench.runner import Bench, no_figure
@@ -36,7 +35,7 @@ def du_bytes(path: Any) -> int:
 def wait_archived(bench: Bench, rec: Receiver, name: str, timeout: float = 120.0) -> float:
     """Run the tool's archive-wal until segment ``name`` is in its archive."""
     start = time.monotonic()
-    argv = [exe(bench, rec.tool), "-c", str(rec.home.conf), "-q", "archive-wal", "pg"]
+    argv = archive_cmd(bench.tools, rec.home)
     while not rec.home.archived(name).is_file():
         if time.monotonic() - start > timeout:
             raise BenchError(
@@ -53,23 +52,7 @@ def wait_archived(bench: Bench, rec: Receiver, name: str, timeout: float = 120.0
 
 def start_restored(restored: Cluster, timeout: float = 300.0) -> None:
     """pg_ctl start as the bench user, then wait until pg_is_in_recovery() is false."""
-    restored.started = True
-    check_call(
-        restored._as_user(
-            [
-                str(restored.bindir / "pg_ctl"),
-                "-D",
-                str(restored.data),
-                "-l",
-                str(restored.logfile),
-                "-w",
-                "-t",
-                str(int(timeout)),
-                "start",
-            ]
-        ),
-        f"pg_ctl start ({restored.data})",
-    )
+    restored.start(int(timeout))
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(BenchError):
@@ -90,9 +73,17 @@ def recover_one(bench: Bench, rec: Receiver, restored: Cluster) -> dict[str, Any
     if rec.tool == "barman":
         # Barman's default local recovery: rsync of the base backup, the WAL copied into
         # DEST/barman_wal with restore_command = 'cp barman_wal/%f %p'
-        argv = [exe(bench, "barman"), "-c", conf, "recover", "pg", "latest", str(restored.data)]
+        argv = [
+            str(bench.tools.exe("barman")),
+            "-c",
+            conf,
+            "recover",
+            "pg",
+            "latest",
+            str(restored.data),
+        ]
     else:
-        argv = [exe(bench, "walvault"), "-c", conf, "recover", "pg", "latest"]
+        argv = [str(bench.tools.exe("walvault")), "-c", conf, "recover", "pg", "latest"]
         argv += [str(restored.data), "--no-get-wal", "--port", str(restored.port)]
     start = time.perf_counter()
     run = run_timed(argv, timeout=900)
@@ -122,12 +113,12 @@ def recover_one(bench: Bench, rec: Receiver, restored: Cluster) -> dict[str, Any
 
 def recovery(bench: Bench) -> None:
     p = bench.params
-    detail: dict[str, Any] = {"compression": "zstd", "runs": {}}
+    detail: dict[str, Any] = {"compression": "zstd"}
     bench.results.details["recovery"] = detail
     tools = [
         t
         for t in ("barman", "walvault")
-        if streaming_ready(bench, t, "cron", "receive-wal", "backup", "recover", "archive-wal")
+        if bench.tool_ready(t, "cron", "receive-wal", "backup", "recover", "archive-wal")
     ]
     failed: dict[str, str] = {}
     runs: dict[str, dict[str, Any]] = {t: {} for t in tools}
@@ -155,7 +146,7 @@ def recovery(bench: Bench) -> None:
         # Barman's pre-backup check "WAL archive" passes without its own switch-and-wait
         for tool in [t for t in tools if t not in failed]:
             rec = recs[tool]
-            argv = [exe(bench, tool), "-c", str(rec.home.conf), "switch-wal", "--force"]
+            argv = [str(bench.tools.exe(tool)), "-c", str(rec.home.conf), "switch-wal", "--force"]
             argv += ["--archive", "--archive-timeout", "60", "pg"]
             run = run_timed(argv, timeout=120)
             if not run.ok:
@@ -168,7 +159,7 @@ def recovery(bench: Bench) -> None:
             # what the earlier loads left dirty, and the second's would not
             cluster.sql("CHECKPOINT")
             run = run_timed(
-                [exe(bench, tool), "-c", str(rec.home.conf), "backup", "--wait", "pg"],
+                [str(bench.tools.exe(tool)), "-c", str(rec.home.conf), "backup", "--wait", "pg"],
                 timeout=900,
             )
             if not run.ok:

@@ -96,10 +96,11 @@ class Bench:
             self.cluster.start()
         return self.cluster
 
-    def tool_ready(self, tool: str, command: str) -> bool:
+    def tool_ready(self, tool: str, *commands: str) -> bool:
+        """The tool is installed (Barman) or has these sub-commands (walvault)."""
         if tool == "barman":
             return self.tools.barman is not None
-        return self.tools.has(command)
+        return all(self.tools.has(command) for command in commands)
 
     def texts(self, command: str, failed: dict[str, str]) -> tuple[str | None, str | None]:
         barman, walvault = (

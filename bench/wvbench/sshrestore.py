@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from wvbench.common import HERE, log
-from wvbench.getwal import archived_homes, replay
-from wvbench.homes import Home
+from wvbench.getwal import archived_homes, remove_homes, replay, replay_key
+from wvbench.homes import restore_command
 from wvbench.report import Row
 from wvbench.runner import Bench, no_figure
 from wvbench.tools import reap_strays
 
-SSH_SEGMENTS = {True: 20, False: 60}  # quick, full
 MODES = ((0, False), (4, False), (0, True), (4, True))  # (-p jobs, shared ssh connection)
 
 
@@ -55,19 +54,6 @@ def _ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
     return bindir
 
 
-def _command(bench: Bench, tool: str, home: Home, sshd: Any, jobs: int, spool: Path) -> str:
-    """The restore_command each tool's documentation gives for a remote backup server."""
-    tools = bench.tools
-    client = tools.barman.parent / "barman-wal-restore" if tools.barman else None
-    if tool == "walvault":
-        client = tools.wal_restore
-    assert client is not None
-    parts = [str(client), "-U", sshd.user, "--port", str(sshd.port), "-c", str(home.conf)]
-    if jobs:
-        parts += ["-p", str(jobs), "--spool-dir", str(spool)]
-    return " ".join(shlex.quote(part) for part in parts) + " 127.0.0.1 pg %f %p"
-
-
 def ssh_restore(bench: Bench) -> None:
     harness = _harness()
     why = harness.sshd_available()
@@ -75,7 +61,7 @@ def ssh_restore(bench: Bench) -> None:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
     detail: dict[str, Any] = {}
     bench.results.details["ssh_restore"] = detail
-    names = bench.segments[: SSH_SEGMENTS[bench.params.quick]]
+    names = bench.segments[: bench.params.ssh_segments]
     detail["segments"] = len(names)
     if why is not None:
         detail["skipped"] = why
@@ -96,13 +82,13 @@ def ssh_restore(bench: Bench) -> None:
             wrapper = _ssh_wrapper(work, sshd.ssh_command, shared)
             path = f"{wrapper}:{os.environ.get('PATH', '')}"
             for tool in ("barman", "walvault"):
-                key = _key(tool, jobs, shared)
+                key = replay_key(tool, jobs, shared)
                 if tool not in homes:
-                    failed[key] = "no archive"
-                    continue
+                    continue  # the table says "not installed"/"not built"
                 spool = work / f"spool-{tool}-{jobs}"
-                cmd = f"PATH={shlex.quote(path)} " + _command(
-                    bench, tool, homes[tool], sshd, jobs, spool
+                ssh = (sshd.user, sshd.port)
+                cmd = f"PATH={shlex.quote(path)} " + restore_command(
+                    bench.tools, homes[tool], jobs, spool, ssh
                 )
                 start = time.perf_counter()
                 elapsed, maxrss, problem = replay(bench, names, cmd, target)
@@ -123,15 +109,14 @@ def ssh_restore(bench: Bench) -> None:
                 log(f"  over ssh, {len(names)} segments, {key:22}: {elapsed:6.1f} s")
     finally:
         sshd.stop()
-        for home in {h.root for h in homes.values()}:
-            shutil.rmtree(home, ignore_errors=True)
+        remove_homes(homes)
     for jobs, shared in MODES:
         label = f"{len(names)} segments over ssh" + (
             f", both with -p {jobs}" if jobs else ", serial"
         )
         if shared:
             label += ", ssh connection shared"
-        keys = {tool: _key(tool, jobs, shared) for tool in ("barman", "walvault")}
+        keys = {tool: replay_key(tool, jobs, shared) for tool in ("barman", "walvault")}
         failed_tools = [tool for tool, key in keys.items() if key in failed]
         bench.results.add(
             Row(
@@ -157,7 +142,3 @@ NOTES = {
     "ControlPersist=60: one connection, a session per fetch",
     (True, True): "the two changes above together",
 }
-
-
-def _key(tool: str, jobs: int, shared: bool) -> str:
-    return tool + (f" -p {jobs}" if jobs else "") + (" shared ssh" if shared else "")

@@ -151,6 +151,22 @@ def run_timed(
                         os.unlink(name)
 
 
+def processes_mentioning(marker: str) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process whose command line mentions ``marker``."""
+    found: list[tuple[int, list[str]]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if marker in " ".join(words):
+            found.append((int(entry), words))
+    return found
+
+
 def reap_strays(marker: str, grace: float = 10.0) -> list[int]:
     """Stop the processes whose command line mentions ``marker`` (a path unique to this run).
 
@@ -158,16 +174,7 @@ def reap_strays(marker: str, grace: float = 10.0) -> list[int]:
     started them, e.g. walvault-wal-restore's prefetch worker. SIGTERM, then SIGKILL after
     ``grace`` seconds. Returns their PIDs.
     """
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
+    found = [pid for pid, _ in processes_mentioning(marker) if pid != os.getpid()]
     for pid in found:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -199,6 +206,12 @@ class Tools:
 
     def has(self, command: str) -> bool:
         return self.walvault is not None and command in self.walvault_commands
+
+    def exe(self, tool: str) -> Path:
+        """The ``barman`` or ``walvault`` program (the caller checked it is installed)."""
+        path = self.barman if tool == "barman" else self.walvault
+        assert path is not None
+        return path
 
 
 def find_pg_bindir() -> Path:
@@ -251,9 +264,8 @@ def find_tools(barman_venv: Path, install_barman: bool, walvault_bindir: Path) -
         barman = None
 
     bindir = walvault_bindir
-    walvault: Path | None = bindir / "walvault"
-    if not os.access(bindir / "walvault", os.X_OK):
-        walvault = None
+    candidate = bindir / "walvault"
+    walvault = candidate if os.access(candidate, os.X_OK) else None
     commands: set[str] = set()
     walvault_version = None
     if walvault is None:
