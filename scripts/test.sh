@@ -25,6 +25,9 @@
 #   WALVAULT_SKIP_PG=1     skip the tests that need a real PostgreSQL
 #   WALVAULT_PG_BINDIR     PostgreSQL server binaries to use (default: version 15)
 #   WALVAULT_VENV          venv location for non-root runs
+#   WALVAULT_TEST_WORK     as root: the test user's copy, venv and lock (default
+#                          /var/tmp/walvault-test); give each checkout its own to run
+#                          several checkouts' tests at once
 #
 # Examples:  bash scripts/test.sh
 #            WALVAULT_SKIP_LINT=1 bash scripts/test.sh tests/integration -x
@@ -34,7 +37,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 TEST_USER=walvault-test
 TEST_HOME=/var/lib/walvault-test
-WORK=/var/tmp/walvault-test
+WORK="${WALVAULT_TEST_WORK:-/var/tmp/walvault-test}"
 
 section() {
     printf '\n==== %s ====\n' "$*"

@@ -1,0 +1,1 @@
+"""Where the archive's bytes live: one interface (:mod:`.base`), one driver per kind of store."""

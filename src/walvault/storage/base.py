@@ -1,0 +1,170 @@
+"""The storage interface: what the archive asks of any store, a directory or a bucket.
+
+Modelled on pgBackRest's storage drivers: one small set of operations, and each driver
+*declares* what it guarantees (:class:`Features`) instead of the callers assuming it.
+
+Keys are ``/``-separated paths relative to the store's root (``pg/wals/0000000100000000/
+000000010000000000000001.zst``), checked by :func:`check_key`.  A store never sees ``..``,
+an absolute path or an empty component.
+
+Operations:
+
+* :meth:`Storage.put` -- a create-only write by default: it fails with
+  :class:`ObjectExists` if the key exists, and once it returns the object is durable (posix:
+  temporary file, fsync, link into place, fsync of the directory; S3: the PUT was
+  acknowledged).  ``metadata`` (short ASCII ``key -> value`` pairs) is kept with the
+  object where the driver has ``Features.metadata``.
+* :meth:`Storage.open` -- a streaming read, ``None`` when there is no such object.  The
+  reader knows the object's :class:`ObjectInfo` (size, metadata) before the first byte.
+* :meth:`Storage.head` -- exists and size (and metadata), without reading.
+* :meth:`Storage.list` -- every object under a prefix, in key order, fetched page by page
+  as the caller iterates (never the whole listing in memory).
+* :meth:`Storage.delete` -- many keys at once (S3: batches of at most 1,000); keys that do
+  not exist are not an error.
+
+Every failure of the store itself (unreachable, refused, timed out after the driver's
+bounded retries, a checksum that does not match) raises :class:`StorageError` with one line
+naming the store and the key.  Drivers import their client library lazily: nothing here
+imports anything beyond the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from walvault.errors import WalvaultError
+
+#: Characters a key may contain (WAL names, backup ids, server names and our own files).
+KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/@+=")
+MAX_KEY_LENGTH = 1024
+
+
+class StorageError(WalvaultError):
+    """The store could not do what was asked (after the driver's own retries)."""
+
+
+class ObjectExists(StorageError):
+    """A create-only write found an object under its key (nothing was overwritten)."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """A key that no store may be asked for (``..``, absolute, empty part, odd characters)."""
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid relative object key, else raise :class:`InvalidKey`."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"invalid storage key {key!r}: empty or longer than {MAX_KEY_LENGTH}")
+    if not KEY_CHARACTERS.issuperset(key):
+        raise InvalidKey(f"invalid storage key {key!r}: only letters, digits and ._-/@+= allowed")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidKey(f"invalid storage key {key!r}: empty, '.' or '..' path component")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: "" (everything) or a valid key, optionally ending in ``/``."""
+    if prefix == "":
+        return prefix
+    check_key(prefix.removesuffix("/"))
+    return prefix
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a driver guarantees; callers branch on these, never on the driver's type."""
+
+    #: short driver name for messages and metrics: "posix", "s3", "memory"
+    name: str
+    #: :meth:`Storage.put` with ``create_only`` is atomic: two writers of one key cannot
+    #: both succeed, and nothing is ever overwritten (S3: ``If-None-Match: *``).
+    atomic_create: bool
+    #: metadata given to :meth:`Storage.put` comes back from :meth:`Storage.open` / head.
+    metadata: bool
+    #: the driver sends a checksum of the bytes with each write that the store verifies
+    #: (S3 ``x-amz-checksum-sha256``); False where only our own end-to-end digests protect.
+    write_checksums: bool
+    #: the store is this host's filesystem (renames are possible, listing is cheap).
+    local: bool
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object: its key, stored size in bytes, modification time and metadata.
+
+    ``mtime`` is seconds since the epoch (S3: LastModified).  ``metadata`` is empty when the
+    driver has none, and may be empty in listings (S3 does not list metadata).
+    """
+
+    key: str
+    size: int
+    mtime: float
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class Reader(Protocol):
+    """An open object: a binary file-like, read front to back."""
+
+    @property
+    def info(self) -> ObjectInfo:
+        """The object being read (known before the first byte)."""
+        ...
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (all that is left with -1); b"" at the end."""
+        ...
+
+    def close(self) -> None:
+        """Release the descriptor or connection (idempotent)."""
+        ...
+
+    def __enter__(self) -> Reader: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Storage(Protocol):
+    """A store of objects (see the module docstring for the contract of each operation)."""
+
+    features: Features
+
+    def url(self, key: str = "") -> str:
+        """Where ``key`` lives, for messages: ``/var/lib/walvault/pg/wals/...`` or
+        ``s3://bucket/prefix/...`` (never with credentials)."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+        create_only: bool = True,
+    ) -> ObjectInfo:
+        """Store ``data`` (bytes, or a binary file read to its end) under ``key``, durably.
+
+        With ``create_only`` (the default) an existing object is never replaced:
+        :class:`ObjectExists`.  ``mtime`` is kept where the store can set it (posix).
+        Returns the stored object's info.
+        """
+        ...
+
+    def open(self, key: str) -> Reader | None:
+        """A streaming reader of ``key``, or None when there is no such object."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """``key``'s info without reading it, or None when there is no such object."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order, lazily paginated."""
+        ...
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove ``keys`` (absent ones are ignored), in batches."""
+        ...
