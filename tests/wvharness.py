@@ -117,13 +117,17 @@ def segment_names(directory: Path | str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if re.fullmatch(r"[0-9A-F]{24}", n))
 
 
-def start_restored(template: Any, cluster_dir: Path, name: str) -> Any:
-    """Start the PostgreSQL data directory ``cluster_dir/data`` (e.g. made by ``recover``).
-
-    It gets its own port and socket directory and is destroyed together with ``template``.
-    """
+def restored_cluster(template: Any, cluster_dir: Path, name: str) -> Any:
+    """The PostgreSQL data directory ``cluster_dir/data`` (e.g. made by ``recover``) as a
+    cluster of its own (port, socket directory), not started; destroyed with ``template``."""
     cluster = template.sibling(name, cluster_dir)
     cluster._write_settings()
+    return cluster
+
+
+def start_restored(template: Any, cluster_dir: Path, name: str) -> Any:
+    """:func:`restored_cluster`, started."""
+    cluster = restored_cluster(template, cluster_dir, name)
     cluster.start()
     return cluster
 

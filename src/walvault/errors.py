@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+#: The exit status of get-wal and walvault-wal-restore when they could not answer (the file
+#: is there but unreadable, corrupt or wrong; the archive, the configuration or ssh failed).
+#: PostgreSQL takes every status from 1 to 125 of restore_command for "no such file" and ends
+#: recovery there, promoting a server that lacks the rest of the WAL; above 125 it aborts the
+#: recovery instead, and a restart resumes it once the fault is repaired.  Not 126 or 127,
+#: which PostgreSQL's log renders as "command not executable" / "command not found" (a wrong
+#: lead in an incident), and not 255, ssh's own failure: 200, in the range LSB leaves to
+#: applications; PostgreSQL logs "child process exited with exit code 200".
+ABORT_RECOVERY = 200
+
 
 class WalvaultError(Exception):
     """An expected failure: the CLI prints ``ERROR: <message>`` and exits with ``exit_code``."""
@@ -34,3 +44,9 @@ class InvalidWalName(WalvaultError):
 
 class LockBusy(WalvaultError):
     """A per-server lock is held by another process."""
+
+
+class ArchiveReadError(WalvaultError):
+    """An archived file exists but cannot be read, decoded or trusted (never "not found")."""
+
+    exit_code = ABORT_RECOVERY

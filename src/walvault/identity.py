@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 
-from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
-from walvault.fs import durable_replace_bytes, ensure_dir
+
+# mypy reads this name as typing.TYPE_CHECKING: get-wal's serve path reads identity.json to
+# check every segment's system identifier, and must not import typing or the fs module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from walvault.config import ServerConfig
 
 
 def read_identity(server: ServerConfig) -> dict[str, str] | None:
@@ -35,6 +39,8 @@ def stored_system_identifier(server: ServerConfig) -> int | None:
 
 def write_identity(server: ServerConfig, system_identifier: int | str, version: int | str) -> None:
     """Record (durably) which cluster this server's archive belongs to."""
+    from walvault.fs import durable_replace_bytes, ensure_dir
+
     ensure_dir(server.backup_directory)
     payload = {"systemid": str(system_identifier), "version": str(version)}
     text = json.dumps(payload, indent=4, sort_keys=True) + "\n"

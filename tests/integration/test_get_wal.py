@@ -138,12 +138,12 @@ def test_test_option_and_option_conflicts(streamed: dict[str, Any]) -> None:
     assert ready.returncode == 0
     assert ready.stdout.decode().strip() == "Ready to retrieve WAL files from the server pg"
     # get-wal's 1 means only "no such WAL" (PostgreSQL ends recovery on it): a problem of its
-    # own is 2, "could not answer" (Barman exits 1 for these)
+    # own is 200, "could not answer", which makes PostgreSQL stop (Barman exits 1 for these)
     both = get_wal(wv, "-z", "--keep-compression", "pg", closed[0])
-    assert both.returncode == 2
+    assert both.returncode == 200
     assert "not allowed with argument `keep-compression`" in both.stderr.decode()
     unknown = get_wal(wv, "nosuch", closed[0])
-    assert unknown.returncode == 2 and b"unknown server 'nosuch'" in unknown.stderr
+    assert unknown.returncode == 200 and b"unknown server 'nosuch'" in unknown.stderr
 
 
 AUDITED = """

@@ -140,14 +140,14 @@ def test_recovery_over_ssh(pg: Any, walvault_factory: Any, tmp_path: Path, sshd:
     assert "Ready to retrieve WAL files from the server pg" in test.stdout
     cluster = restore(pg, crashed, "restored", f"{command(sshd.port)} %f %p")
     check_everything_is_back(cluster, crashed)
-    # a dead ssh endpoint is a connection problem (2), not "end of recovery" (1)
+    # a dead ssh endpoint stops PostgreSQL (200), it is not "end of recovery" (1)
     dead = subprocess.run(
         f"{command(free_port())} {crashed['tail']} {tmp_path}/x",
         shell=True,
         capture_output=True,
         text=True,
     )
-    assert dead.returncode == 2, dead.stderr
+    assert dead.returncode == 200, dead.stderr
     assert "Connection problem with ssh" in dead.stderr
 
 

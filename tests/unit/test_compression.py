@@ -266,12 +266,51 @@ def test_a_file_that_changes_size_is_refused(tmp_path: Path, algo: str, delta: i
         comp.compress_stream(algo, "medium", src, io.BytesIO())
 
 
-def test_zstd_medium_is_barmans_level_4() -> None:
+def test_zstd_medium_is_barmans_level_4_with_a_content_checksum() -> None:
     assert comp.resolve_level("zstd", "medium") == comp.resolve_level("zstd", None) == 4
     assert comp.resolve_level("zstd", 4) == comp.resolve_level("zstd", "4") == 4
     data = wal_like(300_000)
     packed = comp.compress_bytes("zstd", data, 4)
-    assert packed == zstandard.ZstdCompressor(level=4).compress(data)
+    assert packed == zstandard.ZstdCompressor(level=4, write_checksum=True).compress(data)
+    barmans = zstandard.ZstdCompressor(level=4).compress(data)  # Barman writes no checksum
+    assert comp.decompress_bytes("zstd", barmans) == data
+    assert comp.frame_checksummed("zstd", packed) and not comp.frame_checksummed("zstd", barmans)
+
+
+def test_lz4_frames_carry_a_content_checksum() -> None:
+    import lz4.frame
+
+    data = wal_like(300_000)
+    packed = comp.compress_bytes("lz4", data)
+    assert comp.frame_checksummed("lz4", packed)
+    assert not comp.frame_checksummed("lz4", lz4.frame.compress(data))  # Barman's
+    assert comp.decompress_bytes("lz4", lz4.frame.compress(data)) == data
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_single_bit_flips_never_decode_into_other_content(algo: str) -> None:
+    """Every codec walvault writes detects a flipped bit anywhere in its stream: decoding
+    fails, or (a flip in a field the decoder ignores) still yields the original bytes."""
+    data = wal_like(256 * 1024)
+    packed = comp.compress_bytes(algo, data)
+    assert comp.frame_checksummed(algo, packed)
+    step = max(1, len(packed) // 40)
+    for offset in range(0, len(packed), step):
+        for bit in (0, 3, 7):
+            broken = bytearray(packed)
+            broken[offset] ^= 1 << bit
+            try:
+                out = comp.decompress_bytes(algo, bytes(broken))
+            except comp.CompressionError:
+                continue
+            assert out == data, f"{algo}: flip at byte {offset} bit {bit} decoded to other data"
+
+
+def test_frame_checksummed_reads_each_header() -> None:
+    assert comp.frame_checksummed("gzip", b"") and comp.frame_checksummed("bzip2", b"")
+    assert comp.frame_checksummed("xz", comp.compress_bytes("xz", b"x"))
+    assert not comp.frame_checksummed(None, b"\0" * 40)
+    assert not comp.frame_checksummed("zstd", b"\x28\xb5")
 
 
 @pytest.mark.parametrize("algo", ALGOS)

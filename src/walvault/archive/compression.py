@@ -125,6 +125,24 @@ def identify(head: bytes) -> str | None:
     return None
 
 
+def frame_checksummed(algorithm: str | None, head: bytes) -> bool:
+    """Whether a stream of ``algorithm`` starting with ``head`` carries a content checksum that
+    its decoder verifies.
+
+    gzip (CRC-32), bzip2 (block and stream CRCs) and xz (a check of the content, CRC-64 by
+    default) always do; zstd and lz4 only when the frame header says so (zstd's frame header
+    descriptor bit 2, lz4's FLG bit 2): walvault writes them with it, Barman without.
+    Uncompressed data never does.  Only the first frame of ``head`` is looked at.
+    """
+    if algorithm in ("gzip", "bzip2"):
+        return True
+    if algorithm == "xz":
+        return len(head) > 7 and head[7] & 0x0F != 0  # stream flags: check type, 0 = none
+    if algorithm in ("zstd", "lz4"):
+        return len(head) > 4 and head[4] & 0x04 != 0
+    return False
+
+
 def identify_file(path: str | os.PathLike[str]) -> str | None:
     """Read the first bytes of the file at ``path`` and :func:`identify` them."""
     with open(path, "rb") as handle:
@@ -137,7 +155,9 @@ class _Lz4Compressor:
     def __init__(self, level: int) -> None:
         import lz4.frame
 
-        self._ctx = lz4.frame.LZ4FrameCompressor(compression_level=level)
+        # content_checksum: the frame ends with an XXH32 of the content, which every LZ4
+        # decoder verifies; without it a flipped bit decodes into wrong WAL silently.
+        self._ctx = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
         self._header: bytes = self._ctx.begin()
 
     def compress(self, data: ReadableBuffer, /) -> bytes:
@@ -185,7 +205,11 @@ def _new_compressor(algo: str, level: int, size: int | None = None) -> _Compress
         obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level)
     elif algo == "zstd":
         pledged = -1 if size is None else size  # -1: unknown
-        obj = zstandard().ZstdCompressor(level=level).compressobj(size=pledged)
+        # write_checksum: an XXH64 of the content closes the frame and the decoder checks it;
+        # without it (python-zstandard's default, and Barman's files) most bit flips decode
+        # into wrong WAL without an error.
+        compressor = zstandard().ZstdCompressor(level=level, write_checksum=True)
+        obj = compressor.compressobj(size=pledged)
     else:
         obj = _Lz4Compressor(level)
     return obj

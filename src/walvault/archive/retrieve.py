@@ -6,10 +6,13 @@ if archive-wal moves or removes the file, and a candidate that vanished before t
 is simply skipped.  Nothing is written into the archive: data goes from the descriptor to
 the output (``sendfile`` when no codec is involved, else through a streaming decoder).
 
-An uncompressed segment (or a ``.partial`` standing in for one) is only sent when its long
-page header is valid and the file is exactly one segment long: PostgreSQL refuses a short
-file with a FATAL error, and pg_receivewal's ``.partial`` files are zero-filled to full
-size before any WAL is written into them.
+Every byte sent passes :class:`walvault.archive.integrity.PlainCheck` (header against the
+name, the cluster's system identifier, the segment size, a recorded digest) and the codec's
+own checksums; a file that fails is an :class:`IntegrityError` (exit 200: PostgreSQL stops
+the recovery), never "not found".  A ``.partial`` whose start is still zeros is "not found":
+pg_receivewal zero-fills a new ``.partial`` to full size before it writes WAL into it.  When
+a candidate's stored copy is plainly wrong (bad header, wrong size) a later candidate may
+still serve the file, with a warning; if none does, the first problem is the error.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import errno
 import os
 import stat
 
-from walvault.archive.compression import MAGIC_MAX_LEN, identify
+from walvault.archive.compression import MAGIC_MAX_LEN, frame_checksummed, identify
+from walvault.archive.integrity import IntegrityError, PlainCheck
 from walvault.archive.layout import lookup_paths
-from walvault.errors import WalvaultError
+from walvault.errors import ArchiveReadError, WalvaultError
 from walvault.wal.names import Segment, WalKind, classify, validate_wal_name
-from walvault.wal.pagecheck import LONG_HEADER_SIZE, unpack_long_header, whole_segment_problem
+from walvault.wal.pagecheck import LONG_HEADER_SIZE, unpack_long_header
 
 # mypy reads this name as typing.TYPE_CHECKING: the restore client imports this module once
 # per WAL segment and must not pay ~6 ms for typing (and the re it imports).
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FoundWal",
+    "IntegrityError",
     "WalNotFound",
     "WalSendError",
     "open_wal",
@@ -46,7 +51,7 @@ __all__ = [
 ]
 
 SEND_CHUNK = 1 << 20
-_HEAD_SIZE = max(LONG_HEADER_SIZE, MAGIC_MAX_LEN)
+_HEAD_SIZE = max(LONG_HEADER_SIZE, MAGIC_MAX_LEN, 8)  # 8: xz's stream flags
 _NO_SENDFILE = {
     errno.EINVAL,
     errno.ENOSYS,
@@ -64,16 +69,14 @@ class WalNotFound(WalvaultError):
     means_not_found = True  # the only exit 1 of get-wal (see cli.main._exit_code)
 
 
-class WalSendError(WalvaultError):
-    """The file exists but could not be read, decoded or written out (exit 2)."""
-
-    exit_code = 2
+class WalSendError(ArchiveReadError):
+    """The file exists but could not be read or decoded (exit 200: never "not found")."""
 
 
 class FoundWal:
     """An open candidate: the descriptor, where it was found and how it is stored."""
 
-    __slots__ = ("compression", "fd", "head", "kind", "name", "path", "size")
+    __slots__ = ("check", "compression", "fd", "head", "kind", "name", "path", "size")
 
     def __init__(
         self,
@@ -84,9 +87,11 @@ class FoundWal:
         compression: str | None,
         kind: WalKind,
         head: bytes,
+        check: PlainCheck,
     ) -> None:
         self.name, self.path, self.fd, self.size = name, path, fd, size
         self.compression, self.kind, self.head = compression, kind, head
+        self.check = check
 
     def __repr__(self) -> str:
         return f"FoundWal({self.name!r}, {self.path!r}, fd={self.fd}, {self.compression})"
@@ -109,7 +114,16 @@ class FoundWal:
         self.close()
 
 
-def _open_candidate(path: str, name: str, kind: WalKind, warn: Warn | None) -> FoundWal | None:
+def _unwritten_partial(path: str, head: bytes) -> bool:
+    """A ``.partial`` pg_receivewal has created but not written WAL into yet."""
+    return path.endswith(".partial") and not any(head[:LONG_HEADER_SIZE])
+
+
+def _open_candidate(
+    path: str, name: str, kind: WalKind, system_identifier: int | None
+) -> FoundWal | None:
+    """Open ``path`` as a copy of ``name``: None when it is absent, not a regular file, or an
+    unwritten ``.partial``; IntegrityError when an uncompressed copy is plainly wrong."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -123,17 +137,44 @@ def _open_candidate(path: str, name: str, kind: WalKind, warn: Warn | None) -> F
             return None
         head = os.pread(fd, _HEAD_SIZE, 0)
         compression = identify(head)
+        if compression is None and kind is WalKind.SEGMENT and _unwritten_partial(path, head):
+            os.close(fd)
+            return None
+        check = PlainCheck(
+            name,
+            path,
+            segment=kind is WalKind.SEGMENT,
+            partial=kind is WalKind.PARTIAL,
+            system_identifier=system_identifier,
+            checksummed=frame_checksummed(compression, head),
+        )
+        found = FoundWal(name, path, fd, info.st_size, compression, kind, head, check)
         if compression is None and kind is WalKind.SEGMENT:
-            problem = whole_segment_problem(head, info.st_size)
-            if problem is not None:
-                if warn is not None and not path.endswith(".partial"):
-                    warn(f"skipping '{path}': {problem}")
-                os.close(fd)
-                return None
+            _precheck_plain(found)
     except BaseException:
         os.close(fd)
         raise
-    return FoundWal(name, path, fd, info.st_size, compression, kind, head)
+    return found
+
+
+def _precheck_plain(found: FoundWal) -> None:
+    """An uncompressed segment's header and size, before anything is sent."""
+    probe = PlainCheck(
+        found.name, found.path, segment=True, system_identifier=found.check.system_identifier
+    )
+    probe.feed(found.head[:LONG_HEADER_SIZE])
+    if probe.segment_size != found.size:
+        raise IntegrityError(
+            f"archived copy of '{found.name}' at {found.path} is unusable: {found.size} bytes, "
+            f"the segment size is {probe.segment_size}"
+        )
+
+
+def _system_identifier(server: ServerConfig) -> int | None:
+    """The cluster the archive belongs to (``identity.json``), None before the first contact."""
+    from walvault.identity import stored_system_identifier
+
+    return stored_system_identifier(server)
 
 
 def open_wal(
@@ -141,14 +182,27 @@ def open_wal(
 ) -> FoundWal:
     """Open the first usable candidate for ``name``; raise WalNotFound when there is none.
 
-    ``name`` is validated before any path is built (InvalidWalName, exit 3).
+    ``name`` is validated before any path is built (InvalidWalName, exit 3).  A candidate
+    that is plainly wrong is skipped with a warning when a later one is usable; when none
+    is, its IntegrityError is raised instead of WalNotFound.
     """
     kind = classify(validate_wal_name(name))
     assert kind is not None
+    headed = kind in (WalKind.SEGMENT, WalKind.PARTIAL)
+    sysid = _system_identifier(server) if headed else None
+    problem: IntegrityError | None = None
     for path in lookup_paths(server, name, partial=partial):
-        found = _open_candidate(path, name, kind, warn)
+        try:
+            found = _open_candidate(path, name, kind, sysid)
+        except IntegrityError as exc:
+            problem = problem or exc
+            continue
         if found is not None:
+            if problem is not None and warn is not None:
+                warn(f"{problem.message}; serving {found.path} instead")
             return found
+    if problem is not None:
+        raise problem
     raise WalNotFound(f"WAL file '{name}' not found in server '{server.name}'")
 
 
@@ -191,23 +245,71 @@ def _copy_raw(in_fd: int, out_fd: int, count: int) -> int:
     return offset
 
 
-def _checked_segment(pieces: Iterator[bytes], name: str) -> Iterator[bytes]:
-    """Pass decoded pieces through, checking the total against the header's segment size."""
-    head = b""
-    total = 0
-    for piece in pieces:
-        if len(head) < LONG_HEADER_SIZE:
-            head += piece[: LONG_HEADER_SIZE - len(head)]
-        total += len(piece)
-        yield piece
-    problem = whole_segment_problem(head, total)
-    if problem is not None:
-        raise WalSendError(f"archived copy of '{name}' is not a valid segment: {problem}")
-
-
 def _reader(fd: int) -> BinaryIO:
     os.lseek(fd, 0, os.SEEK_SET)
     return open(fd, "rb", buffering=0, closefd=False)
+
+
+def _raw_pieces(found: FoundWal) -> Iterator[bytes]:
+    """The stored bytes of ``found``, from its start, in ``SEND_CHUNK`` pieces."""
+    offset = 0
+    while chunk := os.pread(found.fd, SEND_CHUNK, offset):
+        offset += len(chunk)
+        yield chunk
+    if offset != found.size:
+        raise WalSendError(f"'{found.path}' changed size while being sent")
+
+
+def verified_pieces(found: FoundWal) -> Iterator[bytes]:
+    """The decoded content of ``found``, each piece checked before it is yielded; the
+    whole file (size, digest) is checked before the iterator ends.
+
+    The only way to read an archived file's content: every sender goes through it.
+    """
+    from walvault.archive import compression as codecs
+
+    check = found.check
+    try:
+        with _reader(found.fd) as src:
+            pieces = (
+                codecs.iter_decompressed(src, found.compression)
+                if found.compression is not None
+                else _raw_pieces(found)
+            )
+            for piece in pieces:
+                check.feed(piece)
+                yield piece
+    except codecs.CompressionError as exc:
+        raise WalSendError(f"cannot decompress '{found.path}': {exc}") from None
+    check.finish()
+
+
+def _tee_verified(found: FoundWal, out_fd: int) -> int:
+    """Send the stored bytes as they are while decoding them for the checks."""
+    from walvault.archive import compression as codecs
+
+    written = 0
+    stored = _raw_pieces(found)
+
+    class _Source:
+        def read(self, size: int = -1, /) -> bytes:
+            nonlocal written
+            chunk = next(stored, b"")
+            if chunk:
+                _write_all(out_fd, chunk)
+                written += len(chunk)
+            return chunk
+
+    try:
+        for piece in codecs.iter_decompressed(_Source(), found.compression):  # type: ignore[arg-type]
+            found.check.feed(piece)
+    except codecs.CompressionError as exc:
+        raise WalSendError(f"cannot decompress '{found.path}': {exc}") from None
+    for chunk in stored:  # bytes after the last frame: the decoder would have refused them
+        _write_all(out_fd, chunk)
+        written += len(chunk)
+    found.check.finish()
+    return written
 
 
 def send_fd(
@@ -220,31 +322,30 @@ def send_fd(
     """Write ``found`` to ``out_fd`` (decompressed unless asked otherwise); return bytes written.
 
     ``compression`` (gzip, bzip2) recompresses the output; ``keep_compression`` sends the
-    stored bytes as they are.  Errors reading or decoding raise WalSendError; errors
-    writing ``out_fd`` are left as OSError for the caller.
+    stored bytes as they are (still decoded on the side, for the checks).  Whatever the
+    mode, the content is verified (:func:`verified_pieces`): on an IntegrityError or
+    WalSendError the caller must discard what was written.  Errors writing ``out_fd`` are
+    left as OSError for the caller.
     """
     stored = found.compression
-    if keep_compression or stored == compression:
+    if stored is None and compression is None and found.check.digest is None:
+        # Header and size were checked at open; nothing more to check on the way.
         sent = _copy_raw(found.fd, out_fd, found.size)
         if sent != found.size:
             raise WalSendError(f"'{found.path}' shrank while being sent")
         return sent
+    if stored is not None and (keep_compression or stored == compression):
+        return _tee_verified(found, out_fd)
     from walvault.archive import compression as codecs
 
-    try:
-        with _reader(found.fd) as src, open(out_fd, "wb", closefd=False) as dst:
-            if compression is not None:
-                plain = codecs.open_decompressed(stored, src)
-                return codecs.compress_stream(compression, None, plain, dst)
-            pieces = codecs.iter_decompressed(src, stored)
-            if found.kind is WalKind.SEGMENT:
-                pieces = _checked_segment(pieces, found.name)
-            written = 0
-            for piece in pieces:
-                written += dst.write(piece)
-            return written
-    except codecs.CompressionError as exc:
-        raise WalSendError(f"cannot decompress '{found.path}': {exc}") from None
+    with open(out_fd, "wb", closefd=False) as dst:
+        plain = verified_pieces(found)
+        if compression is not None:
+            return codecs.compress_stream(compression, None, _IterSource(plain), dst)  # type: ignore[arg-type]
+        written = 0
+        for piece in plain:
+            written += dst.write(piece)
+        return written
 
 
 def send(
@@ -261,6 +362,23 @@ def send(
     )
     out.flush()
     return written
+
+
+class _IterSource:
+    """A ``read``-only file over an iterator of pieces (for recompressing on the fly)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._rest = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._rest:
+            self._rest = next(self._pieces, b"")
+        if size < 0 or size >= len(self._rest):
+            chunk, self._rest = self._rest, b""
+        else:
+            chunk, self._rest = self._rest[:size], self._rest[size:]
+        return chunk
 
 
 def segment_size_of(found: FoundWal) -> int | None:
@@ -299,8 +417,8 @@ def peek(server: ServerConfig, name: str, count: int) -> list[str]:
     while len(names) < count:
         try:
             found = open_wal(server, current)
-        except WalNotFound:
-            break
+        except (WalNotFound, ArchiveReadError):
+            break  # a peek is advisory: a bad copy is refused when it is fetched
         with found:
             if seg_size is None and kind is WalKind.SEGMENT:
                 seg_size = segment_size_of(found)

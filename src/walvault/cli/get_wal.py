@@ -8,7 +8,7 @@ import os
 import sys
 
 from walvault.cli.context import Context
-from walvault.errors import WalvaultError
+from walvault.errors import ABORT_RECOVERY, WalvaultError
 from walvault.wal.names import validate_wal_name
 
 # mypy reads this name as typing.TYPE_CHECKING (importing typing costs ~2 ms)
@@ -61,7 +61,10 @@ def register(sub: Any) -> None:
         help="list up to N available WAL names from WAL_NAME on, instead of sending",
     )
     p.add_argument("-t", "--test", action="store_true", help="only check the server is usable")
-    p.set_defaults(func=get_wal, prepare=prepare, failure_exit_code=2)
+    # Every failure but "no such WAL" (1) and a malformed name (3) exits 200: restore_command
+    # clients pass get-wal's status through (barman-wal-restore does), and PostgreSQL takes
+    # 1-125 for "no such file" and ends the recovery.
+    p.set_defaults(func=get_wal, prepare=prepare, failure_exit_code=ABORT_RECOVERY)
 
 
 def prepare(ctx: Context, args: argparse.Namespace) -> None:

@@ -145,7 +145,7 @@ def _exit_code(args: argparse.Namespace, exc: WalvaultError) -> int:
 
     A command may remap the generic code 1 (``failure_exit_code``): for get-wal, 1 means "no
     such WAL", which PostgreSQL takes as the end of recovery, so a configuration or server
-    problem must not look like it (it exits 2: "could not ask").
+    problem must not look like it (it exits 200, which makes PostgreSQL stop instead).
     """
     remap = getattr(args, "failure_exit_code", None)
     if remap is not None and exc.exit_code == 1 and not getattr(exc, "means_not_found", False):
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ERROR: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return 1
+        return int(getattr(args, "failure_exit_code", None) or 1)
     except Exception as exc:
         log.exception("unexpected error")
         if args.debug:
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ERROR: unexpected {type(exc).__name__}: {exc} (run with -d for details)",
                 file=sys.stderr,
             )
-        return 1
+        return int(getattr(args, "failure_exit_code", None) or 1)
 
 
 def run() -> None:

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import sys
 
+from walvault.errors import ABORT_RECOVERY
+
 #: WALVAULT_HOST that means "this host, no ssh".
 LOCAL_HOST = "local"
 #: ssh's own exit status for a connection problem.
 SSH_FAILED = 255
-#: restore_command exit codes: restored, not found (end of recovery), could not ask, bad
-#: arguments.  (walvault-wal-archive uses 0, 2 and 3 with the same meanings.)
-OK, NOT_FOUND, CONNECTION, BAD_ARGS = 0, 1, 2, 3
+#: restore_command exit codes.  OK: WAL_DEST written.  NOT_FOUND: the archive answered that
+#: it has no such file -- PostgreSQL then ends recovery (or, as a standby, retries later).
+#: ABORT: every other outcome (could not ask, unreadable or wrong content, bad arguments or
+#: configuration): above 125, so PostgreSQL stops instead of promoting a server that lacks
+#: WAL; started again once the fault is repaired, it resumes the recovery.
+OK, NOT_FOUND, ABORT = 0, 1, ABORT_RECOVERY
+#: What get-wal (walvault's or Barman's) prints on stderr, with exit 1, when it has no such
+#: file: over ssh or a command, exit 1 alone may come from ssh, sudo or a broken install.
+NOT_FOUND_MESSAGE = "not found in server"
 
 
 def error(message: str) -> None:

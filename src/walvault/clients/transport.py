@@ -1,18 +1,24 @@
 """Where walvault-wal-restore gets WAL from: walvault on this host (in-process) or over ssh.
 
-Both sources answer with restore_command exit codes: 0 written, 1 not found, 2 could not
-ask (connection, configuration, I/O), 3 bad arguments (name, destination).  Errors are
-printed as one ``ERROR:`` line on stderr, which PostgreSQL copies into its log.
+Both sources answer with restore_command exit codes (clients/common.py): 0 written, 1 only
+when the archive itself answered "no such file", 200 for everything else -- could not ask
+(ssh, a command that does not run, configuration), unreadable or wrong content, a
+destination that cannot be written -- so PostgreSQL stops rather than ending recovery early.
+Through a command or ssh, exit 1 counts as "not found" only together with get-wal's own
+"... not found in server ..." line: sudo, ssh or a broken installation also exit 1.  Errors
+are printed as one ``ERROR:`` line on stderr, which PostgreSQL copies into its log.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from walvault.clients.common import (
-    BAD_ARGS,
-    CONNECTION,
+    ABORT,
     LOCAL_HOST,
+    NOT_FOUND,
+    NOT_FOUND_MESSAGE,
     OK,
     SSH_FAILED,
     error,
@@ -21,13 +27,13 @@ from walvault.clients.common import (
     ssh_argv,
     warning,
 )
-from walvault.errors import InvalidWalName, WalvaultError
+from walvault.errors import WalvaultError
 
 # mypy reads this name as typing.TYPE_CHECKING: the restore client imports this module once
 # per WAL segment, and typing (with the re it imports) would cost it ~6 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import IO, Protocol
 
     from walvault.config import ServerConfig
 
@@ -46,9 +52,9 @@ if TYPE_CHECKING:
 
 
 class DestinationError(WalvaultError):
-    """WAL_DEST cannot be written (exit 3, as barman-wal-restore)."""
+    """WAL_DEST cannot be written (barman-wal-restore exits 3, which would end recovery)."""
 
-    exit_code = BAD_ARGS
+    exit_code = ABORT
 
 
 def open_destination(dest: str) -> int:
@@ -68,14 +74,22 @@ def discard(dest: str) -> None:
         pass
 
 
-def segment_problem(dest: str) -> str | None:
-    """Why the fetched segment at ``dest`` is unusable (short, no valid header), or None."""
-    from walvault.wal.pagecheck import LONG_HEADER_SIZE, whole_segment_problem
+def segment_problem(dest: str, name: str) -> str | None:
+    """Why the fetched copy of segment ``name`` at ``dest`` is unusable (short, no valid
+    header, a header for another segment or timeline), or None."""
+    from walvault.wal.pagecheck import (
+        LONG_HEADER_SIZE,
+        header_problems,
+        unpack_long_header,
+        whole_segment_problem,
+    )
 
     with open(dest, "rb") as handle:
-        return whole_segment_problem(
-            handle.read(LONG_HEADER_SIZE), os.fstat(handle.fileno()).st_size
-        )
+        head = handle.read(LONG_HEADER_SIZE)
+        problem = whole_segment_problem(head, os.fstat(handle.fileno()).st_size)
+    if problem is not None:
+        return problem
+    return "; ".join(header_problems(unpack_long_header(head), name)) or None
 
 
 class LocalSource:
@@ -108,7 +122,7 @@ class LocalSource:
             self.server(server)
         except WalvaultError as exc:
             error(exc.message)
-            return CONNECTION
+            return ABORT
         print(f"Ready to retrieve WAL files from the server {server}", flush=True)
         return OK
 
@@ -126,15 +140,15 @@ class LocalSource:
                     discard(dest)
                     raise
                 os.close(fd)
-        except (retrieve.WalNotFound, InvalidWalName, DestinationError) as exc:
+        except retrieve.WalNotFound as exc:
             error(exc.message)
-            return exc.exit_code
+            return NOT_FOUND
         except WalvaultError as exc:
             error(exc.message)
-            return CONNECTION
+            return ABORT
         except OSError as exc:
             error(f"cannot write '{dest}': {exc.strerror}")
-            return CONNECTION
+            return ABORT
         return OK
 
 
@@ -173,11 +187,14 @@ class CommandSource:
         """The argv to run."""
         return self.walvault_argv(*get_wal_args)
 
-    def _result(self, code: int) -> int:
+    def _result(self, code: int, said_not_found: bool) -> int:
+        """restore_command's status from the command's: 1 only with get-wal's own answer."""
         if code == OK:
             return OK
-        error(f"{self.kind} 'walvault get-wal' command has failed!")
-        return code if 0 < code <= 125 else CONNECTION
+        if code == NOT_FOUND and said_not_found:
+            return NOT_FOUND
+        error(f"{self.kind} 'walvault get-wal' command has failed (exit status {code})")
+        return ABORT
 
     def test(self, server: str) -> int:
         import subprocess
@@ -188,8 +205,8 @@ class CommandSource:
             ).returncode
         except OSError as exc:
             error(f"cannot run {self.program}: {exc.strerror}")
-            return CONNECTION
-        return self._result(code)
+            return ABORT
+        return self._result(code, False)
 
     def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
         import subprocess
@@ -203,24 +220,30 @@ class CommandSource:
         except DestinationError as exc:
             error(exc.message)
             return exc.exit_code
+        said: list[bool] = [False]
         try:
             if self.compression:
-                code = _run_decompressing(cmd, self.compression, fd)
+                code = _run_decompressing(cmd, self.compression, fd, said)
             else:
-                code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=fd).returncode
+                with subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.PIPE
+                ) as proc:
+                    assert proc.stderr is not None
+                    said[0] = _relay_stderr(proc.stderr)
+                code = proc.returncode
         except OSError as exc:
             error(f"cannot run {self.program}: {exc.strerror}")
             code = -1
         except WalvaultError as exc:
             error(exc.message)
-            code = CONNECTION
+            code = -1
         finally:
             os.close(fd)
-        result = self._result(code)
-        problem = segment_problem(dest) if result == OK and _is_segment(name) else None
+        result = self._result(code, said[0])
+        problem = segment_problem(dest, name) if result == OK and _is_segment(name) else None
         if problem is not None:
             error(f"received an unusable copy of '{name}': {problem}")
-            result = CONNECTION
+            result = ABORT
         if result != OK:
             discard(dest)
         return result
@@ -266,11 +289,11 @@ class SshSource(CommandSource):
 
         return len(shlex.split(self.walvault_command))
 
-    def _result(self, code: int) -> int:
+    def _result(self, code: int, said_not_found: bool) -> int:
         if code == SSH_FAILED:
             error("Connection problem with ssh")
-            return CONNECTION
-        return super()._result(code)
+            return ABORT
+        return super()._result(code, said_not_found)
 
 
 def _is_segment(name: str) -> bool:
@@ -279,24 +302,48 @@ def _is_segment(name: str) -> bool:
     return is_segment(name)
 
 
-def _run_decompressing(cmd: list[str], algorithm: str, fd: int) -> int:
+def _relay_stderr(stream: IO[bytes]) -> bool:
+    """Copy the command's stderr to ours (PostgreSQL's log) line by line; True when one of
+    the lines is get-wal's "not found" answer."""
+    said = False
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        said = said or (line.startswith("ERROR: WAL file") and NOT_FOUND_MESSAGE in line)
+        print(line, file=sys.stderr, flush=True)
+    return said
+
+
+def _run_decompressing(cmd: list[str], algorithm: str, fd: int, said: list[bool]) -> int:
     """Run ``cmd`` and decompress its stdout into ``fd`` as it arrives (deprecated -z/-j)."""
     import subprocess
+    import threading
 
     from walvault.archive.compression import CompressionError, iter_decompressed
 
     with (
-        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE) as proc,
+        subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as proc,
         open(fd, "wb", closefd=False) as out,
     ):
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
+        errors = proc.stderr
+
+        def relay() -> None:
+            said[0] = _relay_stderr(errors)
+
+        relay_thread = threading.Thread(target=relay, daemon=True)
+        relay_thread.start()
         try:
             for piece in iter_decompressed(proc.stdout, algorithm):
                 out.write(piece)
         except CompressionError as exc:
             proc.kill()
             proc.wait()
+            relay_thread.join()
             if proc.returncode not in (0, -9):
                 return proc.returncode
             raise WalvaultError(f"cannot decompress what get-wal sent: {exc}") from None
+        proc.wait()
+        relay_thread.join()
     return proc.returncode

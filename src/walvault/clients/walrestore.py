@@ -5,10 +5,14 @@
 
 WALVAULT_HOST ``local`` reads the archive on this host in-process (no ssh, no second
 interpreter), or runs ``--walvault-command`` (e.g. through sudo) when given; any other value
-runs ``walvault get-wal`` there over ssh.  Exit codes, for
-PostgreSQL: 0 restored, 1 not found (end of recovery), 2 could not ask (connection,
-configuration, I/O, interrupted), 3 bad arguments.  Never a status above 125 or a death by
-signal for an ordinary failure: PostgreSQL would abort the recovery.
+runs ``walvault get-wal`` there over ssh.  Exit codes, for PostgreSQL
+(clients/common.py): 0 restored; 1 only when the archive answered that it has no such file
+(PostgreSQL then ends recovery); 200 for every other outcome -- could not ask, unreadable,
+corrupt or wrong content, bad arguments, configuration, interrupted -- which makes
+PostgreSQL stop instead of promoting a server that lacks WAL (started again once the
+fault is repaired, it resumes).  A standby (``standby.signal`` in PostgreSQL's data
+directory, the command's working directory) gets 1 instead of 200: a standby never promotes
+on its own, and retries the archive after a few seconds rather than shutting down.
 
 Start-up is kept lean (the restore_command runs once per segment).  A segment served from
 the prefetch spool imports only built-in modules (os, sys, struct, fcntl, errno, stat) and
@@ -25,9 +29,9 @@ import time  # already loaded by the interpreter at start-up
 
 from walvault import __version__
 from walvault.clients.common import (
-    BAD_ARGS,
-    CONNECTION,
+    ABORT,
     LOCAL_HOST,
+    NOT_FOUND,
     OK,
     error,
     source_label,
@@ -39,6 +43,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
+    from typing import NoReturn
 
     from walvault.clients.spool import Spool
     from walvault.clients.transport import Source
@@ -48,10 +53,19 @@ DEFAULT_SPOOL_DIR = "/var/tmp/walrestore"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, option for option like barman-wal-restore (plus --ssh-command)."""
+    """The command line, option for option like barman-wal-restore (plus --ssh-command).
+
+    A usage error exits 200, not argparse's 2: a mistyped restore_command must stop the
+    recovery, not end it.
+    """
     import argparse
 
-    p = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            self.exit(ABORT, f"ERROR: {self.prog}: {message}\n")
+
+    p = Parser(
         prog="walvault-wal-restore",
         description="Fetch a WAL file from walvault for PostgreSQL's restore_command. "
         "WALVAULT_HOST 'local' reads the archive on this host without ssh.",
@@ -241,7 +255,7 @@ def restore(args: argparse.Namespace) -> int:
         return make_source(args).test(args.server_name)
     if os.path.isdir(args.wal_dest):
         error(f"WAL_DEST cannot be a directory: {args.wal_dest}")
-        return BAD_ARGS
+        return ABORT
     name = args.wal_name
     spool = _open_spool(args) if args.parallel > 0 and is_segment_name(name) else None
     if spool is not None:
@@ -256,7 +270,7 @@ def restore(args: argparse.Namespace) -> int:
         validate_wal_name(name)
     except InvalidWalName as exc:
         error(exc.message)
-        return BAD_ARGS
+        return ABORT
     source = make_source(args)
     code = source.fetch(args.server_name, name, args.wal_dest, partial=args.partial)
     if code == OK and spool is not None:
@@ -279,6 +293,23 @@ def _note_progress(spool: Spool, name: str, sysid: int, seg_size: int) -> None:
         warning(f"cannot update the spool state: {exc}")
 
 
+#: Present in PostgreSQL's data directory (restore_command's working directory) when it
+#: runs as a standby.
+STANDBY_SIGNAL = "standby.signal"
+
+
+def for_postgresql(code: int) -> int:
+    """The status to give PostgreSQL for a restore that ended with ``code``.
+
+    A standby retries a failed restore_command after a few seconds and never promotes by
+    itself, so for it an abort (which would shut it down) becomes "not yet available".
+    """
+    if code == ABORT and os.path.exists(STANDBY_SIGNAL):
+        warning("PostgreSQL runs as a standby here: reporting 'not available' so it retries")
+        return NOT_FOUND
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code for PostgreSQL."""
     arguments = sys.argv[1:] if argv is None else list(argv)
@@ -286,10 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = restore(args)
     except KeyboardInterrupt:
-        code = CONNECTION
-    except Exception as exc:  # PostgreSQL must see 2, never a traceback's status
+        error("interrupted")
+        code = ABORT
+    except Exception as exc:  # PostgreSQL must see 200, never a traceback's status
         error(f"unexpected {type(exc).__name__}: {exc}")
-        code = CONNECTION
+        code = ABORT
+    code = for_postgresql(code)
     if code != 0 and args.sleep > 0:
         time.sleep(args.sleep)
     return code

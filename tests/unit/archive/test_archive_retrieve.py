@@ -112,7 +112,73 @@ def test_short_plain_segment_is_skipped_with_a_warning(
     warnings: list[str] = []
     with retrieve.open_wal(server, NAME, warn=warnings.append) as found:
         assert found.path == str(streaming(server, NAME))
-    assert len(warnings) == 1 and "is not the segment size" in warnings[0]
+    assert len(warnings) == 1 and "the segment size is 1048576" in warnings[0]
+    assert warnings[0].endswith(f"serving {streaming(server, NAME)} instead")
+
+
+def test_a_wrong_copy_with_no_good_one_is_an_error_not_not_found(
+    server: ServerConfig, tmp_path: Path
+) -> None:
+    """Refusing must never look like "no such file": PostgreSQL would end recovery there."""
+    incoming(server, NAME).write_bytes(fake_segment(NAME)[: MIB // 2])
+    with pytest.raises(retrieve.IntegrityError) as err:
+        retrieve.open_wal(server, NAME)
+    assert err.value.exit_code == 200
+    assert "the segment size is 1048576" in err.value.message
+
+
+OTHER = "000000010000000000000009"
+
+
+@pytest.mark.parametrize("algorithm", [None, "zstd", "gzip"])
+def test_a_valid_segment_under_another_name_is_refused(
+    server: ServerConfig, tmp_path: Path, algorithm: str | None
+) -> None:
+    archive_path(server, NAME).write_bytes(comp.compress_bytes(algorithm, fake_segment(OTHER)))
+    with pytest.raises(retrieve.IntegrityError, match="does not match the start"):
+        fetch(server, NAME, tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", [None, "lz4"])
+def test_a_segment_of_another_cluster_is_refused(
+    server: ServerConfig, tmp_path: Path, algorithm: str | None
+) -> None:
+    from walvault.identity import write_identity
+
+    archive_path(server, NAME).write_bytes(
+        comp.compress_bytes(algorithm, fake_segment(NAME, sysid=424242))
+    )
+    assert len(fetch(server, NAME, tmp_path)) == MIB  # no identity recorded: nothing to compare
+    write_identity(server, 7000000000000000001, 15)
+    with pytest.raises(retrieve.IntegrityError, match="system identifier 424242 in header"):
+        fetch(server, NAME, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        fake_segment(NAME, sysid=424242),
+        fake_segment(NAME, pageaddr=0x9000000),
+        b"\x01" * 40 + bytes(MIB - 40),
+        os.urandom(20 * MIB),
+    ],
+    ids=["other-cluster", "wrong-address", "no-header", "header-less-20MB"],
+)
+def test_a_wrong_streamed_partial_is_refused(
+    server: ServerConfig, tmp_path: Path, content: bytes
+) -> None:
+    from walvault.identity import write_identity
+
+    write_identity(server, 7000000000000000001, 15)
+    streaming(server, NAME + ".partial").write_bytes(content)
+    with pytest.raises(retrieve.IntegrityError):
+        fetch(server, NAME, tmp_path, partial=True)
+
+
+def test_keep_compression_still_verifies(server: ServerConfig, tmp_path: Path) -> None:
+    archive_path(server, NAME).write_bytes(comp.compress_bytes("gzip", fake_segment(OTHER)))
+    with pytest.raises(retrieve.IntegrityError):
+        fetch(server, NAME, tmp_path, keep_compression=True)
 
 
 def test_file_moved_by_archiver_during_lookup_is_found(
@@ -171,9 +237,9 @@ def test_corrupt_or_short_compressed_copy_is_an_error(server: ServerConfig, tmp_
     archive_path(server, NAME).write_bytes(stored[: len(stored) // 2])
     with pytest.raises(retrieve.WalSendError) as err:
         fetch(server, NAME, tmp_path)
-    assert err.value.exit_code == 2
+    assert err.value.exit_code == 200
     archive_path(server, NAME).write_bytes(comp.compress_bytes("gzip", data[: MIB // 2]))
-    with pytest.raises(retrieve.WalSendError, match="not a valid segment"):
+    with pytest.raises(retrieve.IntegrityError, match="the segment size is 1048576"):
         fetch(server, NAME, tmp_path)
 
 
