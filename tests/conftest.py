@@ -14,6 +14,13 @@ PostgreSQL fixtures (see ``tests/pgharness.py`` for the cluster API):
 ``sshd`` (function) -- a started :class:`sshharness.Sshd` (skipped where no sshd is
 installed); remote commands run with this interpreter's ``bin`` first on PATH.
 
+S3 fixtures (see ``tests/s3harness.py``): ``moto_server`` (session) -- moto's S3 server on
+127.0.0.1, started on first use and stopped at the end of the session; ``s3_bucket``
+(function) -- the name of a fresh bucket on it, everything reset after the test;
+``s3_storage`` (function) -- an ``S3Storage`` for ``s3://<s3_bucket>/walvault-test`` with
+short timeouts; ``s3_environ`` -- the AWS_* variables (endpoint, keys, region) a walvault
+subprocess needs to reach ``moto_server``.
+
 Tests under ``tests/integration`` get the ``integration`` marker automatically.
 """
 
@@ -32,6 +39,7 @@ if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 
 from pgharness import ConfValue, PgCluster, find_pg_bindir  # noqa: E402
+from s3harness import TEST_ENVIRON, MotoServer, make_storage  # noqa: E402
 from sshharness import Sshd, sshd_available  # noqa: E402
 
 
@@ -142,3 +150,32 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> Iterator[str]:
+    name = moto_server.create_bucket()
+    try:
+        yield name
+    finally:
+        moto_server.reset()
+
+
+@pytest.fixture
+def s3_storage(moto_server: MotoServer, s3_bucket: str) -> Any:
+    return make_storage(f"s3://{s3_bucket}/walvault-test", moto_server.endpoint)
+
+
+@pytest.fixture
+def s3_environ(moto_server: MotoServer) -> dict[str, str]:
+    return {**TEST_ENVIRON, "AWS_ENDPOINT_URL": moto_server.endpoint}

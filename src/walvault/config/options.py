@@ -74,6 +74,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("parallel_jobs", "1", p.parse_positive_int),
     Option("recovery_options", "", p.parse_csv_choices(("get-wal", "delta-restore"))),
     Option("encryption", "none", p.choice("none", "gpg")),
+    # Object storage (S3): read by walvault.storage.s3config.S3Settings.from_options, which
+    # holds the defaults (None here: "the driver's default") and documents each option.
+    # Barman 3.20's names where Barman has the option.
+    Option("aws_endpoint_url", None),
+    Option("aws_allow_http", None, p.parse_bool),
+    Option("aws_addressing_style", None, p.choice("auto", "path", "virtual")),
+    Option("aws_region", None),
+    Option("aws_profile", None),
+    Option("aws_connect_timeout", None, p.parse_positive_int),
+    Option("aws_read_timeout", None, p.parse_positive_int),
+    Option("aws_request_timeout", None, p.parse_positive_int),
+    Option("aws_retries", None, p.parse_non_negative_int),
+    Option("aws_retry_timeout", None, p.parse_positive_int),
+    Option("aws_checksum_algorithm", None, p.choice("sha256", "crc64nvme", "none")),
+    Option("aws_encryption", None, p.choice("aes256", "aws:kms")),
+    Option("aws_sse_kms_key_id", None),
+    Option("aws_sse_customer_key", None),
+    Option("cloud_delete_batch_size", None, p.parse_positive_int),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}

@@ -22,6 +22,16 @@ Operations:
 * :meth:`Storage.delete` -- many keys at once (S3: batches of at most 1,000); keys that do
   not exist are not an error.
 
+Metadata keys are lower-case (S3 folds them; HTTP headers are case-insensitive) and checked
+by :func:`check_metadata`; keys starting with :data:`DRIVER_METADATA_PREFIX` belong to the
+drivers (S3: the SHA-256 of the stored bytes, verified on read) and are refused from callers
+and hidden from them.
+
+A reader verifies what it can before it reports the end of the object: the size the store
+announced and, where the driver recorded one at write time, the digest of the stored
+bytes.  A mismatch is a :class:`StorageError` from the ``read`` that reaches the end, so a
+caller that reads to ``b""`` has either every byte as written or an exception.
+
 Every failure of the store itself (unreachable, refused, timed out after the driver's
 bounded retries, a checksum that does not match) raises :class:`StorageError` with one line
 naming the store and the key.  Drivers import their client library lazily: nothing here
@@ -39,6 +49,15 @@ from walvault.errors import WalvaultError
 #: Characters a key may contain (WAL names, backup ids, server names and our own files).
 KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/@+=")
 MAX_KEY_LENGTH = 1024
+
+#: Metadata keys: lower-case letters, digits and '-', starting with a letter or digit.
+METADATA_KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+MAX_METADATA_KEY_LENGTH = 64
+#: S3 allows 2 KiB of user metadata (keys and values) per object; a driver may add its own
+#: keys, so callers get a little less.
+MAX_METADATA_BYTES = 1536
+#: Keys with this prefix are a driver's own (see the module docstring).
+DRIVER_METADATA_PREFIX = "walvault-storage-"
 
 
 class StorageError(WalvaultError):
@@ -65,6 +84,44 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """A copy of ``metadata`` if every key and value may be stored, else :class:`InvalidKey`.
+
+    Keys: lower-case letters, digits and ``-`` (at most 64, not starting with ``-`` nor with
+    :data:`DRIVER_METADATA_PREFIX`); values: printable ASCII; all of it at most
+    :data:`MAX_METADATA_BYTES`.
+    """
+    checked: dict[str, str] = {}
+    total = 0
+    for key, value in (metadata or {}).items():
+        if (
+            not isinstance(key, str)
+            or not key
+            or len(key) > MAX_METADATA_KEY_LENGTH
+            or key.startswith("-")
+            or not METADATA_KEY_CHARACTERS.issuperset(key)
+        ):
+            raise InvalidKey(
+                f"invalid metadata key {key!r}: accepted: lower-case letters, digits and '-' "
+                f"(at most {MAX_METADATA_KEY_LENGTH}, not starting with '-')"
+            )
+        if key.startswith(DRIVER_METADATA_PREFIX):
+            raise InvalidKey(
+                f"invalid metadata key {key!r}: keys starting with {DRIVER_METADATA_PREFIX!r} "
+                "are reserved for the storage drivers"
+            )
+        if not isinstance(value, str) or not all(" " <= c <= "~" for c in value):
+            raise InvalidKey(f"invalid metadata value for {key!r}: accepted: printable ASCII")
+        total += len(key) + len(value)
+        checked[key] = value
+    if total > MAX_METADATA_BYTES:
+        raise InvalidKey(
+            f"metadata of {total} bytes is too large: at most {MAX_METADATA_BYTES} bytes "
+            "of keys and values"
+        )
+    return checked
+
+
 def check_prefix(prefix: str) -> str:
     """A listing prefix: "" (everything) or a valid key, optionally ending in ``/``."""
     if prefix == "":
@@ -89,6 +146,11 @@ class Features:
     write_checksums: bool
     #: the store is this host's filesystem (renames are possible, listing is cheap).
     local: bool
+    #: create-only puts are atomic up to this many bytes; above it the driver checks that
+    #: the key is free and then writes, so a concurrent writer of the same key could slip in
+    #: between (S3: single PUTs with ``If-None-Match: *`` up to the multipart threshold,
+    #: multipart uploads above it).  None: atomic at any size.
+    max_atomic_size: int | None = None
 
 
 @dataclass(frozen=True)
