@@ -21,6 +21,14 @@ Operations:
   as the caller iterates (never the whole listing in memory).
 * :meth:`Storage.delete` -- many keys at once (S3: batches of at most 1,000); keys that do
   not exist are not an error.
+* :meth:`Storage.put_file` -- :meth:`Storage.put` of a local file; the posix driver links
+  it into place instead of copying when it can (the source stays: the caller removes it once
+  everything that depends on the copy is durable).
+* :meth:`Storage.batch` -- many puts made durable together: the posix driver writes and
+  fsyncs each file when it is given, then makes them all visible and fsyncs each directory
+  once at :meth:`WriteBatch.commit`; where every put is durable on its own (S3), a batch
+  puts at once and ``commit`` has nothing left to do.  Objects of a batch are visible only
+  after ``commit`` on posix, at once on S3: callers must not depend on either.
 
 Metadata keys are lower-case (S3 folds them; HTTP headers are case-insensitive) and checked
 by :func:`check_metadata`; keys starting with :data:`DRIVER_METADATA_PREFIX` belong to the
@@ -229,4 +237,58 @@ class Storage(Protocol):
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` (absent ones are ignored), in batches."""
+        ...
+
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        """Create-only :meth:`put` of the local file at ``path`` (which is left in place)."""
+        ...
+
+    def batch(self) -> WriteBatch:
+        """A group of create-only writes committed together (see the module docstring)."""
+        ...
+
+
+class WriteBatch(Protocol):
+    """Create-only writes made durable together by :meth:`commit`.
+
+    ``put``/``put_file`` may be called from several threads.  ``commit`` returns, per key
+    that could not be made visible, the error (``ObjectExists`` when another writer created
+    it meanwhile); the others are durable.  ``discard`` drops what is not yet visible.
+    """
+
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        """Write ``data`` for ``key`` (visible and durable at the latest after commit)."""
+        ...
+
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        """Like :meth:`put` for the local file at ``path`` (left in place)."""
+        ...
+
+    def commit(self) -> dict[str, StorageError]:
+        """Make every write durable and visible; return the keys that failed, with why."""
+        ...
+
+    def discard(self) -> None:
+        """Forget the writes that are not visible yet (their temporary data is removed)."""
         ...
