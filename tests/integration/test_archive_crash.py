@@ -89,16 +89,18 @@ def _check(server: ServerConfig, originals: dict[str, bytes], live: str, algo: s
 
 
 def _state(server: ServerConfig, originals: dict[str, bytes]) -> str:
-    """Where the killed run stopped, roughly."""
-    if os.path.exists(archive_journal_path(server)):
-        return "mid-commit"
+    """Where the killed run stopped, roughly ("mid-commit": files in the archive whose
+    catalogue line is not written yet, their sources still staged)."""
     staged = set(os.listdir(server.incoming_wals_directory))
     staged |= set(os.listdir(server.streaming_wals_directory))
     archived = set(archived_files(server))
     if not archived:
         return "untouched"
-    if not staged & set(originals) and len(catalogue_lines(server)) == len(originals):
+    catalogued = {line[0] for line in catalogue_lines(server)}
+    if not staged & set(originals) and catalogued == set(originals):
         return "done"
+    if archived - catalogued and archived & staged:
+        return "mid-commit"
     return "part archived"
 
 

@@ -1,17 +1,22 @@
-"""archive-wal: move finished WAL from streaming/ and incoming/ into the archive, durably.
+"""archive-wal: copy finished WAL from streaming/ and incoming/ into the archive, durably.
 
 One pass per staging directory (streaming first, as Barman does), each over one batch:
 
-1. inspect each file (header, system identifier, archived twin) and start its compression
-   in a thread pool; files that cannot be archived go to errors/ at once;
-2. journal the batch's catalogue lines (:mod:`walvault.archive.journal`);
-3. fsync the written files, rename them into ``wals/``, fsync each directory once; files
-   that need no rewriting are fsynced and renamed straight from the staging directory;
-4. append the catalogue lines (one fsync, under the xlogdb lock only now);
-5. remove the sources, then the journal.
+1. inspect each file (header, system identifier, archived twin); files that cannot be
+   archived go to errors/ at once; the others are stored by a thread pool -- compressed
+   while the digest of their plain content is computed, or (already compressed by the
+   client, or no compression) decoded whole for the digest and stored as they are;
+2. commit the store's batch: a local archive fsyncs each file as it is written and links
+   them all into ``wals/`` now, each directory fsynced once; object storage has already
+   confirmed every upload (create-only PUTs with checksums);
+3. append the catalogue lines (one fsync, under the xlogdb lock only now);
+4. remove the sources.
 
-A crash anywhere leaves either the source (retried; an identical archived twin is then
-dropped) or the archived file plus a journal line (recovered at the next run's start).
+The source is never removed before its copy is durable.  A crash anywhere leaves the source
+in place: the next run finds the archived twin, compares the decoded contents (identical:
+the catalogue line is added if missing and the source dropped; different: errors/).  Older
+versions wrote a journal (:mod:`walvault.archive.journal`); one left behind is still
+replayed first.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from dataclasses import dataclass, field
 from walvault.archive import errors_dir, ingest, journal
 from walvault.archive.batch import INCOMING, STREAMING, Batch, next_batch
 from walvault.archive.catalogue import CatalogueEntry, RebuildResult, append_entries, rebuild
-from walvault.archive.compression import resolve_level
-from walvault.archive.layout import archived_path
+from walvault.archive.compression import CompressionError, resolve_level
+from walvault.archive.walstore import ArchivedFile, WalArchive
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
-from walvault.fs import SyncBatch, cleanup_stale_temps, durable_move, ensure_dir, remove_files
+from walvault.fs import SyncBatch, cleanup_stale_temps, remove_files
 from walvault.locks import ARCHIVE_WAL, ServerLock
+from walvault.storage.base import ObjectInfo, StorageError, WriteBatch
 from walvault.wal.header import WalHeader
 
 log = logging.getLogger("walvault.archive")
@@ -56,8 +62,14 @@ class ArchiveResult:
         return 1 if self.failed or serious else 0
 
 
-def _workers() -> int:
-    """One compressing thread per usable core.
+#: Uploads in flight per core for an archive in object storage: each thread spends most of
+#: its time waiting for the store (one PUT ~20 ms on loopback, more over a network).
+UPLOADS_PER_CORE = 4
+
+
+def _workers(cloud: bool) -> int:
+    """One compressing thread per usable core (local), a few uploads per core (object
+    storage).
 
     Compression is CPU-bound and releases the GIL; reading and fsyncing a segment take a
     few ms beside 10-20 ms of compression (zstd).  Measured on 2 cores with
@@ -68,15 +80,15 @@ def _workers() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, cores)
+    return max(1, cores) * (UPLOADS_PER_CORE if cloud else 1)
 
 
 @dataclass
 class _Item:
     staged: ingest.Staged
-    dst: str
-    action: str  # "move", "write" or "drop"
-    future: Future[int] | None = None
+    key: str
+    action: str  # "store" or "drop" (an identical copy is already archived)
+    future: Future[ObjectInfo] | None = None
     entry: CatalogueEntry | None = None
 
 
@@ -84,22 +96,28 @@ class _Pass:
     """One batch from one staging directory."""
 
     def __init__(
-        self, server: ServerConfig, batch: Batch, result: ArchiveResult, echo: Echo, warn: Echo
+        self,
+        server: ServerConfig,
+        archive: WalArchive,
+        batch: Batch,
+        result: ArchiveResult,
+        echo: Echo,
+        warn: Echo,
     ) -> None:
         self.server = server
+        self.archive = archive
         self.batch = batch
         self.result = result
         self.echo = echo
         self.warn = warn
         self.algorithm = server.compression
         self.level = resolve_level(server.compression, server.compression_level)
-        self.sync = SyncBatch()
+        self.errors = SyncBatch()  # moves into errors/, synced once
+        self.store: WriteBatch = archive.batch()
         self.pool: ThreadPoolExecutor | None = None
         self.prepared: set[str] = set()
         self.items: list[_Item] = []
         self.unknown: list[str] = []
-        wals = ensure_dir(server.wals_directory)
-        self.same_fs = os.stat(batch.directory).st_dev == os.stat(wals).st_dev
 
     @staticmethod
     def header_for(server: ServerConfig, batch: Batch) -> str:
@@ -116,27 +134,18 @@ class _Pass:
                 self._plan(name, identity)
             self._move_unknown()
             self._collect()
-            entries = [item.entry for item in self.items if item.entry is not None]
-            if entries:
-                journal.write_journal(self.server, entries)
-        except BaseException:  # nothing is live yet: drop the temporary files
+        except BaseException:  # nothing is live yet: drop what was written
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
-            self.sync.discard()
+            self.store.discard()
+            self.errors.flush()
             raise
         if self.pool is not None:
             self.pool.shutdown()
-        self._commit(entries)
-
-    def _prepare(self, dst: str) -> None:
-        directory = os.path.dirname(dst)
-        if directory not in self.prepared:
-            ensure_dir(directory)
-            cleanup_stale_temps(directory, older_than=0)  # we hold the archive-wal lock
-            self.prepared.add(directory)
+        self._commit()
 
     def _to_errors(self, path: str, kind: str, message: str) -> None:
-        errors_dir.move_to_errors(self.server, path, kind, batch=self.sync)
+        errors_dir.move_to_errors(self.server, path, kind, batch=self.errors)
         self.result.errors.setdefault(kind, []).append(os.path.basename(path))
         self.echo(message)
         log.warning("%s", message.strip())
@@ -151,7 +160,7 @@ class _Pass:
         path = os.path.join(self.batch.directory, name)
         srv = self.server.name
         if found.verdict is ingest.Verdict.UNKNOWN:  # e.g. a directory with a WAL name
-            errors_dir.move_to_errors(self.server, path, errors_dir.UNKNOWN, batch=self.sync)
+            errors_dir.move_to_errors(self.server, path, errors_dir.UNKNOWN, batch=self.errors)
             self.unknown.append(name)
             return
         if found.verdict is ingest.Verdict.FOREIGN:
@@ -174,37 +183,44 @@ class _Pass:
         assert staged is not None
         if found.header is not None and identity.system_identifier is None:
             identity.record(self.server, found.header)
-        dst = archived_path(self.server, name)
-        if os.path.lexists(dst):
-            self._twin(staged, dst)
-            return
-        self._prepare(dst)
-        if self.algorithm is not None and staged.compression is None:
-            self._submit(_Item(staged, dst, "write"), self.algorithm)
-        elif self.same_fs:
-            self.items.append(_Item(staged, dst, "move"))
-        else:
-            self._submit(_Item(staged, dst, "write"), None)
-
-    def _submit(self, item: _Item, algorithm: str | None) -> None:
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(_workers(), thread_name_prefix="archive-wal")
-        item.future = self.pool.submit(
-            ingest.write_archived, item.staged, item.dst, algorithm, self.level, self.sync
-        )
-        self.items.append(item)
-
-    def _twin(self, staged: ingest.Staged, dst: str) -> None:
         try:
-            identical = ingest.same_content(dst, staged)
+            twin = self.archive.find(name)
+        except StorageError as exc:
+            self._fail(name, f"cannot look it up in the archive: {exc}")
+            return
+        if twin is not None:
+            self._twin(staged, twin)
+            return
+        compress = self.algorithm is not None and staged.compression is None
+        key = self.archive.key(name, self.algorithm if compress else staged.compression)
+        directory = key.rpartition("/")[0]
+        if directory not in self.prepared:
+            self.archive.prepare(name)
+            self.prepared.add(directory)
+        if self.pool is None:
+            workers = _workers(self.archive.cloud)
+            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="archive-wal")
+        if compress:
+            assert self.algorithm is not None
+            future = self.pool.submit(
+                ingest.store_compressed, staged, key, self.algorithm, self.level, self.store
+            )
+        else:
+            future = self.pool.submit(ingest.store_as_is, staged, key, self.store)
+        self.items.append(_Item(staged, key, "store", future))
+
+    def _twin(self, staged: ingest.Staged, twin: ArchivedFile) -> None:
+        try:
+            identical = ingest.same_content(ingest.archived_pieces(self.archive, twin), staged)
         except (ingest.UnreadableArchive, OSError) as exc:
             self._fail(staged.name, f"cannot compare it with its archived copy: {exc}")
             return
         if identical:
-            self._prepare(dst)
-            self.sync.add_file(dst)  # the twin may be the one a killed run just renamed
-            self.sync.add_dir(os.path.dirname(dst))
-            self.items.append(_Item(staged, dst, "drop"))
+            compression = twin.compression if self.archive.cloud else staged.compression
+            if not self.archive.cloud:
+                compression = _local_codec(self.archive, twin)
+            entry = CatalogueEntry(staged.name, twin.info.size, staged.mtime, compression)
+            self.items.append(_Item(staged, twin.key, "drop", entry=entry))
             return
         self._to_errors(
             staged.path,
@@ -224,7 +240,7 @@ class _Pass:
         for name in self.batch.unknown:
             path = os.path.join(self.batch.directory, name)
             try:
-                errors_dir.move_to_errors(self.server, path, errors_dir.UNKNOWN, batch=self.sync)
+                errors_dir.move_to_errors(self.server, path, errors_dir.UNKNOWN, batch=self.errors)
             except FileNotFoundError:
                 continue
             self.unknown.append(name)
@@ -244,47 +260,54 @@ class _Pass:
         for item in self.items:
             if item.future is not None:
                 try:
-                    size = item.future.result()
+                    info = item.future.result()
                 except FileNotFoundError:
                     continue  # removed by someone else meanwhile
+                except CompressionError as exc:  # a client's compressed file that is corrupt
+                    self._fail(item.staged.name, str(exc))
+                    continue
                 except Exception as exc:  # one bad file must not stop the batch
                     self._fail(item.staged.name, str(exc))
                     continue
+                compression = self.algorithm if item.staged.compression is None else None
                 item.entry = CatalogueEntry(
-                    item.staged.name, size, item.staged.mtime, self.algorithm
-                )
-            elif item.action == "move":
-                staged = item.staged
-                item.entry = CatalogueEntry(
-                    staged.name, staged.size, staged.mtime, staged.compression
+                    item.staged.name,
+                    info.size,
+                    item.staged.mtime,
+                    compression or item.staged.compression,
                 )
             kept.append(item)
         self.items = kept
 
-    def _commit(self, entries: list[CatalogueEntry]) -> None:
-        self.sync.flush()
-        moves = SyncBatch()
-        done: set[str] = set()
+    def _commit(self) -> None:
+        self.errors.flush()
+        failures = self.store.commit()
+        stored: list[CatalogueEntry] = []
+        dropped: list[CatalogueEntry] = []
+        done: list[_Item] = []
         for item in self.items:
-            if item.action != "move":
+            if item.key in failures and item.action == "store":
+                self._fail(item.staged.name, str(failures[item.key]))
                 continue
-            try:
-                durable_move(item.staged.path, item.dst, batch=moves)
-            except OSError as exc:
-                self._fail(item.staged.name, f"cannot move it into the archive: {exc}")
-                continue
-            done.add(item.staged.name)
-        moves.flush()
-        done.update(i.staged.name for i in self.items if i.action == "write")
-        written = [e for e in entries if e.name in done]
-        append_entries(self.server, written)
-        remove_files(item.staged.path for item in self.items if item.action != "move")
-        if entries:
-            journal.clear_journal(self.server)
-        for item in self.items:
-            if item.action == "drop":
-                self.result.dropped.append(item.staged.name)
-        self.result.archived.extend(e.name for e in written)
+            assert item.entry is not None
+            (stored if item.action == "store" else dropped).append(item.entry)
+            done.append(item)
+        append_entries(self.server, stored)
+        append_entries(self.server, dropped, skip_existing=True)  # after a crash: maybe not
+        remove_files(item.staged.path for item in done)
+        self.result.dropped.extend(e.name for e in dropped)
+        self.result.archived.extend(e.name for e in stored)
+
+
+def _local_codec(archive: WalArchive, twin: ArchivedFile) -> str | None:
+    """The codec of a file in a local archive, told by its first bytes."""
+    from walvault.archive.compression import MAGIC_MAX_LEN, identify
+
+    reader = archive.storage.open(twin.key)
+    if reader is None:
+        return None
+    with reader:
+        return identify(reader.read(MAGIC_MAX_LEN))
 
 
 class _Identity:
@@ -335,6 +358,7 @@ def archive_wal(
                 cleanup_stale_temps(directory, older_than=0)
         result.recovered = [entry.name for entry in journal.recover(server)]
         identity = _Identity(server)
+        archive = WalArchive(server)
         sources = [STREAMING] if server.streaming_archiver else []
         sources += [INCOMING] if server.archiver else []
         for source in sources:
@@ -345,8 +369,8 @@ def archive_wal(
                     echo("\tno file found")
                 continue
             try:
-                _Pass(server, batch, result, echo, warn or echo).run(identity)
-            except OSError as exc:
+                _Pass(server, archive, batch, result, echo, warn or echo).run(identity)
+            except (OSError, StorageError) as exc:
                 raise WalvaultError(
                     f"archive-wal of server {server.name} stopped: {exc}; "
                     "the next run will finish the batch"

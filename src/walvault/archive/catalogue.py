@@ -15,14 +15,15 @@ import logging
 import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from walvault.archive.compression import identify_file
-from walvault.archive.layout import walk_archive
 from walvault.config import ServerConfig
 from walvault.fs import append_lines_durably, durable_write_from, ensure_dir, truncate_torn_tail
 from walvault.locks import XLOGDB, ServerLock
-from walvault.wal.names import WalKind, classify, hash_dir
+from walvault.wal.names import WalKind, classify
+
+if TYPE_CHECKING:
+    from walvault.archive.walstore import WalArchive
 
 log = logging.getLogger("walvault.archive")
 
@@ -186,35 +187,46 @@ _COUNTERS = {
 
 
 def scan_archive(server: ServerConfig) -> RebuildResult:
-    """Catalogue entries for every file in ``wals/`` (history on top, the rest in hash dirs)."""
+    """Catalogue entries for every file of the archive (history on top, the rest in hash
+    dirs), through :class:`~walvault.archive.walstore.WalArchive`: a directory or a bucket.
+
+    The codec comes from the key's extension in object storage, from the file's first bytes
+    in a local archive (where compressed files keep their plain names).
+    """
+    from walvault.archive.walstore import WalArchive
+
+    archive = WalArchive(server)
     result = RebuildResult()
-    catalogues = {
-        os.path.abspath(server.xlogdb_path),
-        os.path.join(server.wals_directory, "xlog.db"),
-    }
-    for item in walk_archive(server):
-        if item.directory == "" and os.path.abspath(item.path) in catalogues:
-            continue  # the catalogue itself (``xlog.db`` is its name before Barman 3.13)
-        kind = classify(item.name)
-        top_level_ok = item.directory == "" and kind is WalKind.HISTORY
-        in_dir_ok = (
-            item.directory != ""
-            and kind not in (None, WalKind.HISTORY)
-            and hash_dir(item.name) == item.directory
-        )
-        if item.is_dir or not (top_level_ok or in_dir_ok):
-            result.unexpected.append(item.path)
-            continue
+    for name, info, compression in archive.files():
+        if not archive.cloud:
+            present, compression = _stored_codec(archive, info.key)
+            if not present:
+                continue  # removed meanwhile (retention)
+        kind = classify(name)
         assert kind is not None
-        try:
-            st = os.stat(item.path)
-            compression = identify_file(item.path)
-        except FileNotFoundError:
-            continue  # removed meanwhile (retention)
-        result.entries.append(CatalogueEntry(item.name, st.st_size, st.st_mtime, compression))
+        result.entries.append(CatalogueEntry(name, info.size, info.mtime, compression))
         counter = _COUNTERS[kind]
         setattr(result, counter, getattr(result, counter) + 1)
+    catalogues = {
+        os.path.abspath(server.xlogdb_path),
+        os.path.join(server.wals_directory, "xlog.db"),  # its name before Barman 3.13
+    }
+    for key in archive.strays():
+        where = archive.storage.url(key)
+        if archive.cloud or os.path.abspath(where) not in catalogues:
+            result.unexpected.append(where)
     return result
+
+
+def _stored_codec(archive: WalArchive, key: str) -> tuple[bool, str | None]:
+    """(still there, codec told by its first bytes) of a local archived file."""
+    from walvault.archive.compression import MAGIC_MAX_LEN, identify
+
+    reader = archive.storage.open(key)
+    if reader is None:
+        return False, None
+    with reader:
+        return True, identify(reader.read(MAGIC_MAX_LEN))
 
 
 def _rebuild_locked(server: ServerConfig) -> RebuildResult:

@@ -1,4 +1,4 @@
-"""The per-file steps of archive-wal: inspect a staged file, compare twins, write its copy.
+"""The per-file steps of archive-wal: inspect a staged file, compare twins, store its copy.
 
 Nothing here decides the order of commits (see :mod:`walvault.archive.archiver`); each
 function looks at or writes one file, and is safe to call from worker threads.
@@ -11,21 +11,25 @@ import os
 import stat
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from walvault.archive.compression import (
     MAGIC_MAX_LEN,
     CompressionError,
     compress_stream,
     identify,
-    identify_file,
     iter_decompressed,
 )
+from walvault.archive.integrity import DigestingReader, digest_stream
 from walvault.config import ServerConfig
-from walvault.fs import SyncBatch, durable_write_from
 from walvault.identity import write_identity
+from walvault.storage.base import StorageError
 from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, check_segment, parse_long_header
 from walvault.wal.names import WalKind, classify
+
+if TYPE_CHECKING:
+    from walvault.archive.walstore import ArchivedFile, WalArchive
+    from walvault.storage.base import ObjectInfo, Reader, WriteBatch
 
 _HEAD_BYTES = max(MAGIC_MAX_LEN, LONG_HEADER_SIZE)
 _SNIFF_READ = 4096
@@ -144,37 +148,80 @@ def inspect_staged(directory: str, name: str, *, system_identifier: int | None) 
 
 
 class UnreadableArchive(Exception):
-    """The archived twin of a file cannot be decoded (its magic lies, or it is corrupt)."""
+    """The archived twin of a file cannot be read or decoded (its magic lies, or it is corrupt)."""
 
 
-def _pieces(path: str, algorithm: str | None, archived: bool) -> Generator[bytes, None, None]:
-    with open(path, "rb") as handle:
+class Vanished(FileNotFoundError):
+    """The archived twin was removed while it was being compared (retention, a purge)."""
+
+
+def _staged_pieces(staged: Staged) -> Generator[bytes, None, None]:
+    with open(staged.path, "rb") as handle:
+        yield from iter_decompressed(handle, staged.compression)
+
+
+class _HeadFirst:
+    """A reader whose first bytes were already read: gives them back first."""
+
+    def __init__(self, head: bytes, reader: Reader) -> None:
+        self._head: bytes | None = head
+        self._reader = reader
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._head is not None:
+            data, self._head = self._head, None
+            return data
+        return self._reader.read(size)
+
+
+def _decoded(reader: Reader, where: str) -> Generator[bytes, None, None]:
+    with reader:
+        head = reader.read(MAGIC_MAX_LEN)
         try:
-            yield from iter_decompressed(handle, algorithm)
-        except CompressionError as exc:
-            if archived:
-                raise UnreadableArchive(f"{path}: {exc}") from exc
-            raise
+            yield from iter_decompressed(_HeadFirst(head, reader), identify(head))  # type: ignore[arg-type]
+        except (CompressionError, StorageError) as exc:
+            raise UnreadableArchive(f"{where}: {exc}") from exc
 
 
-def same_content(archived: str, staged: Staged) -> bool:
-    """Whether the archived twin and the staged file hold the same (decompressed) bytes.
+def archived_pieces(archive: WalArchive, twin: ArchivedFile) -> Generator[bytes, None, None]:
+    """The decoded content of an archived file (UnreadableArchive if it cannot be)."""
+    where = archive.storage.url(twin.key)
+    try:
+        reader = archive.storage.open(twin.key)
+    except StorageError as exc:
+        raise UnreadableArchive(str(exc)) from exc
+    if reader is None:
+        raise Vanished(f"{where} vanished")
+    yield from _decoded(reader, where)
+
+
+def file_pieces(path: str) -> Generator[bytes, None, None]:
+    """The decoded content of a local file (incoming/, errors/); UnreadableArchive when it
+    does not decode, FileNotFoundError when it is gone."""
+    from walvault.storage.base import ObjectInfo
+    from walvault.storage.posix import PosixReader
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    yield from _decoded(PosixReader(fd, ObjectInfo(path, 0, 0.0)), path)
+
+
+def same_content(existing: Iterator[bytes], staged: Staged) -> bool:
+    """Whether ``existing`` (decoded pieces of a copy: :func:`archived_pieces`,
+    :func:`file_pieces`) and the staged file hold the same (decompressed) bytes.
 
     Compared piece by piece while decoding, without temporary files.  A staged file that
-    does not decode is different; an archived one that does not raises UnreadableArchive.
+    does not decode is different; an existing copy that does not raises UnreadableArchive.
     """
-    archived_algo = identify_file(archived)
-    plain = archived_algo is None and staged.compression is None
-    if plain and os.path.getsize(archived) != staged.size:
-        return False
-    left = _pieces(archived, archived_algo, True)
-    right = _pieces(staged.path, staged.compression, False)
+    left = existing
+    right = _staged_pieces(staged)
     try:
         return _equal_streams(left, right)
     except CompressionError:
         return False
     finally:
-        left.close()
+        close = getattr(left, "close", None)
+        if close is not None:
+            close()
         right.close()
 
 
@@ -193,28 +240,32 @@ def _equal_streams(left: Iterator[bytes], right: Iterator[bytes]) -> bool:
         a, b = a[n:], b[n:]
 
 
-def write_archived(
+def store_compressed(
     staged: Staged,
-    dst: str,
-    algorithm: str | None,
+    key: str,
+    algorithm: str,
     level: str | int | None,
-    batch: SyncBatch,
-) -> int:
-    """Write ``staged`` (compressed with ``algorithm``, or copied) to a temporary file
-    beside ``dst``, fsynced here so the sync overlaps other work; ``batch.flush()`` renames
-    it into place.  The source mtime is kept.  Returns the size written.
-    """
-    with open(staged.path, "rb") as source:
+    batch: WriteBatch,
+) -> ObjectInfo:
+    """Compress the (uncompressed) ``staged`` file into ``key`` of the archive's batch,
+    recording the digest of its plain content; the source mtime is kept.  Runs in a worker
+    thread: compression and the data fsync overlap other files'."""
 
-        def writer(handle: BinaryIO) -> None:
-            compress_stream(algorithm, level, source, handle)
-            handle.flush()
-            # the mtime first: changed after the fsync, it would leave the inode dirty
-            # and make the batch's fsync of this file wait for a journal commit
-            os.utime(handle.fileno(), (staged.mtime, staged.mtime))
-            os.fsync(handle.fileno())
+    def write(handle: BinaryIO) -> dict[str, str]:
+        with open(staged.path, "rb") as source:
+            plain = DigestingReader(source)
+            compress_stream(algorithm, level, plain, handle)  # type: ignore[arg-type]
+        return plain.metadata()
 
-        return durable_write_from(dst, writer, batch=batch)
+    return batch.put_written(key, write, mtime=staged.mtime)
+
+
+def store_as_is(staged: Staged, key: str, batch: WriteBatch) -> ObjectInfo:
+    """Store ``staged`` unchanged (uncompressed, or compressed by the sending client) into
+    ``key``, recording the digest of its plain content: the file is decoded whole, so a
+    corrupt compressed file is refused here (CompressionError) rather than served later."""
+    metadata = digest_stream(_staged_pieces(staged))
+    return batch.put_file(key, staged.path, metadata=metadata, mtime=staged.mtime)
 
 
 def record_identity(server: ServerConfig, header: WalHeader) -> bool:

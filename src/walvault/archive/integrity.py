@@ -31,6 +31,9 @@ from walvault.wal.pagecheck import LONG_HEADER_SIZE, header_problems, unpack_lon
 # mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import BinaryIO
+
     from xxhash import xxh3_128
 
 #: The digest algorithm recorded with archived files, as written in metadata: ``<algo>:<hex>``.
@@ -168,3 +171,57 @@ class PlainCheck:
             if got != self.digest:
                 raise self._fail(f"content digest {got} does not match the recorded {self.digest}")
         return self._size
+
+
+class DigestingReader:
+    """A binary file that digests what is read through it (for archive-wal's compressors).
+
+    Passes ``read``/``readinto`` and the size probing of
+    :func:`walvault.archive.compression.compress_stream` (``seekable``, ``tell``, ``seek``)
+    through to ``handle``; :meth:`metadata` gives the digest and plain size once the whole
+    file was read.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._hasher = new_hasher()
+        self.size = 0
+        self.name = getattr(handle, "name", "the source file")
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._handle.read(size)
+        self._hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        count = self._handle.readinto(buffer)  # type: ignore[attr-defined]
+        view = memoryview(buffer)[:count]
+        self._hasher.update(view)
+        self.size += count
+        return int(count)
+
+    def seekable(self) -> bool:
+        return self._handle.seekable()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        if self.size:
+            raise ValueError("cannot seek a digesting reader once it was read")
+        return self._handle.seek(offset, whence)
+
+    def metadata(self) -> dict[str, str]:
+        """The archive's metadata of what was read (see walstore.file_metadata)."""
+        return {DIGEST_KEY: digest_text(self._hasher), PLAIN_SIZE_KEY: str(self.size)}
+
+
+def digest_stream(pieces: Iterable[bytes]) -> dict[str, str]:
+    """The archive's metadata (digest, plain size) of content given piece by piece."""
+    hasher = new_hasher()
+    size = 0
+    for piece in pieces:
+        hasher.update(piece)
+        size += len(piece)
+    return {DIGEST_KEY: digest_text(hasher), PLAIN_SIZE_KEY: str(size)}

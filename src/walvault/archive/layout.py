@@ -1,32 +1,26 @@
-"""Where every file of a server's archive lives (Barman's layout); the only place paths are made.
+"""Where every local file of a server lives (Barman's layout); the only place paths are made.
 
-wals/<TLI+log, 16 hex>/<segment>[.partial | .<offset>.backup]
-wals/<TLI>.history
+incoming/<name>, streaming/<name>               (staging: always local)
 <server>-xlog.db in xlogdb_directory
 errors/<name>.<UTC stamp>[.<n>].<kind>  (see errors_dir)
 <backup_directory>/walvault-archive-wal.journal   (archive-wal's intent record, see journal)
+
+The archive itself (``wals/``, local or in a bucket) is named by
+:mod:`walvault.archive.walstore`; :func:`archived_path` is its local layout's path, for the
+local-only tools and the tests.
 """
 
 from __future__ import annotations
 
 import os
 
-from walvault.records import NamedTuple
 from walvault.wal.names import hash_dir, is_segment, validate_wal_name
-from walvault.wal.pagecheck import is_upper_hex
 
 # mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module, and
 # must not pay ~6 ms for typing and re).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from walvault.config import ServerConfig
-
-
-def _is_hash_dir(name: str) -> bool:
-    """A ``wals/`` sub-directory name: 16 upper-case hex digits (timeline and log id)."""
-    return is_upper_hex(name, 16)
 
 
 def archived_path(server: ServerConfig, name: str) -> str:
@@ -45,38 +39,41 @@ def streaming_path(server: ServerConfig, name: str) -> str:
     return os.path.join(server.streaming_wals_directory, validate_wal_name(name))
 
 
-def lookup_paths(server: ServerConfig, name: str, *, partial: bool = False) -> list[str]:
-    """Where get-wal looks for ``name``, in order (Barman's order, repeats included).
+#: The place of :func:`lookup_order` that means "the archive" (local directory or bucket).
+ARCHIVE = "<archive>"
+
+
+def lookup_order(
+    server: ServerConfig, name: str, *, partial: bool = False
+) -> list[tuple[str, str]]:
+    """Where get-wal looks for ``name``, in order (Barman's order, repeats included), as
+    (place, file name): place is :data:`ARCHIVE` or a staging directory.
 
     The archive, ``incoming/``, ``streaming/``; with ``partial`` (plain segments only)
     ``streaming/<name>.partial``, ``streaming/<name>`` again (pg_receivewal may have just
-    completed it), ``wals/<hash>/<name>.partial``, ``incoming/<name>.partial``; and the
+    completed it), the archived ``<name>.partial``, ``incoming/<name>.partial``; and the
     archive once more, in case archive-wal moved the file while we looked.
     """
-    paths = [
-        archived_path(server, name),
-        incoming_path(server, name),
-        streaming_path(server, name),
-    ]
+    validate_wal_name(name)
+    incoming, streaming = server.incoming_wals_directory, server.streaming_wals_directory
+    order = [(ARCHIVE, name), (incoming, name), (streaming, name)]
     if partial and is_segment(name):
         partial_name = name + ".partial"
-        paths += [
-            streaming_path(server, partial_name),
-            streaming_path(server, name),
-            archived_path(server, partial_name),
-            incoming_path(server, partial_name),
+        order += [
+            (streaming, partial_name),
+            (streaming, name),
+            (ARCHIVE, partial_name),
+            (incoming, partial_name),
         ]
-    paths.append(archived_path(server, name))
-    return paths
+    order.append((ARCHIVE, name))
+    return order
 
 
 def hash_dirs(server: ServerConfig) -> list[str]:
-    """The hash directories of ``wals/``, sorted (oldest first)."""
-    try:
-        entries = os.listdir(server.wals_directory)
-    except FileNotFoundError:
-        return []
-    return sorted(e for e in entries if _is_hash_dir(e))
+    """The hash directories of the archive, sorted (oldest first)."""
+    from walvault.archive.walstore import WalArchive
+
+    return WalArchive(server).hash_dirs()
 
 
 def newest_archived_segment(server: ServerConfig, timeline: int | None = None) -> str | None:
@@ -84,17 +81,9 @@ def newest_archived_segment(server: ServerConfig, timeline: int | None = None) -
 
     Looks only at the newest hash directories, so the cost does not grow with the archive.
     """
-    for directory in reversed(hash_dirs(server)):
-        if timeline is not None and int(directory[:8], 16) != timeline:
-            continue
-        try:
-            names = [n for n in os.listdir(os.path.join(server.wals_directory, directory))]
-        except FileNotFoundError:
-            continue
-        segments = sorted(n for n in names if is_segment(n))
-        if segments:
-            return segments[-1]
-    return None
+    from walvault.archive.walstore import WalArchive
+
+    return WalArchive(server).newest_segment(timeline)
 
 
 def archive_journal_path(server: ServerConfig) -> str:
@@ -107,44 +96,3 @@ def errors_path(server: ServerConfig, filename: str) -> str:
     if not filename or "/" in filename or filename in (".", ".."):
         raise ValueError(f"invalid errors/ file name {filename!r}")
     return os.path.join(server.errors_directory, filename)
-
-
-class ArchiveEntry(NamedTuple):
-    """One entry met while walking ``wals/``: ``directory`` is "" at the top level."""
-
-    directory: str
-    name: str
-    path: str
-    is_dir: bool
-
-
-def walk_archive(server: ServerConfig) -> Iterator[ArchiveEntry]:
-    """Every entry of ``wals/`` in Barman's order: top level sorted, hash dirs descended.
-
-    Dot files (temporary files of writers) are skipped; sub-directories of hash dirs and
-    top-level directories that are not hash dirs are yielded with ``is_dir`` set.
-    """
-    top = server.wals_directory
-    try:
-        names = sorted(os.listdir(top))
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith("."):
-            continue
-        path = os.path.join(top, name)
-        if not os.path.isdir(path):
-            yield ArchiveEntry("", name, path, False)
-            continue
-        if not _is_hash_dir(name):
-            yield ArchiveEntry("", name, path, True)
-            continue
-        try:
-            inner = sorted(os.listdir(path))
-        except FileNotFoundError:
-            continue
-        for child in inner:
-            if child.startswith("."):
-                continue
-            child_path = os.path.join(path, child)
-            yield ArchiveEntry(name, child, child_path, os.path.isdir(child_path))

@@ -2,24 +2,24 @@
 
 A file goes when it is not a ``.history`` file and its segment name (the first 24 characters:
 timeline, log, segment) sorts before ``keep_from``, the begin WAL of the oldest backup kept
-(Barman's rule, so every timeline below it goes too).  Files are unlinked first (directories
-fsynced), then the catalogue is rewritten without their lines (temp file + rename), all
-under the archive-wal lock and the xlogdb lock: a crash in between leaves catalogue lines of
-removed files, which the next purge drops; never a file without its line.
+(Barman's rule, so every timeline below it goes too).  Files are removed first, through the
+archive's store (a local archive fsyncs the directories and removes the ones left empty;
+object storage deletes in batches of 1,000 keys), then the catalogue is rewritten without
+their lines (temp file + rename), all under the archive-wal lock and the xlogdb lock: a
+crash in between leaves catalogue lines of removed files, which the next purge drops; never
+a file without its line.  Deleting oldest first makes an interrupted purge resumable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 
 from walvault.archive.catalogue import CatalogueEntry, rewrite
-from walvault.archive.layout import archived_path, hash_dirs
+from walvault.archive.walstore import WalArchive
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy
-from walvault.fs import fsync_dir, remove_files
 from walvault.locks import ARCHIVE_WAL, ServerLock
 from walvault.wal.names import WalKind, classify
 
@@ -42,36 +42,19 @@ class PurgeResult:
     postponed: str | None = None
 
 
-def _files_below(server: ServerConfig, keep_from: str) -> list[str]:
-    """Obsolete WAL files on disk (catalogued or not), from the hash dirs up to the boundary."""
-    found = []
-    for directory in hash_dirs(server):
-        if directory > keep_from[:16]:
-            break
-        try:
-            names = os.listdir(os.path.join(server.wals_directory, directory))
-        except FileNotFoundError:
-            continue
-        found += [n for n in names if n[:16] == directory and is_obsolete(n, keep_from)]
-    return sorted(found)
+def _files_below(archive: WalArchive, keep_from: str) -> list[str]:
+    """Obsolete archived WAL files (catalogued or not), up to the boundary."""
+    return sorted(n for n in archive.names_below(keep_from) if is_obsolete(n, keep_from))
 
 
 def has_obsolete_wal(server: ServerConfig, keep_from: str) -> bool:
-    """Cheap test: is there any obsolete file in the oldest hash directory?"""
-    dirs = hash_dirs(server)
-    return bool(dirs) and dirs[0] <= keep_from[:16] and bool(_files_below(server, keep_from))
-
-
-def _remove_empty_dirs(server: ServerConfig, keep_from: str) -> None:
-    removed = False
-    for directory in hash_dirs(server):
-        if directory >= keep_from[:16]:
-            break
-        with contextlib.suppress(OSError):  # not empty (a foreign file), or gone
-            os.rmdir(os.path.join(server.wals_directory, directory))
-            removed = True
-    if removed:
-        fsync_dir(server.wals_directory)
+    """Cheap test: is there any obsolete file in the archive?"""
+    archive = WalArchive(server)
+    if not archive.cloud:
+        dirs = archive.hash_dirs()
+        if not dirs or dirs[0] > keep_from[:16]:
+            return False
+    return bool(_files_below(archive, keep_from))
 
 
 def remove_wal_before(
@@ -91,14 +74,14 @@ def remove_wal_before(
         result.postponed = f"archive-wal is still running on server {server.name}"
         return result
     try:
+        archive = WalArchive(server)
 
         def edit(entries: list[CatalogueEntry]) -> list[CatalogueEntry]:
             names = {e.name for e in entries if is_obsolete(e.name, keep_from)}
-            names.update(_files_below(server, keep_from))
+            names.update(_files_below(archive, keep_from))
             if not names:
                 return entries
-            remove_files(archived_path(server, name) for name in sorted(names))
-            _remove_empty_dirs(server, keep_from)
+            archive.delete(sorted(names))
             result.removed = sorted(names)
             return [e for e in entries if e.name not in names]
 

@@ -31,14 +31,15 @@ import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, NoReturn
 
 from walvault import fs
 from walvault.archive import errors_dir, ingest
 from walvault.archive.compression import CompressionError, identify, iter_decompressed
-from walvault.archive.layout import archived_path
+from walvault.archive.walstore import ArchivedFile, WalArchive
 from walvault.config import ServerConfig
 from walvault.errors import InvalidWalName, WalvaultError
+from walvault.storage.base import StorageError
 from walvault.wal.header import LONG_HEADER_SIZE, check_segment, parse_long_header
 from walvault.wal.names import WalKind, classify, validate_wal_name
 
@@ -123,6 +124,21 @@ def put_wal(
         return session.run(stream)
     finally:
         session.discard()
+
+
+def _archived_digest(archive: WalArchive, twin: ArchivedFile, algorithm: str | None) -> str:
+    """The checksum of an archived file's stored bytes (for the mismatch message)."""
+    digest = hashlib.new(algorithm or "sha256", usedforsecurity=False)
+    try:
+        reader = archive.storage.open(twin.key)
+        if reader is None:
+            return "(gone)"
+        with reader:
+            while chunk := reader.read(_CHUNK):
+                digest.update(chunk)
+    except StorageError:
+        return "(unreadable)"
+    return digest.hexdigest()
 
 
 def _file_digest(path: str | Path, algorithm: str) -> str:
@@ -323,11 +339,12 @@ class _Session:
     def _land(self, received: Received, incoming: str) -> str | None:
         """Make ``received`` safe; return None when landed, or where an identical copy is."""
         target = os.path.join(incoming, received.name)
-        archived = archived_path(self.server, received.name)
+        archive = WalArchive(self.server)
         for _attempt in range(5):
             try:
-                if os.path.lexists(archived):
-                    self._compare(archived, received)
+                twin = archive.find(received.name)
+                if twin is not None:
+                    self._compare_archived(archive, twin, received)
                     return "archive"
                 if fs.commit_new(received.tmp, target):
                     del self.files[received.name]
@@ -336,24 +353,49 @@ class _Session:
                 return "incoming directory"
             except FileNotFoundError:
                 continue  # archive-wal moved the twin meanwhile: look again
+            except StorageError as exc:
+                raise self.fail(f"Cannot look up '{received.name}' in the archive: {exc}") from None
             except OSError as exc:
                 raise self.fail(
                     f"Cannot store '{received.name}': {exc.strerror} ({exc.filename})"
                 ) from None
         raise self.fail(f"'{received.name}' kept moving in the archive while put-wal looked")
 
-    def _compare(self, existing: str, received: Received) -> None:
-        """Return when ``existing`` holds the same content (made durable); else PutWalError."""
+    def _compare_archived(
+        self, archive: WalArchive, twin: ArchivedFile, received: Received
+    ) -> None:
+        """Return when the archived ``twin`` holds the same content; else PutWalError."""
         try:
-            same, why = ingest.same_content(existing, received.staged()), ""
+            same, why = (
+                ingest.same_content(ingest.archived_pieces(archive, twin), received.staged()),
+                "",
+            )
+        except ingest.UnreadableArchive as exc:
+            same, why = False, f" (the existing copy cannot be decompressed: {exc})"
+        if same:
+            if not archive.cloud:  # it may have been linked into place a moment ago
+                path = os.path.join(self.server.wals_directory, twin.key)
+                fs.fsync_file(path)
+                fs.fsync_dir(os.path.dirname(path))
+            return
+        self._mismatch(_archived_digest(archive, twin, self.sums_algorithm), received, why)
+
+    def _compare(self, existing: str, received: Received) -> None:
+        """Return when the local file ``existing`` holds the same content (made durable);
+        else PutWalError."""
+        try:
+            same, why = ingest.same_content(ingest.file_pieces(existing), received.staged()), ""
         except ingest.UnreadableArchive as exc:
             same, why = False, f" (the existing copy cannot be decompressed: {exc})"
         if same:
             fs.fsync_file(existing)  # it may have been renamed into place a moment ago
             fs.fsync_dir(os.path.dirname(existing))
             return
+        self._mismatch(_file_digest(existing, self.sums_algorithm or "sha256"), received, why)
+
+    def _mismatch(self, theirs: str, received: Received, why: str) -> NoReturn:
+        """Keep the received file in errors/ and refuse it (a different file, same name)."""
         algorithm = self.sums_algorithm or "sha256"
-        theirs = _file_digest(existing, algorithm)
         ours = self._digest(received, algorithm)
         kept = self._kept_duplicate(received)
         if kept is None:
@@ -383,6 +425,6 @@ class _Session:
             if entry.startswith(prefix) and entry.endswith(suffix):
                 path = os.path.join(directory, entry)
                 with contextlib.suppress(OSError, ingest.UnreadableArchive):
-                    if ingest.same_content(path, received.staged()):
+                    if ingest.same_content(ingest.file_pieces(path), received.staged()):
                         return path
         return None

@@ -1,18 +1,22 @@
 """get-wal's engine: find a WAL file of a server and stream it out, decompressing on the fly.
 
-Lookup follows :func:`walvault.archive.layout.lookup_paths`.  Each candidate is *opened*
-(not tested for existence first): once open, the descriptor keeps the data readable even
-if archive-wal moves or removes the file, and a candidate that vanished before the open
-is simply skipped.  Nothing is written into the archive: data goes from the descriptor to
-the output (``sendfile`` when no codec is involved, else through a streaming decoder).
+Lookup follows Barman's order (:func:`walvault.archive.layout.lookup_order`): the archive
+(:class:`~walvault.archive.walstore.WalArchive`, a directory or a bucket), ``incoming/``,
+``streaming/``, with ``-P`` the ``.partial`` copies, and the archive once more.  Each
+candidate is *opened*, not tested for existence first: once open, the descriptor (or the
+GET's stream) keeps the data readable even if archive-wal moves or removes the file, and a
+candidate that vanished before the open is simply skipped.  Nothing is written into the
+archive: data goes from the reader to the output (``copy_file_range``/``sendfile`` from a
+local uncompressed file when nothing needs checking on the way, else through a decoder).
 
 Every byte sent passes :class:`walvault.archive.integrity.PlainCheck` (header against the
-name, the cluster's system identifier, the segment size, a recorded digest) and the codec's
-own checksums; a file that fails is an :class:`IntegrityError` (exit 200: PostgreSQL stops
-the recovery), never "not found".  A ``.partial`` whose start is still zeros is "not found":
-pg_receivewal zero-fills a new ``.partial`` to full size before it writes WAL into it.  When
-a candidate's stored copy is plainly wrong (bad header, wrong size) a later candidate may
-still serve the file, with a warning; if none does, the first problem is the error.
+name, the cluster's system identifier, the segment size, the digest recorded at archive
+time) and the codec's own checksums; a file that fails is an :class:`IntegrityError` (exit
+200: PostgreSQL stops the recovery), never "not found".  A ``.partial`` whose start is still
+zeros is "not found": pg_receivewal zero-fills a new ``.partial`` to full size before it
+writes WAL into it.  When a candidate's stored copy is plainly wrong (bad header, wrong size)
+a later candidate may still serve the file, with a warning; if none does, the first problem
+is the error.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import os
 import stat
 
 from walvault.archive.compression import MAGIC_MAX_LEN, frame_checksummed, identify
-from walvault.archive.integrity import IntegrityError, PlainCheck
-from walvault.archive.layout import lookup_paths
+from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, IntegrityError, PlainCheck
+from walvault.archive.layout import ARCHIVE, lookup_order
 from walvault.errors import ArchiveReadError, WalvaultError
+from walvault.storage.base import StorageError
 from walvault.wal.names import Segment, WalKind, classify, validate_wal_name
 from walvault.wal.pagecheck import LONG_HEADER_SIZE, unpack_long_header
 
@@ -35,7 +40,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import BinaryIO
 
+    from walvault.archive.walstore import WalArchive
     from walvault.config import ServerConfig
+    from walvault.storage.base import Reader
 
     Warn = Callable[[str], None]
 
@@ -48,6 +55,7 @@ __all__ = [
     "peek",
     "send",
     "send_fd",
+    "verified_pieces",
 ]
 
 SEND_CHUNK = 1 << 20
@@ -74,27 +82,33 @@ class WalSendError(ArchiveReadError):
 
 
 class FoundWal:
-    """An open candidate: the descriptor, where it was found and how it is stored."""
+    """An open candidate: its reader, where it was found, how it is stored, its checks.
 
-    __slots__ = ("check", "compression", "fd", "head", "kind", "name", "path", "size")
+    ``fd`` is the local file's descriptor (-1 for a remote object): kernel copies and
+    ``pread`` use it.  ``head`` holds the first bytes, already read from ``reader``.
+    """
+
+    __slots__ = ("check", "compression", "fd", "head", "kind", "name", "path", "reader", "size")
 
     def __init__(
         self,
         name: str,
         path: str,
-        fd: int,
+        reader: Reader,
         size: int,
         compression: str | None,
         kind: WalKind,
         head: bytes,
         check: PlainCheck,
     ) -> None:
-        self.name, self.path, self.fd, self.size = name, path, fd, size
+        self.name, self.path, self.reader, self.size = name, path, reader, size
         self.compression, self.kind, self.head = compression, kind, head
         self.check = check
+        fileno = getattr(reader, "fileno", None)
+        self.fd: int = fileno() if fileno is not None else -1
 
     def __repr__(self) -> str:
-        return f"FoundWal({self.name!r}, {self.path!r}, fd={self.fd}, {self.compression})"
+        return f"FoundWal({self.name!r}, {self.path!r}, {self.compression})"
 
     @property
     def from_partial(self) -> bool:
@@ -102,10 +116,9 @@ class FoundWal:
         return self.kind is WalKind.SEGMENT and self.path.endswith(".partial")
 
     def close(self) -> None:
-        """Close the descriptor (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the reader (idempotent)."""
+        self.reader.close()
+        self.fd = -1
 
     def __enter__(self) -> FoundWal:
         return self
@@ -114,47 +127,74 @@ class FoundWal:
         self.close()
 
 
-def _unwritten_partial(path: str, head: bytes) -> bool:
-    """A ``.partial`` pg_receivewal has created but not written WAL into yet."""
-    return path.endswith(".partial") and not any(head[:LONG_HEADER_SIZE])
+def _open_local(path: str) -> Reader | None:
+    """A reader of the local file ``path``, or None when there is no regular file there."""
+    from walvault.storage.base import ObjectInfo
+    from walvault.storage.posix import PosixReader
 
-
-def _open_candidate(
-    path: str, name: str, kind: WalKind, system_identifier: int | None
-) -> FoundWal | None:
-    """Open ``path`` as a copy of ``name``: None when it is absent, not a regular file, or an
-    unwritten ``.partial``; IntegrityError when an uncompressed copy is plainly wrong."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise WalSendError(f"cannot open '{path}': {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            return None
-        head = os.pread(fd, _HEAD_SIZE, 0)
-        compression = identify(head)
-        if compression is None and kind is WalKind.SEGMENT and _unwritten_partial(path, head):
-            os.close(fd)
-            return None
-        check = PlainCheck(
-            name,
-            path,
-            segment=kind is WalKind.SEGMENT,
-            partial=kind is WalKind.PARTIAL,
-            system_identifier=system_identifier,
-            checksummed=frame_checksummed(compression, head),
-        )
-        found = FoundWal(name, path, fd, info.st_size, compression, kind, head, check)
-        if compression is None and kind is WalKind.SEGMENT:
-            _precheck_plain(found)
-    except BaseException:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise
+        return None
+    return PosixReader(fd, ObjectInfo(path, st.st_size, st.st_mtime))
+
+
+def _read_head(reader: Reader, fd: int) -> bytes:
+    if fd >= 0:
+        return os.pread(fd, _HEAD_SIZE, 0)
+    head = b""
+    while len(head) < _HEAD_SIZE and (chunk := reader.read(_HEAD_SIZE - len(head))):
+        head += chunk
+    return head
+
+
+def _found(
+    reader: Reader,
+    where: str,
+    name: str,
+    kind: WalKind,
+    system_identifier: int | None,
+    compression_hint: str | None = None,
+) -> FoundWal | None:
+    """Wrap an open candidate; None for an unwritten ``.partial``; IntegrityError when an
+    uncompressed copy is plainly wrong (checked before anything is sent)."""
+    fileno = getattr(reader, "fileno", None)
+    head = _read_head(reader, fileno() if fileno is not None else -1)
+    compression = identify(head)
+    if compression_hint is not None and compression != compression_hint:
+        raise IntegrityError(
+            f"archived copy of '{name}' at {where} is unusable: its key says {compression_hint} "
+            f"but its content is {compression or 'not compressed'}"
+        )
+    if compression is None and kind is WalKind.SEGMENT and _unwritten_partial(where, head):
+        return None
+    metadata = reader.info.metadata
+    plain_size = metadata.get(PLAIN_SIZE_KEY)
+    check = PlainCheck(
+        name,
+        where,
+        segment=kind is WalKind.SEGMENT,
+        partial=kind is WalKind.PARTIAL,
+        system_identifier=system_identifier,
+        digest=metadata.get(DIGEST_KEY),
+        plain_size=int(plain_size) if plain_size and plain_size.isdigit() else None,
+        checksummed=frame_checksummed(compression, head),
+    )
+    found = FoundWal(name, where, reader, reader.info.size, compression, kind, head, check)
+    if compression is None and kind is WalKind.SEGMENT:
+        _precheck_plain(found)
     return found
+
+
+def _unwritten_partial(path: str, head: bytes) -> bool:
+    """A ``.partial`` pg_receivewal has created but not written WAL into yet."""
+    return path.endswith(".partial") and not any(head[:LONG_HEADER_SIZE])
 
 
 def _precheck_plain(found: FoundWal) -> None:
@@ -177,30 +217,69 @@ def _system_identifier(server: ServerConfig) -> int | None:
     return stored_system_identifier(server)
 
 
+def _candidate(
+    server: ServerConfig, archive: WalArchive, place: str, wanted: str
+) -> tuple[str, Reader, str | None] | None:
+    """Open ``wanted`` at one place of the lookup order: (where, reader, codec of its key)."""
+    if place == ARCHIVE:
+        try:
+            opened = archive.open(wanted)
+        except StorageError as exc:
+            raise WalSendError(str(exc)) from None
+        if opened is None:
+            return None
+        stored, reader = opened
+        hint = stored.compression if archive.cloud else None
+        return archive.storage.url(stored.key), reader, hint
+    path = os.path.join(place, wanted)
+    local = _open_local(path)
+    return (path, local, None) if local is not None else None
+
+
 def open_wal(
-    server: ServerConfig, name: str, *, partial: bool = False, warn: Warn | None = None
+    server: ServerConfig,
+    name: str,
+    *,
+    partial: bool = False,
+    warn: Warn | None = None,
+    archive: WalArchive | None = None,
 ) -> FoundWal:
     """Open the first usable candidate for ``name``; raise WalNotFound when there is none.
 
     ``name`` is validated before any path is built (InvalidWalName, exit 3).  A candidate
     that is plainly wrong is skipped with a warning when a later one is usable; when none
-    is, its IntegrityError is raised instead of WalNotFound.
+    is, its IntegrityError is raised instead of WalNotFound.  A store that fails to answer
+    is a WalSendError: never "not found".
     """
     kind = classify(validate_wal_name(name))
     assert kind is not None
+    if archive is None:
+        from walvault.archive.walstore import WalArchive
+
+        archive = WalArchive(server)
     headed = kind in (WalKind.SEGMENT, WalKind.PARTIAL)
     sysid = _system_identifier(server) if headed else None
     problem: IntegrityError | None = None
-    for path in lookup_paths(server, name, partial=partial):
+    for place, wanted in lookup_order(server, name, partial=partial):
+        opened = _candidate(server, archive, place, wanted)
+        if opened is None:
+            continue
+        where, reader, hint = opened
         try:
-            found = _open_candidate(path, name, kind, sysid)
+            found = _found(reader, where, name, kind, sysid, hint)
         except IntegrityError as exc:
+            reader.close()
             problem = problem or exc
             continue
-        if found is not None:
-            if problem is not None and warn is not None:
-                warn(f"{problem.message}; serving {found.path} instead")
-            return found
+        except BaseException:
+            reader.close()
+            raise
+        if found is None:
+            reader.close()
+            continue
+        if problem is not None and warn is not None:
+            warn(f"{problem.message}; serving {found.path} instead")
+        return found
     if problem is not None:
         raise problem
     raise WalNotFound(f"WAL file '{name}' not found in server '{server.name}'")
@@ -245,71 +324,84 @@ def _copy_raw(in_fd: int, out_fd: int, count: int) -> int:
     return offset
 
 
-def _reader(fd: int) -> BinaryIO:
-    os.lseek(fd, 0, os.SEEK_SET)
-    return open(fd, "rb", buffering=0, closefd=False)
-
-
 def _raw_pieces(found: FoundWal) -> Iterator[bytes]:
     """The stored bytes of ``found``, from its start, in ``SEND_CHUNK`` pieces."""
     offset = 0
-    while chunk := os.pread(found.fd, SEND_CHUNK, offset):
-        offset += len(chunk)
-        yield chunk
+    try:
+        if found.fd >= 0:
+            while chunk := os.pread(found.fd, SEND_CHUNK, offset):
+                offset += len(chunk)
+                yield chunk
+        else:
+            if found.head:
+                offset += len(found.head)
+                yield found.head
+            while chunk := found.reader.read(SEND_CHUNK):
+                offset += len(chunk)
+                yield chunk
+    except StorageError as exc:
+        raise WalSendError(str(exc)) from None
+    except OSError as exc:
+        raise WalSendError(f"cannot read '{found.path}': {exc.strerror}") from None
     if offset != found.size:
         raise WalSendError(f"'{found.path}' changed size while being sent")
 
 
-def verified_pieces(found: FoundWal) -> Iterator[bytes]:
+class _PieceSource:
+    """A ``read``-only file over an iterator of pieces (for decoders and recompression)."""
+
+    def __init__(self, pieces: Iterator[bytes], on_chunk: Callable[[bytes], None] | None = None):
+        self._pieces = pieces
+        self._rest = b""
+        self._on_chunk = on_chunk
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._rest:
+            self._rest = next(self._pieces, b"")
+            if self._rest and self._on_chunk is not None:
+                self._on_chunk(self._rest)
+        if size < 0 or size >= len(self._rest):
+            chunk, self._rest = self._rest, b""
+        else:
+            chunk, self._rest = self._rest[:size], self._rest[size:]
+        return chunk
+
+
+def verified_pieces(found: FoundWal, tee: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
     """The decoded content of ``found``, each piece checked before it is yielded; the
-    whole file (size, digest) is checked before the iterator ends.
+    whole file (size, digest) is checked before the iterator ends.  ``tee`` is given every
+    stored (undecoded) chunk as it is read.
 
     The only way to read an archived file's content: every sender goes through it.
     """
     from walvault.archive import compression as codecs
 
     check = found.check
+    stored = _raw_pieces(found)
     try:
-        with _reader(found.fd) as src:
-            pieces = (
-                codecs.iter_decompressed(src, found.compression)
-                if found.compression is not None
-                else _raw_pieces(found)
-            )
-            for piece in pieces:
-                check.feed(piece)
-                yield piece
+        if found.compression is None:
+            pieces: Iterator[bytes] = stored
+            if tee is not None:
+                pieces = _teed(stored, tee)
+        else:
+            source = _PieceSource(stored, tee)
+            pieces = codecs.iter_decompressed(source, found.compression)  # type: ignore[arg-type]
+        for piece in pieces:
+            check.feed(piece)
+            yield piece
+        if found.compression is not None:
+            for chunk in stored:  # after the last frame: the decoder would have refused them
+                if tee is not None:
+                    tee(chunk)
     except codecs.CompressionError as exc:
         raise WalSendError(f"cannot decompress '{found.path}': {exc}") from None
     check.finish()
 
 
-def _tee_verified(found: FoundWal, out_fd: int) -> int:
-    """Send the stored bytes as they are while decoding them for the checks."""
-    from walvault.archive import compression as codecs
-
-    written = 0
-    stored = _raw_pieces(found)
-
-    class _Source:
-        def read(self, size: int = -1, /) -> bytes:
-            nonlocal written
-            chunk = next(stored, b"")
-            if chunk:
-                _write_all(out_fd, chunk)
-                written += len(chunk)
-            return chunk
-
-    try:
-        for piece in codecs.iter_decompressed(_Source(), found.compression):  # type: ignore[arg-type]
-            found.check.feed(piece)
-    except codecs.CompressionError as exc:
-        raise WalSendError(f"cannot decompress '{found.path}': {exc}") from None
-    for chunk in stored:  # bytes after the last frame: the decoder would have refused them
-        _write_all(out_fd, chunk)
-        written += len(chunk)
-    found.check.finish()
-    return written
+def _teed(pieces: Iterator[bytes], tee: Callable[[bytes], None]) -> Iterator[bytes]:
+    for piece in pieces:
+        tee(piece)
+        yield piece
 
 
 def send_fd(
@@ -328,20 +420,31 @@ def send_fd(
     left as OSError for the caller.
     """
     stored = found.compression
-    if stored is None and compression is None and found.check.digest is None:
-        # Header and size were checked at open; nothing more to check on the way.
+    plain_copy = stored is None and compression is None and found.fd >= 0
+    if plain_copy and found.check.digest is None:
+        # A local uncompressed file: header and size were checked at open, no digest to
+        # compute on the way: the kernel copies it.
         sent = _copy_raw(found.fd, out_fd, found.size)
         if sent != found.size:
             raise WalSendError(f"'{found.path}' shrank while being sent")
         return sent
     if stored is not None and (keep_compression or stored == compression):
-        return _tee_verified(found, out_fd)
+        written = 0
+
+        def forward(chunk: bytes) -> None:
+            nonlocal written
+            _write_all(out_fd, chunk)
+            written += len(chunk)
+
+        for _ in verified_pieces(found, tee=forward):
+            pass
+        return written
     from walvault.archive import compression as codecs
 
     with open(out_fd, "wb", closefd=False) as dst:
         plain = verified_pieces(found)
         if compression is not None:
-            return codecs.compress_stream(compression, None, _IterSource(plain), dst)  # type: ignore[arg-type]
+            return codecs.compress_stream(compression, None, _PieceSource(plain), dst)  # type: ignore[arg-type]
         written = 0
         for piece in plain:
             written += dst.write(piece)
@@ -364,23 +467,6 @@ def send(
     return written
 
 
-class _IterSource:
-    """A ``read``-only file over an iterator of pieces (for recompressing on the fly)."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._rest = b""
-
-    def read(self, size: int = -1, /) -> bytes:
-        if not self._rest:
-            self._rest = next(self._pieces, b"")
-        if size < 0 or size >= len(self._rest):
-            chunk, self._rest = self._rest, b""
-        else:
-            chunk, self._rest = self._rest[:size], self._rest[size:]
-        return chunk
-
-
 def segment_size_of(found: FoundWal) -> int | None:
     """The segment size in ``found``'s long page header (decoding its start if needed)."""
     head = found.head
@@ -388,13 +474,13 @@ def segment_size_of(found: FoundWal) -> int | None:
         from walvault.archive import compression as codecs
 
         try:
-            with _reader(found.fd) as src:
-                head = b""
-                for piece in codecs.iter_decompressed(src, found.compression):
-                    head += piece
-                    if len(head) >= LONG_HEADER_SIZE:
-                        break
-        except codecs.CompressionError:
+            head = b""
+            source = _PieceSource(_raw_pieces(found))
+            for piece in codecs.iter_decompressed(source, found.compression):  # type: ignore[arg-type]
+                head += piece
+                if len(head) >= LONG_HEADER_SIZE:
+                    break
+        except (codecs.CompressionError, WalSendError):
             return None
     try:
         return unpack_long_header(head)[6]  # xlp_seg_size
@@ -410,13 +496,16 @@ def peek(server: ServerConfig, name: str, count: int) -> list[str]:
     size (``...FF`` is the last segment of a log id with 16 MiB, ``...FFF`` with 1 MiB).
     History and backup-label names only ever list themselves.
     """
+    from walvault.archive.walstore import WalArchive
+
     kind = classify(validate_wal_name(name))
+    archive = WalArchive(server)
     names: list[str] = []
     seg_size: int | None = None
     current = name
     while len(names) < count:
         try:
-            found = open_wal(server, current)
+            found = open_wal(server, current, archive=archive)
         except (WalNotFound, ArchiveReadError):
             break  # a peek is advisory: a bad copy is refused when it is fetched
         with found:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
 from walvault.archive.archiver import ArchiveResult, archive_wal
-from walvault.archive.layout import archived_path, newest_archived_segment
+from walvault.archive.walstore import WalArchive
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 
@@ -55,15 +54,15 @@ def wait_for_wal(
     archive is looked at again on the next round. Raises :class:`WalvaultError` when archive-wal
     fails, or moves the awaited file to errors/.
     """
-    baseline = newest_archived_segment(server)
-    target = archived_path(server, wal) if wal else None
+    archive = WalArchive(server)
+    baseline = archive.newest_segment()
     deadline = time.monotonic() + timeout if timeout > 0 else None
     echo_once, warn_once = _no_repeats(echo), _no_repeats(warn)
 
     def arrived() -> bool:
-        if target is not None:
-            return os.path.exists(target)
-        return newest_archived_segment(server) != baseline
+        if wal:
+            return archive.exists(wal)
+        return archive.newest_segment() != baseline
 
     while True:
         if arrived():

@@ -247,7 +247,7 @@ def recover(
         echo(f"Copying required WAL segments: {len(sources)} files")
         if tail:
             echo("Including the streamed tail: " + ", ".join(s.path for s in tail))
-        copy_wal(sources, staging, backup.xlog_segment_size or 16 << 20)
+        copy_wal(server, sources, staging)
         settings.append(("restore_command", _quote(f'cp "{staging}/%f" "%p"')))
         if not options.standby_mode:
             settings.append(("recovery_end_command", _quote(f'rm -rf "{staging}"')))

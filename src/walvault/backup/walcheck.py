@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from walvault import locks
-from walvault.archive.layout import archived_path, newest_archived_segment
+from walvault.archive.walstore import WalArchive
 from walvault.backup import info as binfo
 from walvault.backup.info import DONE, FAILED, STARTED, WAITING_FOR_WALS, BackupInfo
 from walvault.config import ServerConfig
@@ -74,8 +74,8 @@ def required_wals(info: BackupInfo) -> list[str]:
     return [s.name for s in segment_range(begin, end, info.xlog_segment_size)]
 
 
-def _archived(server: ServerConfig) -> Callable[[str], bool]:
-    return lambda name: os.path.exists(archived_path(server, name))
+def _archived(archive: WalArchive) -> Callable[[str], bool]:
+    return archive.exists
 
 
 def id_lock(server: ServerConfig, backup_id: str, *, wait: float | None = None) -> locks.ServerLock:
@@ -103,7 +103,8 @@ def check_backup(server: ServerConfig, backup_id: str, *, wait: float | None = N
         if info.status != WAITING_FOR_WALS:
             return info
         timeline = timeline_of(info.begin_wal) if info.begin_wal else None
-        verdict = evaluate(info, newest_archived_segment(server, timeline), _archived(server))
+        archive = WalArchive(server)
+        verdict = evaluate(info, archive.newest_segment(timeline), _archived(archive))
         if verdict.status == info.status:
             return info
         info = info.with_(status=verdict.status, error=verdict.error)

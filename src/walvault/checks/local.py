@@ -7,7 +7,6 @@ import time
 
 from walvault import locks
 from walvault.archive.catalogue import iter_entries
-from walvault.archive.layout import newest_archived_segment
 from walvault.backup.info import iter_backups
 from walvault.checks import CheckResult
 from walvault.config import ServerConfig
@@ -89,6 +88,8 @@ def check_directories(server: ServerConfig) -> CheckResult:
         "errors_directory",
     ):
         path = getattr(server, option)
+        if option == "wals_directory" and server.wals_in_object_storage:
+            continue  # the bucket is checked by "WAL archive storage"
         if not os.path.isdir(path):
             problems.append(f"{path}: does not exist (created by 'walvault cron')")
         elif not os.access(path, os.W_OK | os.X_OK):
@@ -100,11 +101,14 @@ def check_wal_maximum_age(server: ServerConfig) -> CheckResult:
     """The newest archived segment is younger than ``last_wal_maximum_age``."""
     if server.last_wal_maximum_age is None:
         return CheckResult("wal maximum age", True, "no last_wal_maximum_age provided")
-    newest = newest_archived_segment(server)
-    if newest is None:
+    from walvault.archive.walstore import WalArchive
+
+    archive = WalArchive(server)
+    newest = archive.newest_segment()
+    stored = archive.find(newest) if newest is not None else None
+    if newest is None or stored is None:
         return CheckResult("wal maximum age", False, "No WAL files archived")
-    path = os.path.join(server.wals_directory, newest[:16], newest)
-    age = time.time() - os.path.getmtime(path)
+    age = time.time() - stored.info.mtime
     limit = server.last_wal_maximum_age
     ok = age <= limit
     hint = f"interval provided: {pretty_duration(limit)}, latest wal age: {pretty_duration(age)}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
@@ -28,7 +27,6 @@ def _ago(timestamp: float | None) -> str:
 
 def collect(server: ServerConfig) -> list[tuple[str, str, str]]:
     """(key, description, value) rows for one server."""
-    from walvault.archive.layout import newest_archived_segment
     from walvault.checks import local as L
     from walvault.checks.facts import gather
     from walvault.receiver.gaps import load_gaps
@@ -106,13 +104,13 @@ def collect(server: ServerConfig) -> list[tuple[str, str, str]]:
             rows.append(("streaming", "Streaming client", f"unknown: {wal.error}"))
         else:
             rows.append(("streaming", "Streaming client", "not connected"))
-    newest = newest_archived_segment(server)
+    from walvault.archive.walstore import WalArchive
+
+    archive = WalArchive(server)
+    newest = archive.newest_segment()
     if newest:
-        path = os.path.join(server.wals_directory, newest[:16], newest)
-        try:
-            mtime: float | None = os.path.getmtime(path)
-        except OSError:
-            mtime = None
+        stored = archive.find(newest)
+        mtime = stored.info.mtime if stored is not None else None
         rows.append(("last_archived_wal", "Last archived WAL", f"{newest}, at {_ago(mtime)}"))
     else:
         rows.append(("last_archived_wal", "Last archived WAL", "No WAL segment archived yet"))

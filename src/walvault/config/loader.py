@@ -12,13 +12,15 @@ import os
 from walvault.config.ini import IniError, read_ini
 from walvault.config.options import (
     BARMAN_ONLY,
+    CLOUD_XLOGDB_DIRECTORY,
     DIRECTORY_OPTIONS,
     GLOBAL_ALIASES,
     GLOBAL_ONLY,
     OPTIONS,
     OPTIONS_BY_NAME,
+    STORAGE_OPTIONS,
 )
-from walvault.config.parsers import parse_abs_path, parse_bool
+from walvault.config.parsers import is_store_url, parse_abs_path, parse_bool
 from walvault.config.server import ServerConfig
 from walvault.conninfo import mask_conninfo, parse_conninfo
 from walvault.errors import ConfigError
@@ -356,6 +358,8 @@ def _build_server(
             raw = None
         if raw is None:  # None stops inheritance: back to the default
             raw = option.default
+            if option.name == "xlogdb_directory" and is_store_url(resolved["wals_directory"] or ""):
+                raw = CLOUD_XLOGDB_DIRECTORY
             if raw is not None and _refers_to_unset(raw, resolved):
                 raw = None  # e.g. streaming_conninfo when conninfo itself is missing
         if raw is None:
@@ -386,6 +390,9 @@ def _build_server(
     messages += _server_problems(name, typed, warnings, check_conninfo)
     fields = set(ServerConfig._fields)
     kwargs = {k: v for k, v in typed.items() if k in fields and v is not None}
+    kwargs["storage_options"] = tuple(
+        (k, v) for k, v in typed.items() if k in STORAGE_OPTIONS and v is not None
+    )
     if not typed.get("streaming_archiver") and not typed.get("archiver"):
         kwargs["archiver"] = True
         shown = [(k, "True" if k == "archiver" else v) for k, v in shown]
@@ -429,7 +436,7 @@ def _server_problems(
         path = typed.get(option)
         if not path:
             continue
-        real = os.path.realpath(path)
+        real = path if is_store_url(path) else os.path.realpath(path)
         if real in seen:
             messages.append(
                 f"Conflicting path: {option}={path} conflicts with '{seen[real]}' "
@@ -448,7 +455,7 @@ def _check_cross_server_paths(servers: dict[str, ServerConfig]) -> dict[str, Ser
             path = getattr(server, option)
             if not path:
                 continue
-            real = os.path.realpath(path)
+            real = path if is_store_url(path) else os.path.realpath(path)
             if real in owners and owners[real][0] != server.name:
                 other, other_option = owners[real]
                 text = (

@@ -52,10 +52,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("path_prefix", None, p.parse_path_list),
     Option("backup_directory", "%(walvault_home)s/%(name)s", p.parse_abs_path, global_ok=False),
     Option("basebackups_directory", "%(backup_directory)s/base", p.parse_abs_path, False),
-    Option("wals_directory", "%(backup_directory)s/wals", p.parse_abs_path, False),
+    Option("wals_directory", "%(backup_directory)s/wals", p.parse_store_location, False),
     Option("incoming_wals_directory", "%(backup_directory)s/incoming", p.parse_abs_path, False),
     Option("streaming_wals_directory", "%(backup_directory)s/streaming", p.parse_abs_path, False),
     Option("errors_directory", "%(backup_directory)s/errors", p.parse_abs_path, False),
+    # with wals_directory in object storage, the default is %(backup_directory)s/meta (the
+    # catalogue stays local, as Barman's cloud WAL storage does): see the loader
     Option("xlogdb_directory", "%(wals_directory)s", p.parse_abs_path),
     Option("compression", None, _compression),
     Option("compression_level", "medium", p.parse_compression_level),
@@ -95,6 +97,13 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+#: Options read by the storage drivers (kept together in ServerConfig.storage_options).
+STORAGE_OPTIONS = frozenset(
+    option.name for option in OPTIONS if option.name.startswith(("aws_", "cloud_"))
+)
+#: The default of xlogdb_directory when wals_directory is an object-store URL.
+CLOUD_XLOGDB_DIRECTORY = "%(backup_directory)s/meta"
 
 #: Options of the global section only.
 GLOBAL_ONLY = (

@@ -250,3 +250,25 @@ def parse_abs_path(raw: str) -> str:
     if not value.startswith("/") or "\0" in value:
         raise ValueError("accepted: an absolute path")
     return value.rstrip("/") or "/"
+
+
+def parse_store_location(raw: str) -> str:
+    """An absolute path, or an object-store URL (``s3://BUCKET[/PATH]``, validated)."""
+    value = raw.strip()
+    if value[:5].lower() == "s3://":
+        from walvault.errors import WalvaultError
+        from walvault.storage.s3config import parse_s3_url
+
+        try:
+            return parse_s3_url(value).url
+        except WalvaultError as exc:
+            raise ValueError(exc.message) from None
+    try:
+        return parse_abs_path(value)
+    except ValueError:
+        raise ValueError("accepted: an absolute path or s3://BUCKET[/PATH]") from None
+
+
+def is_store_url(location: str) -> bool:
+    """True for an object-store location (``s3://...``), False for a local path."""
+    return location[:5].lower() == "s3://"

@@ -62,6 +62,8 @@ class ServerConfig(NamedTuple):
     parallel_jobs: int = 1
     recovery_options: tuple[str, ...] = ()
     encryption: str = "none"
+    #: the aws_*/cloud_* options that are set, typed (read by the storage drivers)
+    storage_options: tuple[tuple[str, object], ...] = ()
     config_file: str | None = None
     messages: tuple[str, ...] = ()
     shown: tuple[tuple[str, str], ...] = ()
@@ -85,6 +87,17 @@ class ServerConfig(NamedTuple):
     def has_separate_wal_source(self) -> bool:
         """True when ``wal_conninfo``/``wal_streaming_conninfo`` change the WAL source."""
         return bool(self.wal_conninfo or self.wal_streaming_conninfo)
+
+    @property
+    def wals_in_object_storage(self) -> bool:
+        """True when ``wals_directory`` is an object-store URL, not a local directory."""
+        return self.wals_directory[:5].lower() == "s3://"
+
+    @property
+    def wal_meta_directory(self) -> str:
+        """Where the local archive keeps walvault's metadata of archived files (digests):
+        ``<backup_directory>/walvault-meta``, outside ``wals/`` so Barman never meets it."""
+        return os.path.join(self.backup_directory, "walvault-meta")
 
     @property
     def xlogdb_path(self) -> str:

@@ -48,7 +48,7 @@ imports anything beyond the standard library.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -285,6 +285,18 @@ class WriteBatch(Protocol):
         """Like :meth:`put` for the local file at ``path`` (left in place)."""
         ...
 
+    def put_written(
+        self,
+        key: str,
+        write: Callable[[BinaryIO], Mapping[str, str] | None],
+        *,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        """Like :meth:`put` with the content written by ``write`` into a binary file (a
+        compressor streams into it); ``write`` returns the metadata to keep, which may
+        depend on what it wrote (a digest of the plain content)."""
+        ...
+
     def commit(self) -> dict[str, StorageError]:
         """Make every write durable and visible; return the keys that failed, with why."""
         ...
@@ -292,3 +304,80 @@ class WriteBatch(Protocol):
     def discard(self) -> None:
         """Forget the writes that are not visible yet (their temporary data is removed)."""
         ...
+
+
+#: Content written through :meth:`ImmediateBatch.put_written` stays in memory up to this
+#: size, then goes to an unlinked temporary file (a compressed WAL segment is ~1-2 MiB).
+SPOOL_IN_MEMORY = 64 << 20
+
+
+class ImmediateBatch:
+    """A :class:`WriteBatch` for stores whose every put is durable on its own (S3, memory):
+    each write is made at once, create-only; ``commit`` only reports what failed."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._failures: dict[str, StorageError] = {}
+
+    def _guard(self, key: str, work: Callable[[], ObjectInfo]) -> ObjectInfo:
+        try:
+            return work()
+        except ObjectExists as exc:
+            self._failures[key] = exc
+            raise
+
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        return self._guard(key, lambda: self.storage.put(key, data, metadata=metadata, mtime=mtime))
+
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        return self._guard(
+            key, lambda: self.storage.put_file(key, path, metadata=metadata, mtime=mtime)
+        )
+
+    def put_written(
+        self,
+        key: str,
+        write: Callable[[BinaryIO], Mapping[str, str] | None],
+        *,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        import tempfile
+
+        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY) as spool:
+            metadata = write(spool)  # type: ignore[arg-type]
+            spool.seek(0)
+            return self.put(key, spool, metadata=metadata, mtime=mtime)  # type: ignore[arg-type]
+
+    def commit(self) -> dict[str, StorageError]:
+        failures, self._failures = self._failures, {}
+        return failures
+
+    def discard(self) -> None:
+        self._failures.clear()
+
+
+def put_local_file(
+    storage: Storage,
+    key: str,
+    path: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    mtime: float | None = None,
+) -> ObjectInfo:
+    """:meth:`Storage.put_file` for drivers with nothing better than reading the file."""
+    with open(path, "rb") as handle:
+        return storage.put(key, handle, metadata=metadata, mtime=mtime)

@@ -19,12 +19,14 @@ from typing import BinaryIO
 
 from walvault.storage.base import (
     Features,
+    ImmediateBatch,
     ObjectExists,
     ObjectInfo,
     StorageError,
     check_key,
     check_metadata,
     check_prefix,
+    put_local_file,
 )
 
 #: bytes a file-like given to put() is read in
@@ -104,6 +106,20 @@ class MemoryStorage:
                 bisect.insort(self._keys, key)
             self._objects[key] = (body, info)
         return info
+
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        return put_local_file(self, key, path, metadata=metadata, mtime=mtime)
+
+    def batch(self) -> ImmediateBatch:
+        """Every put is durable on its own: a batch writes at once (see ImmediateBatch)."""
+        return ImmediateBatch(self)
 
     def open(self, key: str) -> MemoryReader | None:
         check_key(key)

@@ -53,7 +53,7 @@ from walvault.storage.base import (
 # mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import BinaryIO
 
 _CHUNK = 1 << 20
@@ -377,6 +377,7 @@ class PosixBatch:
         self.replace = replace
         self._lock = threading.Lock()
         self._pending: list[_Pending] = []
+        self._devices: dict[str, int] = {}  # directory made ready -> its st_dev
 
     def _add(self, pending: _Pending) -> ObjectInfo:
         with self._lock:
@@ -389,10 +390,12 @@ class PosixBatch:
 
         dst = self.store.path(key)
         directory = os.path.dirname(dst)
-        try:
-            fs.ensure_dir(directory)
-        except OSError as exc:
-            raise StorageError(f"cannot create {directory}: {exc.strerror}") from None
+        if directory not in self._devices:
+            try:
+                fs.ensure_dir(directory)
+                self._devices[directory] = os.stat(directory).st_dev
+            except OSError as exc:
+                raise StorageError(f"cannot create {directory}: {exc.strerror}") from None
         return dst, directory
 
     def put(
@@ -429,6 +432,35 @@ class PosixBatch:
         info = ObjectInfo(key, st.st_size, st.st_mtime, dict(metadata or {}))
         return self._add(_Pending(key, dst, tmp, True, metadata, info, st.st_ino))
 
+    def put_written(
+        self,
+        key: str,
+        write: Callable[[BinaryIO], Mapping[str, str] | None],
+        *,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        from walvault import fs
+
+        dst, _ = self._prepare(key, None)
+        tmp = str(fs.temp_path_for(dst))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(fd, "wb", buffering=_CHUNK) as handle:
+                metadata = check_metadata(write(handle))
+                handle.flush()
+                if mtime is not None:
+                    # before the fsync: changed after it, the inode would be dirty again
+                    os.utime(fd, (mtime, mtime))
+                os.fsync(fd)
+                st = os.fstat(fd)
+        except BaseException as exc:
+            _unlink_quietly(tmp)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write {dst}: {exc.strerror}") from None
+            raise
+        info = ObjectInfo(key, st.st_size, st.st_mtime, metadata)
+        return self._add(_Pending(key, dst, tmp, True, metadata, info, st.st_ino))
+
     def put_file(
         self,
         key: str,
@@ -440,7 +472,7 @@ class PosixBatch:
         dst, directory = self._prepare(key, metadata)
         try:
             st = os.stat(path)
-            same_fs = st.st_dev == os.stat(directory).st_dev
+            same_fs = st.st_dev == self._devices[directory]
             if same_fs and not self.replace:
                 if mtime is not None and mtime != st.st_mtime:
                     os.utime(path, (mtime, mtime))

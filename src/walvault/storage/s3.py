@@ -64,12 +64,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from walvault.storage.base import (
     DRIVER_METADATA_PREFIX,
     Features,
+    ImmediateBatch,
     ObjectExists,
     ObjectInfo,
     StorageError,
     check_key,
     check_metadata,
     check_prefix,
+    put_local_file,
 )
 from walvault.storage.s3config import MIN_PART_SIZE, S3Location, S3Settings, parse_s3_url
 
@@ -226,6 +228,20 @@ class S3Storage:
                 raise self._fail("DELETE", what, exc) from None
 
     # ------------------------------------------------------------ reads
+
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        mtime: float | None = None,
+    ) -> ObjectInfo:
+        return put_local_file(self, key, path, metadata=metadata, mtime=mtime)
+
+    def batch(self) -> ImmediateBatch:
+        """Every put is durable on its own: a batch writes at once (see ImmediateBatch)."""
+        return ImmediateBatch(self)
 
     def open(self, key: str) -> S3Reader | None:
         import obstore

@@ -94,10 +94,11 @@ def stop_receiver(server: ServerConfig, echo: Echo, why: str) -> None:
 
 
 def prepare_directories(server: ServerConfig) -> None:
-    """Create the server's directories (durably) so receive-wal and archive-wal find them."""
+    """Create the server's directories (durably) so receive-wal and archive-wal find them
+    (not ``wals_directory`` when the archive is in object storage)."""
     for path in (
         server.backup_directory,
-        server.wals_directory,
+        *(() if server.wals_in_object_storage else (server.wals_directory,)),
         server.streaming_wals_directory,
         server.incoming_wals_directory,
         server.errors_directory,

@@ -16,8 +16,10 @@ from walvault.archive.ingest import (
     Verdict,
     decompressed_head,
     inspect_staged,
+    file_pieces,
     same_content,
-    write_archived,
+    store_as_is,
+    store_compressed,
 )
 from walvault.fs import SyncBatch
 
@@ -120,37 +122,51 @@ def test_same_content_across_compressions(tmp_path: Path, left: str | None, righ
     data = os.urandom((1 << 20) + 12345)  # more than one CHUNK_SIZE
     archived = _put(tmp_path / "a", NAME, compress_bytes(left, data) if left else data)
     same = _put(tmp_path / "b", NAME, compress_bytes(right, data) if right else data)
-    assert same_content(str(archived), _staged(same, right))
+    assert same_content(file_pieces(str(archived)), _staged(same, right))
     changed = data[:-1] + bytes([data[-1] ^ 1])
     other = _put(tmp_path / "c", NAME, compress_bytes(right, changed) if right else changed)
-    assert not same_content(str(archived), _staged(other, right))
+    assert not same_content(file_pieces(str(archived)), _staged(other, right))
     shorter = data[:-10]
     other = _put(tmp_path / "d", NAME, compress_bytes(right, shorter) if right else shorter)
-    assert not same_content(str(archived), _staged(other, right))
+    assert not same_content(file_pieces(str(archived)), _staged(other, right))
 
 
 def test_corrupt_twins(tmp_path: Path) -> None:
     data = synthetic_segment(NAME)
     good = _put(tmp_path / "a", NAME, compress_bytes("gzip", data))
     bad = _put(tmp_path / "b", NAME, compress_bytes("gzip", data)[:-20])
-    assert not same_content(str(good), _staged(bad, "gzip"))
+    assert not same_content(file_pieces(str(good)), _staged(bad, "gzip"))
     with pytest.raises(UnreadableArchive):
-        same_content(str(bad), _staged(good, "gzip"))
+        same_content(file_pieces(str(bad)), _staged(good, "gzip"))
 
 
 @pytest.mark.parametrize("algo", [None, *ALGORITHMS])
-def test_write_archived_is_invisible_until_flushed(tmp_path: Path, algo: str | None) -> None:
+def test_a_stored_copy_is_invisible_until_committed_and_carries_its_digest(
+    tmp_path: Path, algo: str | None
+) -> None:
+    from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, digest_of
+    from walvault.storage.posix import PosixStorage
+
     data = synthetic_segment(NAME)
     src = _put(tmp_path / "in", NAME, data)
     os.utime(src, (1234.5, 1234.5))
-    dst = tmp_path / "out" / NAME
-    dst.parent.mkdir()
-    batch = SyncBatch()
-    size = write_archived(_staged(src, None), str(dst), algo, 1, batch)
-    assert not dst.exists() and len(os.listdir(dst.parent)) == 1
-    batch.flush()
-    assert dst.stat().st_size == size and dst.stat().st_mtime == 1234.5
+    store = PosixStorage(str(tmp_path / "out"), meta_dir=str(tmp_path / "meta"))
+    batch = store.batch()
+    key = f"{NAME[:16]}/{NAME}"
+    if algo is None:
+        info = store_as_is(_staged(src, None), key, batch)
+    else:
+        info = store_compressed(_staged(src, None), key, algo, 1, batch)
+    dst = tmp_path / "out" / key
+    assert not dst.exists() and len(os.listdir(dst.parent)) == (0 if algo is None else 1)
+    assert batch.commit() == {}
+    assert dst.stat().st_size == info.size and dst.stat().st_mtime == 1234.5
     assert decompress_bytes(algo, dst.read_bytes()) == data
+    head = store.head(key)
+    assert head is not None
+    assert head.metadata[DIGEST_KEY] == digest_of(data)
+    assert head.metadata[PLAIN_SIZE_KEY] == str(len(data))
+    assert src.exists()  # the source goes only once the catalogue has the line
 
 
 def test_errors_names_never_collide(tmp_path: Path) -> None:

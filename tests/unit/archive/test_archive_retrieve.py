@@ -13,7 +13,7 @@ import pytest
 from fakewal import MIB, archive_path, fake_segment, make_server
 from walvault.archive import compression as comp
 from walvault.archive import retrieve
-from walvault.archive.layout import lookup_paths
+from walvault.archive.layout import ARCHIVE, lookup_order
 from walvault.config import ServerConfig
 from walvault.errors import InvalidWalName
 
@@ -41,27 +41,24 @@ def incoming(server: ServerConfig, name: str) -> Path:
     return Path(server.incoming_wals_directory) / name
 
 
-def test_lookup_paths_follow_barman_order(server: ServerConfig) -> None:
-    wals, inc, stream = (
-        server.wals_directory,
-        server.incoming_wals_directory,
-        server.streaming_wals_directory,
-    )
-    archived = f"{wals}/0000000100000000/{NAME}"
-    assert lookup_paths(server, NAME) == [archived, f"{inc}/{NAME}", f"{stream}/{NAME}", archived]
-    assert lookup_paths(server, NAME, partial=True) == [
+def test_lookup_order_follows_barman(server: ServerConfig) -> None:
+    inc, stream = server.incoming_wals_directory, server.streaming_wals_directory
+    archived = (ARCHIVE, NAME)
+    assert lookup_order(server, NAME) == [archived, (inc, NAME), (stream, NAME), archived]
+    assert lookup_order(server, NAME, partial=True) == [
         archived,
-        f"{inc}/{NAME}",
-        f"{stream}/{NAME}",
-        f"{stream}/{NAME}.partial",
-        f"{stream}/{NAME}",
-        f"{wals}/0000000100000000/{NAME}.partial",
-        f"{inc}/{NAME}.partial",
+        (inc, NAME),
+        (stream, NAME),
+        (stream, f"{NAME}.partial"),
+        (stream, NAME),
+        (ARCHIVE, f"{NAME}.partial"),
+        (inc, f"{NAME}.partial"),
         archived,
     ]
-    # history files sit at the top of wals/; no .partial variant for them
-    assert lookup_paths(server, "00000002.history", partial=True)[0] == f"{wals}/00000002.history"
-    assert len(lookup_paths(server, "00000002.history", partial=True)) == 4
+    # no .partial variant for history files
+    history = "00000002.history"
+    assert lookup_order(server, history, partial=True)[0] == (ARCHIVE, history)
+    assert len(lookup_order(server, history, partial=True)) == 4
 
 
 def test_archive_then_incoming_then_streaming(server: ServerConfig, tmp_path: Path) -> None:
