@@ -15,13 +15,12 @@ from walvault.archive.ingest import (
     UnreadableArchive,
     Verdict,
     decompressed_head,
-    inspect_staged,
     file_pieces,
+    inspect_staged,
     same_content,
     store_as_is,
     store_compressed,
 )
-from walvault.fs import SyncBatch
 
 NAME = "000000010000000000000006"
 
