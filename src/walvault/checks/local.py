@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from walvault import locks
 from walvault.archive.catalogue import iter_entries
-from walvault.archive.layout import newest_archived_segment
+from walvault.archive.layout import hash_dirs, newest_archived_segment
 from walvault.backup.info import iter_backups
 from walvault.checks import CheckResult
 from walvault.config import ServerConfig
+from walvault.errors import StateFileError, describe_os_error
 from walvault.humanize import pretty_duration
 from walvault.receiver.gaps import open_gaps
 from walvault.receiver.state import load_state
@@ -29,31 +31,76 @@ def backups(server: ServerConfig) -> list[tuple[str, str, str | None]]:
     return [(b.backup_id, b.status, b.begin_wal) for b in iter_backups(server)]
 
 
+def _queue_line(
+    name: str, directory: str, count: Callable[[list[str]], int], limit: int | None
+) -> CheckResult | None:
+    """``incoming WALs directory`` / ``streaming WALs directory``: at most ``limit`` waiting."""
+    if limit is None:
+        return None
+    waiting = count([n for n in _names(directory) if not n.endswith(".tmp")])
+    ok = waiting <= limit
+    hint = "" if ok else f"there are too many WALs in queue: {waiting}, max {limit}"
+    return CheckResult(name, ok, hint)
+
+
+def _empty_line(name: str, directory: str, option: str, ignore_partial: bool) -> CheckResult | None:
+    """``empty incoming|streaming directory``: shown only when something waits there."""
+    names = [n for n in _names(directory) if not n.endswith(".tmp")]
+    if ignore_partial:
+        names = [n for n in names if not n.endswith(".partial")]
+    if not names:
+        return None
+    return CheckResult(name, False, f"'{directory}' must be empty when {option}=off")
+
+
 def check_queues(server: ServerConfig) -> list[CheckResult]:
-    """Barman's staging-directory checks (only the lines that apply)."""
+    """Barman's staging-directory checks (only the lines that apply); a directory that cannot
+    be listed makes its line FAILED, naming it."""
+    limit = server.max_incoming_wals_queue
+
+    def not_partial(names: list[str]) -> int:
+        return len([n for n in names if not n.endswith(".partial")])
+
+    lines: list[tuple[str, Callable[[], CheckResult | None]]] = []
+    incoming, streaming = server.incoming_wals_directory, server.streaming_wals_directory
+    if server.archiver:
+        lines.append(
+            (
+                "incoming WALs directory",
+                lambda: _queue_line("incoming WALs directory", incoming, len, limit),
+            )
+        )
+    else:
+        lines.append(
+            (
+                "empty incoming directory",
+                lambda: _empty_line("empty incoming directory", incoming, "archiver", True),
+            )
+        )
+    if server.streaming_archiver:
+        lines.append(
+            (
+                "streaming WALs directory",
+                lambda: _queue_line("streaming WALs directory", streaming, not_partial, limit),
+            )
+        )
+    else:
+        lines.append(
+            (
+                "empty streaming directory",
+                lambda: _empty_line(
+                    "empty streaming directory", streaming, "streaming_archiver", False
+                ),
+            )
+        )
     results = []
-    incoming = [n for n in _names(server.incoming_wals_directory) if not n.endswith(".tmp")]
-    streaming = [n for n in _names(server.streaming_wals_directory) if not n.endswith(".tmp")]
-    if not server.archiver:
-        waiting = [n for n in incoming if not n.endswith(".partial")]
-        if waiting:
-            hint = f"'{server.incoming_wals_directory}' must be empty when archiver=off"
-            results.append(CheckResult("empty incoming directory", False, hint))
-    elif server.max_incoming_wals_queue is not None:
-        ok = len(incoming) <= server.max_incoming_wals_queue
-        hint = "" if ok else f"there are too many WALs in queue: {len(incoming)}, "
-        hint += "" if ok else f"max {server.max_incoming_wals_queue}"
-        results.append(CheckResult("incoming WALs directory", ok, hint))
-    if not server.streaming_archiver:
-        if streaming:
-            hint = f"'{server.streaming_wals_directory}' must be empty when streaming_archiver=off"
-            results.append(CheckResult("empty streaming directory", False, hint))
-    elif server.max_incoming_wals_queue is not None:
-        queued = [n for n in streaming if not n.endswith(".partial")]
-        ok = len(queued) <= server.max_incoming_wals_queue
-        hint = "" if ok else f"there are too many WALs in queue: {len(queued)}, "
-        hint += "" if ok else f"max {server.max_incoming_wals_queue}"
-        results.append(CheckResult("streaming WALs directory", ok, hint))
+    for name, compute in lines:
+        try:
+            line = compute()
+        except OSError as exc:
+            line = CheckResult(name, False, f"cannot list it: {describe_os_error(exc)}")
+        if line is not None:
+            results.append(line)
     return results
 
 
@@ -79,7 +126,9 @@ def check_wal_archive(server: ServerConfig, archived: int) -> list[CheckResult]:
 
 
 def check_directories(server: ServerConfig) -> CheckResult:
-    """Every directory exists and is writable (checked, not created: checks have no effects)."""
+    """Every directory exists and can be read, written and entered (checked, not created:
+    checks have no effects); so can ``wals/``'s hash directories and, where they exist,
+    ``meta/`` and ``base/``."""
     problems = []
     for option in (
         "backup_directory",
@@ -91,9 +140,25 @@ def check_directories(server: ServerConfig) -> CheckResult:
         path = getattr(server, option)
         if not os.path.isdir(path):
             problems.append(f"{path}: does not exist (created by 'walvault cron')")
-        elif not os.access(path, os.W_OK | os.X_OK):
-            problems.append(f"{path}: not writable")
+        elif not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"{path}: {_denied(path, os.R_OK | os.W_OK | os.X_OK)}")
+    optional = [server.meta_directory, server.basebackups_directory]
+    if os.access(server.wals_directory, os.R_OK | os.X_OK):
+        optional += [os.path.join(server.wals_directory, d) for d in hash_dirs(server)]
+    for path in optional:
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"{path}: {_denied(path, os.R_OK | os.W_OK | os.X_OK)}")
     return CheckResult("directories", not problems, "; ".join(problems))
+
+
+def _denied(path: str, mode: int) -> str:
+    """What of ``mode`` the current user lacks on ``path``, in words."""
+    missing = [
+        word
+        for bit, word in ((os.R_OK, "read"), (os.W_OK, "write"), (os.X_OK, "enter"))
+        if mode & bit and not os.access(path, bit)
+    ]
+    return f"cannot {' or '.join(missing)} it (Permission denied)"
 
 
 def check_wal_maximum_age(server: ServerConfig) -> CheckResult:
@@ -146,9 +211,13 @@ def check_archiver_errors(server: ServerConfig) -> CheckResult:
 
 
 def check_gaps(server: ServerConfig) -> CheckResult:
-    """FAILED while a recorded gap is not superseded by a backup taken after it."""
+    """FAILED while a recorded gap is not superseded by a backup taken after it (or while the
+    gap records cannot be read: then nobody knows)."""
     done = [begin for _, status, begin in backups(server) if status == "DONE" and begin]
-    gaps = open_gaps(server, max(done, key=lambda n: n[8:]) if done else None)
+    try:
+        gaps = open_gaps(server, max(done, key=lambda n: n[8:]) if done else None)
+    except StateFileError as exc:
+        return CheckResult("WAL gaps", False, f"cannot read the recorded gaps: {exc.message}")
     if not gaps:
         return CheckResult("WAL gaps", True)
     hint = "; ".join(g.describe() for g in gaps)
