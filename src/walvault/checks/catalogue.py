@@ -114,7 +114,8 @@ def check_catalogue(server: ServerConfig, settle: float = 0.5) -> CheckResult:
             name, False, f"cannot compare it with the archive: {describe_os_error(exc)}"
         )
     if not found:
-        return CheckResult(name, True, f"{found.catalogued} files, as in the archive")
+        files = "file" if found.catalogued == 1 else "files"
+        return CheckResult(name, True, f"{found.catalogued} {files}, as in the archive")
     parts = [f"{path} lists {found.catalogued} files, the archive holds {found.on_disk}"]
     if found.uncatalogued:
         parts.append(

@@ -244,7 +244,9 @@ def _receiver_running(server: ServerConfig, wal: Endpoint) -> CheckResult:
     name = "receive-wal running"
     pid = L.receiver_pid(server)
     if pid is None:
-        return CheckResult(name, False, L.receiver_failure_hint(server) + _disk_note(server))
+        note = _disk_note(server)
+        hint = L.receiver_failure_hint(server)
+        return CheckResult(name, False, f"{note}; {hint}" if note else hint)
     if not server.slot_name:
         return CheckResult(name, True)
     if wal.error is not None:
@@ -260,7 +262,10 @@ def _disk_note(server: ServerConfig) -> str:
     free = free_for(server.streaming_wals_directory)
     if free is None or free >= max(server.min_free_space, 1 << 20):
         return ""
-    return f"; streaming/ has only {pretty_size(free)} free (No space left on device?)"
+    return (
+        f"the filesystem of streaming/ has only {pretty_size(free)} free: pg_receivewal "
+        "cannot start a segment there (No space left on device, see free space)"
+    )
 
 
 def _lag(server: ServerConfig, facts: RemoteFacts) -> CheckResult:

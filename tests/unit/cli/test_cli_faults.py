@@ -128,3 +128,21 @@ def test_cron_names_a_failing_server_in_an_error_line_even_with_q(
         "ERROR: Unable to run cron on server 'pg': /srv/home/pg/x.json: No space left on "
         "device (ENOSPC)\n"
     )
+
+
+def test_list_backups_names_a_junk_backup_info_instead_of_hiding_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a junk backup.info made its backup vanish from list-backups without a word."""
+    from walvault.backup import info as binfo
+    from walvault.config import load_config
+
+    conf = write_config(tmp_path / "home")
+    server = load_config(str(conf)).servers["pg"]
+    binfo.save(server, binfo.BackupInfo("20261120T000000", "pg", status=binfo.DONE))
+    junk = Path(binfo.info_path(server, "20261121T000000"))
+    junk.write_bytes(b"\x00garbage")
+    assert cli_main.main(["-c", str(conf), "list-backups", "pg"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("20261120T000000") == 1 and "20261121T000000" not in out
+    assert err == f"WARNING: backup not listed: {junk}: malformed: line 1 is not 'key=value'\n"
