@@ -226,3 +226,20 @@ def test_state_files_ok_when_everything_is_fine_or_absent(tmp_path: Path) -> Non
     write(state_path(server), json.dumps({"restarts": 1}))
     save_backup(server, "20261120T000000", 2)
     assert check_state_files(server).ok
+
+
+def test_archive_wal_refuses_with_a_malformed_identity_and_keeps_the_files(
+    tmp_path: Path,
+) -> None:
+    """Without a usable identity archive-wal cannot tell this cluster's WAL from another's:
+    it stops with one line and every file stays where it is."""
+    from walsupply import write_segments
+    from walvault.archive.archiver import archive_wal
+
+    server = make_server(tmp_path)
+    names = write_segments(server.streaming_wals_directory, 1, 2)
+    write(server.identity_path, "{")
+    with pytest.raises(StateFileError, match=r"identity\.json: malformed: not valid JSON"):
+        archive_wal(server, lambda _line: None)
+    assert sorted(os.listdir(server.streaming_wals_directory)) == names
+    assert not os.path.exists(server.wals_directory) or not os.listdir(server.wals_directory)
