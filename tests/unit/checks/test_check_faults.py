@@ -161,3 +161,43 @@ def test_a_timeout_keeps_the_lines_done_and_names_itself(
     assert time.monotonic() - started < 4
     assert [r.name for r in results] == ["first line", "check timeout"]
     assert not results[-1].ok and "timed out after 1 s" in results[-1].hint
+
+
+def test_a_hanging_postgresql_connection_ends_in_a_check_timeout_line(tmp_path: Path) -> None:
+    """A real psycopg connection to a listener that never answers: the alarm must end the
+    checks with 'check timeout', not be swallowed by the connection's error handling (which
+    printed 'FAILED (_Timeout)')."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    conninfo = f"host=127.0.0.1 port={port} user=x dbname=y sslmode=disable"
+    server = make_server(tmp_path, conninfo=conninfo, streaming_conninfo=conninfo)
+    try:
+        started = time.monotonic()
+        results = check_cli.results_for(server, 2)
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert results[-1].name == "check timeout" and not results[-1].ok
+    assert all("Timeout" not in r.hint for r in results), results
