@@ -157,6 +157,8 @@ def test_recovery_onto_timeline_2_after_promotion(
         return history.exists() and segment.exists()
 
     wait_for(archived, what="timeline 2 archived")
+    check = wv.run("check", "pg").stdout
+    assert "\tWAL continuity: OK (" in check, check  # timeline 1, then 2 from its history
     restored = _recover(pg, wv, tmp_path, "tl2", "--target-tli", "2", "--no-get-wal")
     wait_for(lambda: not restored.is_in_recovery(), what="end of recovery", timeout=120)
     assert [r[0] for r in restored.sql("SELECT v FROM marks ORDER BY v")] == ["tl1", "tl2"]
