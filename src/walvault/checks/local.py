@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 from walvault import locks
 from walvault.archive.catalogue import iter_entries
@@ -31,76 +30,47 @@ def backups(server: ServerConfig) -> list[tuple[str, str, str | None]]:
     return [(b.backup_id, b.status, b.begin_wal) for b in iter_backups(server)]
 
 
-def _queue_line(
-    name: str, directory: str, count: Callable[[list[str]], int], limit: int | None
-) -> CheckResult | None:
-    """``incoming WALs directory`` / ``streaming WALs directory``: at most ``limit`` waiting."""
-    if limit is None:
-        return None
-    waiting = count([n for n in _names(directory) if not n.endswith(".tmp")])
-    ok = waiting <= limit
-    hint = "" if ok else f"there are too many WALs in queue: {waiting}, max {limit}"
-    return CheckResult(name, ok, hint)
-
-
-def _empty_line(name: str, directory: str, option: str, ignore_partial: bool) -> CheckResult | None:
-    """``empty incoming|streaming directory``: shown only when something waits there."""
-    names = [n for n in _names(directory) if not n.endswith(".tmp")]
-    if ignore_partial:
-        names = [n for n in names if not n.endswith(".partial")]
-    if not names:
-        return None
-    return CheckResult(name, False, f"'{directory}' must be empty when {option}=off")
-
-
 def check_queues(server: ServerConfig) -> list[CheckResult]:
     """Barman's staging-directory checks (only the lines that apply); a directory that cannot
     be listed makes its line FAILED, naming it."""
     limit = server.max_incoming_wals_queue
-
-    def not_partial(names: list[str]) -> int:
-        return len([n for n in names if not n.endswith(".partial")])
-
-    lines: list[tuple[str, Callable[[], CheckResult | None]]] = []
-    incoming, streaming = server.incoming_wals_directory, server.streaming_wals_directory
-    if server.archiver:
-        lines.append(
-            (
-                "incoming WALs directory",
-                lambda: _queue_line("incoming WALs directory", incoming, len, limit),
-            )
-        )
-    else:
-        lines.append(
-            (
-                "empty incoming directory",
-                lambda: _empty_line("empty incoming directory", incoming, "archiver", True),
-            )
-        )
-    if server.streaming_archiver:
-        lines.append(
-            (
-                "streaming WALs directory",
-                lambda: _queue_line("streaming WALs directory", streaming, not_partial, limit),
-            )
-        )
-    else:
-        lines.append(
-            (
-                "empty streaming directory",
-                lambda: _empty_line(
-                    "empty streaming directory", streaming, "streaming_archiver", False
-                ),
-            )
-        )
     results = []
-    for name, compute in lines:
+    # (line label, directory, archiving on?, its option, whether a .partial is left out)
+    for label, directory, archiving, option, skip_partial in (
+        (
+            "incoming",
+            server.incoming_wals_directory,
+            server.archiver,
+            "archiver",
+            not server.archiver,
+        ),
+        (
+            "streaming",
+            server.streaming_wals_directory,
+            server.streaming_archiver,
+            "streaming_archiver",
+            server.streaming_archiver,  # the live segment of pg_receivewal is not waiting
+        ),
+    ):
+        name = f"{label} WALs directory" if archiving else f"empty {label} directory"
+        if archiving and limit is None:
+            continue
         try:
-            line = compute()
+            names = [n for n in _names(directory) if not n.endswith(".tmp")]
         except OSError as exc:
-            line = CheckResult(name, False, f"cannot list it: {describe_os_error(exc)}")
-        if line is not None:
-            results.append(line)
+            results.append(CheckResult(name, False, f"cannot list it: {describe_os_error(exc)}"))
+            continue
+        if skip_partial:
+            names = [n for n in names if not n.endswith(".partial")]
+        if not archiving:
+            if names:
+                hint = f"'{directory}' must be empty when {option}=off"
+                results.append(CheckResult(name, False, hint))
+            continue
+        assert limit is not None
+        ok = len(names) <= limit
+        hint = "" if ok else f"there are too many WALs in queue: {len(names)}, max {limit}"
+        results.append(CheckResult(name, ok, hint))
     return results
 
 

@@ -201,3 +201,32 @@ def test_a_hanging_postgresql_connection_ends_in_a_check_timeout_line(tmp_path: 
         listener.close()
     assert results[-1].name == "check timeout" and not results[-1].ok
     assert all("Timeout" not in r.hint for r in results), results
+
+
+def test_queue_lines_keep_barmans_rules(tmp_path: Path) -> None:
+    from walvault.checks.local import check_queues
+
+    server = make_server(tmp_path, max_incoming_wals_queue=1)
+    incoming, streaming = (
+        Path(server.incoming_wals_directory),
+        Path(server.streaming_wals_directory),
+    )
+    for directory in (incoming, streaming):
+        (directory / f"{seg(1)}.partial").write_bytes(b"")
+        (directory / seg(2)).write_bytes(b"")
+    by = {r.name: (r.ok, r.hint) for r in check_queues(server)}
+    assert by == {
+        "incoming WALs directory": (False, "there are too many WALs in queue: 2, max 1"),
+        "streaming WALs directory": (True, ""),  # the live .partial is not waiting
+    }
+    off = server._replace(archiver=False, streaming_archiver=False)
+    (incoming / seg(2)).unlink()
+    (streaming / seg(2)).unlink()
+    by = {r.name: (r.ok, r.hint) for r in check_queues(off)}
+    assert by == {  # a .partial in incoming/ may wait; nothing may in streaming/
+        "empty streaming directory": (
+            False,
+            f"'{streaming}' must be empty when streaming_archiver=off",
+        )
+    }
+    assert check_queues(server._replace(max_incoming_wals_queue=None)) == []
