@@ -28,6 +28,9 @@
 #   WALVAULT_TEST_WORK     as root: the test user's copy, venv and lock (default
 #                          /var/tmp/walvault-test); give each checkout its own to run
 #                          several checkouts' tests at once
+#   WALVAULT_TEST_FULL_FS  a small filesystem the test user may fill (the full-disk tests);
+#                          as root, test.sh mounts a 64 MiB tmpfs at $WORK/full-fs and sets
+#                          it; without one those tests are skipped, saying why
 #
 # Examples:  bash scripts/test.sh
 #            WALVAULT_SKIP_LINT=1 bash scripts/test.sh tests/integration -x
@@ -179,6 +182,19 @@ env_args=(
 while IFS='=' read -r var _; do
     env_args+=("$var=${!var}")
 done < <(env | grep -E '^WALVAULT_[A-Z0-9_]*=' || true)
+
+# The full-disk tests need a filesystem they can fill without harming anything: a small
+# tmpfs owned by the test user (only root may mount it).  Unmounted (lazily: a process the
+# tests left could still hold a file) when this script ends.
+full_fs="$WORK/full-fs"
+mkdir -p "$full_fs"
+if mountpoint -q "$full_fs" || mount -t tmpfs -o "size=64m,mode=0700,uid=$(id -u "$TEST_USER"),gid=$(id -g "$TEST_USER")" walvault-full-fs "$full_fs" 2>/dev/null; then
+    find "$full_fs" -mindepth 1 -delete
+    trap 'umount -l "$full_fs" 2>/dev/null || true' EXIT
+    env_args+=("WALVAULT_TEST_FULL_FS=$full_fs")
+else
+    echo "test.sh: could not mount a tmpfs at $full_fs: the full-disk tests will be skipped" >&2
+fi
 
 cd /
 rc=0

@@ -50,3 +50,36 @@ class ArchiveReadError(WalvaultError):
     """An archived file exists but cannot be read, decoded or trusted (never "not found")."""
 
     exit_code = ABORT_RECOVERY
+
+
+class StateFileError(WalvaultError):
+    """A file walvault keeps beside the archive (``walvault-gaps.json``, ``backup.info``...)
+    cannot be used: ``path`` names it, ``problem`` says what is wrong with it
+    (``malformed: ...`` or ``unreadable: ...``).
+
+    Readers raise it instead of guessing; ``check`` reports it as a FAILED line and commands
+    work around the file where they safely can.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<path>: <reason> (<ERRNO NAME>)``: one line naming what failed and why.
+
+    >>> describe_os_error(OSError(28, "No space left on device", "/srv/wals/x"))
+    '/srv/wals/x: No space left on device (ENOSPC)'
+    """
+    import errno
+    import os
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        reason += f" ({errno.errorcode[exc.errno]})"
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return reason
+    return " -> ".join(os.fsdecode(p) for p in paths) + f": {reason}"

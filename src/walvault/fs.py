@@ -48,6 +48,9 @@ def fsync_file(path: StrPath) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        _name_the_path(exc, path)
+        raise
     finally:
         os.close(fd)
 
@@ -59,9 +62,17 @@ def fsync_dir(path: StrPath) -> None:
         os.fsync(fd)
     except OSError as exc:  # some filesystems cannot fsync a directory: nothing more to do
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            _name_the_path(exc, path)
             raise
     finally:
         os.close(fd)
+
+
+def _name_the_path(exc: OSError, path: StrPath) -> None:
+    """Give an error of a descriptor-level call (write, fsync: no file name) the path it was
+    about, so the one-line error a user sees says which file (e.g. a full disk, ENOSPC)."""
+    if exc.filename is None:
+        exc.filename = os.fspath(path)
 
 
 def temp_path_for(dst: StrPath) -> Path:
@@ -86,9 +97,11 @@ def _write_temp(
             if sync:
                 os.fsync(fd)
             size = os.fstat(fd).st_size
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            _name_the_path(exc, dst)
         raise
     return tmp, size
 
@@ -178,6 +191,9 @@ def append_lines_durably(path: StrPath, lines: Iterable[str], *, mode: int = 0o6
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError as exc:
+        _name_the_path(exc, path)
+        raise
     finally:
         os.close(fd)
     if created:

@@ -2,13 +2,16 @@
 archive belongs to (Barman's format), recorded on first contact.
 
 Free of psycopg: archive-wal and put-wal read it on every run without ever connecting.
+It is validated when read: a JSON object whose ``systemid`` (and ``version``, when present)
+are decimal numbers.  A malformed or unreadable file is a
+:class:`~walvault.errors.StateFileError`: nothing is archived or checked against a guess.
 """
 
 from __future__ import annotations
 
 import json
 
-from walvault.errors import WalvaultError
+from walvault.errors import StateFileError, describe_os_error
 
 # mypy reads this name as typing.TYPE_CHECKING: get-wal's serve path reads identity.json to
 # check every segment's system identifier, and must not import typing or the fs module.
@@ -19,22 +22,35 @@ if TYPE_CHECKING:
 
 def read_identity(server: ServerConfig) -> dict[str, str] | None:
     """``identity.json`` as text values, or None before the first contact."""
+    path = server.identity_path
     try:
-        with open(server.identity_path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise StateFileError(path, f"unreadable: {describe_os_error(exc)}") from None
     except ValueError:
-        raise WalvaultError(f"{server.identity_path} is not valid JSON") from None
+        raise StateFileError(path, "malformed: not valid JSON") from None
     if not isinstance(data, dict):
-        raise WalvaultError(f"{server.identity_path} is not a JSON object")
-    return {str(k): str(v) for k, v in data.items()}
+        raise StateFileError(path, "malformed: not a JSON object")
+    values = {str(k): str(v) for k, v in data.items()}
+    if not _is_number(values.get("systemid", "")):
+        raise StateFileError(path, "malformed: 'systemid' is not a number")
+    if "version" in values and not all(_is_number(p) for p in values["version"].split(".")):
+        raise StateFileError(path, "malformed: 'version' is not a version number")
+    return values
+
+
+def _is_number(text: str) -> bool:
+    """ASCII decimal digits only."""
+    return text.isascii() and text.isdecimal()
 
 
 def stored_system_identifier(server: ServerConfig) -> int | None:
-    """The recorded system identifier, or None when none (or no number) is recorded."""
-    value = (read_identity(server) or {}).get("systemid", "")
-    return int(value) if value.isdigit() else None
+    """The recorded system identifier, or None before the first contact."""
+    identity = read_identity(server)
+    return None if identity is None else int(identity["systemid"])
 
 
 def write_identity(server: ServerConfig, system_identifier: int | str, version: int | str) -> None:

@@ -17,6 +17,10 @@ Caveats:
   retrying otherwise); Barman does not, so a Barman process sharing the directory keeps
   its (tiny) window: clean up only when the server is idle, as Barman's cron does.
 * The descriptor is not inherited across ``exec``; a plain ``fork`` shares the lock.
+* Taking a lock needs no free space: opening an existing lock file and ``flock`` allocate
+  nothing.  Writing the PID may fail on a full disk (ENOSPC); the lock is then kept, with
+  an empty file, and readers find the holder's PID in ``/proc/locks`` instead
+  (:func:`flock_holder_pid`), so a full disk never makes a held lock look free.
 """
 
 from __future__ import annotations
@@ -102,10 +106,34 @@ def _same_file(fd: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
+def flock_holder_pid(fd: int) -> int | None:
+    """The PID holding an exclusive ``flock`` on the file open as ``fd``, from /proc/locks.
+
+    For a holder that could not write its PID (a full disk).  None when /proc/locks is
+    unreadable or lists no holder for that file.
+    """
+    held = os.fstat(fd)
+    device = f"{os.major(held.st_dev):02x}:{os.minor(held.st_dev):02x}:{held.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiters have "->" after "1:"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+            pid = _parse_pid(fields[4].encode("ascii", "replace"))
+            if pid is not None:
+                return pid
+    return None
+
+
 def _busy_pid(fd: int, attempts: int = 20) -> int | None:
-    """Read the holder's PID, giving a holder that has just locked time to write it."""
+    """Read the holder's PID, giving a holder that has just locked time to write it; a
+    holder whose PID never comes (it could not write it) is looked up in /proc/locks."""
     for _ in range(attempts):
-        pid = _parse_pid(os.pread(fd, 64, 0))
+        pid = _parse_pid(os.pread(fd, 64, 0)) or flock_holder_pid(fd)
         if pid is not None:
             return pid
         time.sleep(0.01)
@@ -176,6 +204,21 @@ def cleanup_lock_directory(lock_dir: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _record_pid(fd: int) -> None:
+    """Write ``"<pid>\\n"`` into a lock file we hold; on a full disk leave it empty instead.
+
+    A stale PID of an earlier holder must not stay behind (readers would name a dead or
+    unrelated process), so a failed write truncates the file to nothing, which needs no space.
+    """
+    record = f"{os.getpid()}\n".encode("ascii")
+    try:
+        os.pwrite(fd, record, 0)
+        os.ftruncate(fd, len(record))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+
+
 class ServerLock:
     """An exclusive Barman-compatible lock on one task of one server (a context manager).
 
@@ -238,9 +281,7 @@ class ServerLock:
                         f"for server '{self.server}' (lock file {self._path})"
                     )
                 if _same_file(fd, self._path):
-                    record = f"{os.getpid()}\n".encode("ascii")
-                    os.pwrite(fd, record, 0)
-                    os.ftruncate(fd, len(record))
+                    _record_pid(fd)
                     self._fd = fd
                     return self
             except BaseException:

@@ -298,6 +298,10 @@ def test_retention_redundancy_two_and_recovery_from_the_oldest_kept(
     on_disk = set(after) | {history}
     catalogued = {e.name for e in iter_entries(server.xlogdb_path)}
     assert {n for n in catalogued if not n.endswith(".partial")} == on_disk
+    lines = [line.strip() for line in wv.run("check", "pg").stdout.splitlines()[1:]]
+    for name in ("WAL continuity", "WAL catalogue", "state files"):  # on a real, purged archive
+        [line] = [line for line in lines if line.startswith(f"{name}: ")]
+        assert line.startswith(f"{name}: OK"), line
     for gone in ids[:2]:
         assert not os.path.exists(os.path.dirname(binfo.data_dir(server, gone)))
     matches = [LIST_LINE.match(line) for line in wv.run("list-backups", "pg").stdout.splitlines()]

@@ -232,3 +232,36 @@ def test_a_server_disabled_by_its_conninfo_is_still_archived(
     pid = receiver_pid(wv)
     if pid:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_a_stalled_receiver_fails_streaming_lag_above_max_streaming_lag(
+    pg: Any, walvault_factory: Any
+) -> None:
+    """Before: a receiver that stopped receiving stayed OK for check and Nagios until the
+    server's wal_sender_timeout.  Stalled here by SIGSTOP: still connected, not reading."""
+    wv = walvault_factory({"pg": streaming_server(pg, max_streaming_lag="2MB")})
+    healthy(pg, wv)
+    wait_for(  # written is what the receiver last reported (every streaming_status_interval)
+        lambda: check_lines(wv.run("check", "pg"))["streaming lag"].startswith(
+            "OK (0 bytes behind"
+        ),
+        what="the receiver reporting its position",
+    )
+    assert "max_streaming_lag 2.0 MiB" in check_lines(wv.run("check", "pg"))["streaming lag"]
+    state = json.loads((Path(wv.server().backup_directory) / "walvault-receiver.json").read_text())
+    child = state["child_pid"]
+    os.kill(child, signal.SIGSTOP)
+    try:
+        pg.sql("CREATE TABLE IF NOT EXISTS big (pad text)")
+        pg.sql("INSERT INTO big SELECT repeat(md5(g::text), 20) FROM generate_series(1, 8000) g")
+        assert pg.replication_state("walvault_receive_wal") == "streaming"  # still connected
+        _failed(wv, "streaming lag", "exceeded: the receiver is stalled or cannot keep up")
+        hint = check_lines(wv.run("check", "pg"))["streaming lag"]
+        for part in ("bytes behind", "server at", "sent", "written", "flushed", "async"):
+            assert part in hint, (part, hint)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    wait_for(
+        lambda: check_lines(wv.run("check", "pg"))["streaming lag"].startswith("OK"),
+        what="the receiver catching up",
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from walsupply import SYSID, make_server
-from walvault.errors import WalvaultError
+from walvault.errors import StateFileError
 from walvault.identity import read_identity, stored_system_identifier, write_identity
 
 
@@ -23,17 +23,23 @@ def test_write_then_read_in_barmans_format(tmp_path: Path) -> None:
     assert stored_system_identifier(server) == SYSID
 
 
-def test_missing_or_bad_values(tmp_path: Path) -> None:
+def test_missing_or_bad_values_are_named_never_guessed(tmp_path: Path) -> None:
     server = make_server(tmp_path)
     identity = Path(server.identity_path)
     identity.parent.mkdir(parents=True, exist_ok=True)
-    identity.write_text('{"version": "15"}')
-    assert stored_system_identifier(server) is None
-    identity.write_text('{"systemid": "12x"}')
-    assert stored_system_identifier(server) is None
-    identity.write_text("{not json")
-    with pytest.raises(WalvaultError, match="not valid JSON"):
-        stored_system_identifier(server)
-    identity.write_text("[1, 2]")
-    with pytest.raises(WalvaultError, match="not a JSON object"):
-        read_identity(server)
+    cases = [
+        ('{"version": "15"}', "'systemid' is not a number"),
+        ('{"systemid": "12x"}', "'systemid' is not a number"),
+        ('{"systemid": "1", "version": "x"}', "'version' is not a version number"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+    ]
+    for text, problem in cases:
+        identity.write_text(text)
+        with pytest.raises(StateFileError) as caught:
+            stored_system_identifier(server)
+        assert caught.value.message == f"{identity}: malformed: {problem}", text
+    identity.write_text('{"systemid": "7"}')  # no version: Barman's early files
+    assert stored_system_identifier(server) == 7
+    identity.write_text('{"systemid": "7", "version": "9.6"}')  # Barman's major versions
+    assert stored_system_identifier(server) == 7

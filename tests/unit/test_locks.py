@@ -232,3 +232,38 @@ def test_missing_lock_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="cannot open lock file") as info:
         locks.ServerLock(tmp_path / "missing", "main", "cron").acquire()
     assert not isinstance(info.value, LockBusy)
+
+
+def test_a_lock_is_taken_on_a_full_disk_and_its_holder_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the PID write's ENOSPC escaped from acquire() as a traceback.  Now the lock
+    is held with an empty file, and a reader in another process finds the holder through
+    /proc/locks (so a held lock never looks free: cron would start a second receiver)."""
+    import errno
+
+    path = locks.lock_path(tmp_path, "pg", locks.CRON)
+    path.write_bytes(b"999999\n")  # an earlier holder's PID must not stay behind
+
+    def full(_fd: int, _data: bytes, _offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with locks.ServerLock(tmp_path, "pg", locks.CRON) as lock:
+        assert lock.held and path.read_bytes() == b""
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from walvault import locks; "
+                "print(locks.lock_holder(sys.argv[1], 'pg', 'cron'))",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert probe.stdout.strip() == str(os.getpid())
+        with pytest.raises(LockBusy, match=f"pid {os.getpid()}"):
+            locks.ServerLock(tmp_path, "pg", locks.CRON).acquire()
+    assert locks.lock_holder(tmp_path, "pg", locks.CRON) is None

@@ -79,6 +79,7 @@ class WalArchive:
         self.storage = storage if storage is not None else open_storage(server)
         self.cloud = not self.storage.features.local
         self._base = f"{server.name}/wals/" if self.cloud else ""
+        self._listing: list[tuple[str, ObjectInfo, str | None]] | None = None
 
     def __repr__(self) -> str:
         return f"WalArchive({self.server.name!r}, {self.storage.url()!r})"
@@ -174,6 +175,26 @@ class WalArchive:
             if self.parse_key(info.key) is None:
                 yield info.key
 
+    def _cloud_listing(self) -> list[tuple[str, ObjectInfo, str | None]]:
+        """Every archived file of a bucket, listed once per WalArchive (LIST requests cost:
+        a check or a status reads the listing once, not once per question)."""
+        if self._listing is None:
+            self._listing = list(self.files())
+        return self._listing
+
+    def history_names(self) -> list[str]:
+        """The archived ``.history`` file names, sorted."""
+        if self.cloud:
+            names = {n for n, _, _ in self._cloud_listing() if classify(n) is WalKind.HISTORY}
+            return sorted(names)
+        import os
+
+        try:
+            entries = os.listdir(self.server.wals_directory)
+        except FileNotFoundError:
+            return []
+        return sorted(e for e in entries if classify(e) is WalKind.HISTORY)
+
     def hash_dirs(self) -> list[str]:
         """The ``<timeline><log>`` directories that hold files, oldest first."""
         if not self.cloud:
@@ -190,7 +211,7 @@ class WalArchive:
                 if len(e) == 16 and _is_hex(e) and os.path.isdir(os.path.join(root, e))
             )
         dirs: set[str] = set()
-        for name, _, _ in self.files():
+        for name, _, _ in self._cloud_listing():
             if classify(name) is not WalKind.HISTORY:
                 dirs.add(name[:16])
         return sorted(dirs)
@@ -216,6 +237,8 @@ class WalArchive:
 
     def names_in(self, directory: str) -> list[str]:
         """The archived file names of one hash directory, sorted."""
+        if self.cloud and self._listing is not None:
+            return sorted({n for n, _, _ in self._listing if hash_dir(n) == directory})
         return sorted({name for name, _, _ in self.files(directory)})
 
     def newest_segment(self, timeline: int | None = None) -> str | None:

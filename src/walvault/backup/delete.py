@@ -3,7 +3,9 @@
 Order, for crash safety: ``base/<id>`` goes first (a crash leaves metadata without data,
 which a second ``delete`` finishes), then ``meta/<id>-backup.info``, then the WAL older than
 the oldest remaining backup.  The WAL of a kept backup is never touched, ``.history`` files
-are always kept, and with no backup left no WAL is removed at all (unlike Barman).
+are always kept, and with no backup left no WAL is removed at all (unlike Barman).  While
+any ``backup.info`` cannot be read (malformed, unreadable), no WAL is removed either: the
+backup it describes may be the oldest one, and its WAL must not be judged unneeded.
 """
 
 from __future__ import annotations
@@ -75,7 +77,16 @@ def purge_unneeded_wal(
     it holds nothing obsolete (what cron does every minute).  ``header`` (where
     ``{keep_from}`` and ``{backup_id}`` are replaced) introduces the list of removed files.
     """
-    oldest = oldest_needing_wal(list(binfo.iter_backups(server)))
+    backups, problems = binfo.scan_backups(server)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        why = (
+            f"the metadata of a backup cannot be used: {problems[0].message}{more}; "
+            "fix or remove it ('walvault check' lists it)"
+        )
+        echo(f"WAL removal postponed: {why}")
+        return PurgeResult(postponed=why)
+    oldest = oldest_needing_wal(backups)
     if oldest is None or oldest.begin_wal is None:
         return PurgeResult()
     keep_from = oldest.begin_wal

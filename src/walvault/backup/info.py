@@ -2,6 +2,13 @@
 
 Barman writes Python-ish values: ``None`` for missing, datetimes as ``str(datetime)`` (e.g.
 ``2026-11-25 16:00:39.347679+00:00``). Unknown keys from Barman files are kept as they are.
+
+A file is validated when read and never half-used: every line ``key=value``, a known
+``status``, numbers, times and WAL names where they belong, and a ``backup_id`` (when the file
+has one) equal to the id in its file name.  A file that fails is a
+:class:`~walvault.errors.StateFileError`: :func:`scan_backups` returns it beside the good
+backups, so listings name it, ``check`` fails on it, and WAL removal waits until it is fixed
+(the WAL of a backup whose metadata cannot be read must not be judged unneeded).
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 
 from walvault.config import ServerConfig
+from walvault.errors import StateFileError, describe_os_error
 from walvault.fs import durable_replace_bytes
+from walvault.wal.names import is_segment
 
 STARTED = "STARTED"
 WAITING_FOR_WALS = "WAITING_FOR_WALS"
 DONE = "DONE"
 FAILED = "FAILED"
+#: Every status Barman writes (EMPTY and SYNCING are Barman's own).
+STATUSES = frozenset({"EMPTY", STARTED, WAITING_FOR_WALS, DONE, FAILED, "SYNCING"})
 #: Seconds ``backup --wait`` waits for the WAL a backup needs (0 = no limit).
 DEFAULT_WAIT_TIMEOUT = 300
 BACKUP_ID_RE = re.compile(r"\d{8}T\d{6}")
@@ -126,27 +137,51 @@ def dumps(info: BackupInfo) -> str:
     return "".join(f"{key}={value}\n" for key, value in sorted(pairs.items()))
 
 
+def _decode(key: str, raw: str) -> object:
+    """The typed value of one known key (ValueError when it is not one)."""
+    if raw == "None" or raw == "":
+        return None
+    if key in _INTS:
+        value = int(raw)
+        if value < 0:
+            raise ValueError("negative")
+        return value
+    if key in _TIMES:
+        return datetime.fromisoformat(raw)
+    if key == "status" and raw not in STATUSES:
+        raise ValueError("unknown status")
+    if key in ("begin_wal", "end_wal") and not is_segment(raw):
+        raise ValueError("not a WAL segment name")
+    return raw
+
+
 def loads(text: str, backup_id: str, server_name: str) -> BackupInfo:
-    """Parse the file content (unknown keys go to ``extra``)."""
+    """Parse the file content (unknown keys go to ``extra``); ValueError says what is wrong."""
     values: dict[str, object] = {"backup_id": backup_id, "server_name": server_name}
     extra = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         key, sep, raw = line.partition("=")
         if not sep:
-            continue
+            raise ValueError(f"line {number} is not 'key=value'")
         key = key.strip()
         if key not in _KNOWN:
             extra.append((key, raw))
             continue
-        if raw == "None" or raw == "":
-            values[key] = None
-        elif key in _INTS:
-            values[key] = int(raw)
-        elif key in _TIMES:
-            values[key] = datetime.fromisoformat(raw)
-        else:
-            values[key] = raw
-    values.setdefault("status", FAILED)
+        try:
+            values[key] = _decode(key, raw)
+        except ValueError as exc:
+            reason = str(exc) if key in ("status", "begin_wal", "end_wal") else "not valid"
+            raise ValueError(f"line {number}: {key}: {reason}") from None
+    if values["backup_id"] != backup_id:
+        shown = values["backup_id"]
+        shown = shown if isinstance(shown, str) and BACKUP_ID_RE.fullmatch(shown) else "another id"
+        raise ValueError(
+            f"it is the metadata of backup {shown}, not of {backup_id} as its file name says"
+        )
+    if values.get("status") is None:
+        raise ValueError("it has no status line")
     return BackupInfo(**values, extra=tuple(extra))  # type: ignore[arg-type]
 
 
@@ -157,23 +192,54 @@ def save(server: ServerConfig, info: BackupInfo) -> None:
 
 
 def load(server: ServerConfig, backup_id: str) -> BackupInfo:
-    """Read one backup's metadata."""
-    with open(info_path(server, backup_id), encoding="utf-8") as handle:
-        return loads(handle.read(), backup_id, server.name)
+    """Read one backup's metadata (FileNotFoundError when there is none, StateFileError when
+    it cannot be read or is malformed)."""
+    path = info_path(server, backup_id)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateFileError(path, f"unreadable: {describe_os_error(exc)}") from None
+    except UnicodeDecodeError:
+        raise StateFileError(path, "malformed: not UTF-8 text") from None
+    try:
+        return loads(text, backup_id, server.name)
+    except ValueError as exc:
+        raise StateFileError(path, f"malformed: {exc}") from None
 
 
-def iter_backups(server: ServerConfig) -> Iterator[BackupInfo]:
-    """Every backup of the server, oldest first (ids sort by time)."""
+def scan_backups(server: ServerConfig) -> tuple[list[BackupInfo], list[StateFileError]]:
+    """Every backup of the server, oldest first (ids sort by time), and every
+    ``*-backup.info`` that cannot be used.  A ``meta/`` that cannot be listed raises."""
     try:
         names = sorted(os.listdir(server.meta_directory))
     except FileNotFoundError:
-        return
+        return [], []
+    good: list[BackupInfo] = []
+    bad: list[StateFileError] = []
     for name in names:
-        if name.endswith("-backup.info") and BACKUP_ID_RE.fullmatch(name[:-12]):
-            try:
-                yield load(server, name[:-12])
-            except (OSError, ValueError):
-                continue
+        if not name.endswith("-backup.info"):
+            continue
+        backup_id = name[:-12]
+        if not BACKUP_ID_RE.fullmatch(backup_id):
+            path = os.path.join(server.meta_directory, name)
+            bad.append(StateFileError(path, "malformed: not named <YYYYMMDDTHHMMSS>-backup.info"))
+            continue
+        try:
+            good.append(load(server, backup_id))
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        except StateFileError as exc:
+            bad.append(exc)
+    return good, bad
+
+
+def iter_backups(server: ServerConfig) -> Iterator[BackupInfo]:
+    """Every usable backup of the server, oldest first (see :func:`scan_backups` for the
+    others)."""
+    yield from scan_backups(server)[0]
 
 
 def resolve_backup_id(server: ServerConfig, wanted: str) -> BackupInfo:
@@ -189,9 +255,13 @@ def resolve_backup_id(server: ServerConfig, wanted: str) -> BackupInfo:
         if not done:
             raise WalvaultError(f"server '{server.name}' has no completed backup")
         return done[0]
-    for backup in iter_backups(server):
+    backups, problems = scan_backups(server)
+    for backup in backups:
         if wanted in (backup.backup_id, backup.backup_name):
             return backup
+    for problem in problems:
+        if os.path.basename(problem.path) == f"{wanted}-backup.info":
+            raise problem
     raise WalvaultError(
         f"unknown backup '{wanted}' for server '{server.name}' (accepted: a backup id "
         "YYYYMMDDTHHMMSS, a backup name, latest, last, oldest, first)"

@@ -4,11 +4,23 @@ PostgreSQL 12+ style: ``recovery.signal`` (or ``standby.signal``) and settings a
 ``postgresql.auto.conf``. With get-wal, ``restore_command`` names absolute paths (command and
 configuration file) so it works from the postmaster's environment; without it, the WAL —
 including the streamed ``.partial`` tail — is copied into the destination.
+
+The copy never stays a standby by accident: a backup taken from a standby carries its
+``standby.signal`` and ``primary_conninfo``; both are removed (the settings commented out, as
+``archive_command`` is) unless ``--standby-mode`` asks for a standby.
+
+Every argument written into ``restore_command`` and ``recovery_end_command`` is quoted for
+the shell PostgreSQL runs them with, and its ``%`` doubled (PostgreSQL replaces ``%f``, ``%p``,
+``%r``), so a path with a space, a quote or ``$(...)`` is a path, never a command.
+
+The destination (and each tablespace location) may not be inside walvault's own home or any
+server's directories, nor contain them: checked before anything is copied.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -16,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from walvault.backup.info import DONE, BackupInfo, data_dir, parse_tablespaces
-from walvault.backup.targets import RecoveryTarget
+from walvault.backup.targets import RecoveryTarget, conf_quote
 from walvault.backup.walcopy import archived_timelines, copy_wal, needed_wal
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
@@ -38,6 +50,8 @@ class RecoverOptions:
     config_file: str | None = None
     #: ``--tablespace NAME:LOCATION`` rules, as given
     tablespaces: tuple[str, ...] = ()
+    #: walvault's own directories (home, locks, every server's): never recovered into
+    protected: tuple[str, ...] = ()
 
 
 def _check_destination(path: str) -> None:
@@ -86,6 +100,11 @@ def _check_target(server: ServerConfig, backup: BackupInfo, target: RecoveryTarg
     return max_tli
 
 
+def shell_arg(value: str) -> str:
+    """One argument of a command PostgreSQL runs: shell-quoted, ``%`` written ``%%``."""
+    return shlex.quote(value).replace("%", "%%")
+
+
 def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
     """The get-wal restore_command: the lean client in local mode, by absolute paths.
 
@@ -95,21 +114,31 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
     """
     bindir = os.path.dirname(os.path.abspath(sys.executable))
     client = os.path.join(bindir, "walvault-wal-restore")
-    if not os.path.exists(client):
-        client = f"{sys.executable} -m walvault.clients.walrestore"
-    parts = [client]
+    if os.path.exists(client):
+        parts = [shell_arg(client)]
+    else:
+        parts = [shell_arg(sys.executable), "-m", "walvault.clients.walrestore"]
     if not options.standby_mode:
         parts.append("-P")
     if server.parallel_jobs > 1:
         parts.append(f"-p {server.parallel_jobs}")
     if options.config_file:
-        parts.append(f"-c {options.config_file}")
-    parts += ["local", server.name, "%f", '"%p"']
+        parts.append(f"-c {shell_arg(options.config_file)}")
+    parts += ["local", shell_arg(server.name), "%f", '"%p"']
     return " ".join(parts)
 
 
-def _disable_archiving(data: str) -> None:
-    """Comment out archive_command (Barman's marker) and turn archive_mode off."""
+def _setting_name(line: str) -> str:
+    """The parameter a configuration line sets (``name = value`` or ``name value``), lower-cased."""
+    text = line.strip()
+    end = 0
+    while end < len(text) and not (text[end].isspace() or text[end] == "="):
+        end += 1
+    return text[:end].lower()
+
+
+def _comment_out(data: str, names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> None:
+    """Comment out (Barman's marker) every line setting one of ``names``, in both files."""
     for name in ("postgresql.conf", "postgresql.auto.conf"):
         path = os.path.join(data, name)
         if not os.path.exists(path):
@@ -118,16 +147,41 @@ def _disable_archiving(data: str) -> None:
             lines = handle.readlines()
         changed = False
         for i, line in enumerate(lines):
-            key = line.strip().split("=", 1)[0].strip().lower()
-            if key in ("archive_command", "archive_mode", "archive_library") or key.startswith(
-                "recovery_target"
-            ):
+            key = _setting_name(line)
+            if key in names or (prefixes and key.startswith(prefixes)):
                 lines[i] = MARK + line
                 changed = True
         if changed:
-            shutil.copy2(path, path + ".origin")
+            if not os.path.exists(path + ".origin"):
+                shutil.copy2(path, path + ".origin")
             with open(path, "w", encoding="utf-8") as handle:
                 handle.writelines(lines)
+
+
+def _disable_archiving(data: str) -> None:
+    """Comment out archive_command (Barman's marker) and turn archive_mode off."""
+    _comment_out(data, ("archive_command", "archive_mode", "archive_library"), ("recovery_target",))
+
+
+def _end_standby(data: str, echo: Echo) -> None:
+    """A backup of a standby: no ``standby.signal``, no ``primary_conninfo`` in the copy."""
+    for signal_file in ("standby.signal", "recovery.signal"):
+        path = os.path.join(data, signal_file)
+        if os.path.exists(path):
+            os.unlink(path)
+            if signal_file == "standby.signal":
+                echo("Removed the backup's standby.signal (it was taken from a standby)")
+    _comment_out(data, ("primary_conninfo", "primary_slot_name"))
+
+
+def check_not_walvault(path: str, protected: tuple[str, ...], what: str) -> None:
+    """Refuse ``path`` inside one of walvault's directories, or containing one."""
+    for directory in protected:
+        if _inside(path, directory) or _inside(directory, path):
+            raise WalvaultError(
+                f"{what} '{path}' overlaps walvault's own directory '{directory}': recover "
+                "outside walvault_home and every server's directories"
+            )
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -136,7 +190,11 @@ def _inside(path: str, directory: str) -> bool:
 
 
 def tablespace_locations(
-    server: ServerConfig, backup: BackupInfo, destination: str, rules: tuple[str, ...]
+    server: ServerConfig,
+    backup: BackupInfo,
+    destination: str,
+    rules: tuple[str, ...],
+    protected: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """``--tablespace NAME:LOCATION`` rules as ``{oid: location}``, checked before copying.
 
@@ -172,6 +230,7 @@ def tablespace_locations(
             )
         if location in locations.values():
             raise WalvaultError(f"invalid --tablespace '{rule}': {location} is used twice")
+        check_not_walvault(location, protected, f"invalid --tablespace '{rule}': LOCATION")
         _check_destination(location)
         locations[oid] = location
     return locations
@@ -201,10 +260,6 @@ def _copy_tablespaces(destination: str, echo: Echo, locations: dict[str, str]) -
         echo(f"Tablespace {oid} restored to {new}")
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def recover(
     server: ServerConfig, backup: BackupInfo, options: RecoverOptions, echo: Echo, warn: Echo
 ) -> int:
@@ -214,8 +269,11 @@ def recover(
         raise WalvaultError(f"backup {backup.backup_id} is {backup.status}, not DONE")
     max_tli = _check_target(server, backup, options.target)
     destination = os.path.abspath(options.destination)
+    check_not_walvault(destination, options.protected, "destination")
     _check_destination(destination)
-    locations = tablespace_locations(server, backup, destination, options.tablespaces)
+    locations = tablespace_locations(
+        server, backup, destination, options.tablespaces, options.protected
+    )
     source = data_dir(server, backup.backup_id)
     if not os.path.isdir(source):
         raise WalvaultError(f"the data of backup {backup.backup_id} is missing: {source}")
@@ -239,7 +297,7 @@ def recover(
             os.unlink(os.path.join(destination, stale))
     settings: list[tuple[str, str]] = []
     if options.get_wal:
-        settings.append(("restore_command", _quote(restore_command(server, options))))
+        settings.append(("restore_command", conf_quote(restore_command(server, options))))
     else:
         staging = os.path.join(destination, WAL_STAGING)
         sources = needed_wal(server, backup.begin_wal or "", max_tli)
@@ -248,15 +306,19 @@ def recover(
         if tail:
             echo("Including the streamed tail: " + ", ".join(s.path for s in tail))
         copy_wal(server, sources, staging)
-        settings.append(("restore_command", _quote(f'cp "{staging}/%f" "%p"')))
+        command = f'cp {shell_arg(staging)}/%f "%p"'
+        settings.append(("restore_command", conf_quote(command)))
         if not options.standby_mode:
-            settings.append(("recovery_end_command", _quote(f'rm -rf "{staging}"')))
+            end = f"rm -rf {shell_arg(staging)}"
+            settings.append(("recovery_end_command", conf_quote(end)))
     settings += options.target.settings()
     settings.append(("archive_mode", "off"))
     if options.port is not None:
         settings.append(("port", str(options.port)))
     echo("Generating recovery configuration")
     _disable_archiving(destination)
+    if not options.standby_mode:
+        _end_standby(destination, echo)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     with open(os.path.join(destination, "postgresql.auto.conf"), "a", encoding="utf-8") as auto:
         auto.write(

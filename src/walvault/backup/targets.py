@@ -36,25 +36,33 @@ class RecoveryTarget:
         """``postgresql.auto.conf`` settings (values quoted for the file)."""
         out: list[tuple[str, str]] = []
         if self.time is not None:
-            out.append(("recovery_target_time", _quote(self.time.isoformat(sep=" "))))
+            out.append(("recovery_target_time", conf_quote(self.time.isoformat(sep=" "))))
         if self.xid:
-            out.append(("recovery_target_xid", _quote(self.xid)))
+            out.append(("recovery_target_xid", conf_quote(self.xid)))
         if self.lsn is not None:
-            out.append(("recovery_target_lsn", _quote(format_lsn(self.lsn))))
+            out.append(("recovery_target_lsn", conf_quote(format_lsn(self.lsn))))
         if self.name:
-            out.append(("recovery_target_name", _quote(self.name)))
+            out.append(("recovery_target_name", conf_quote(self.name)))
         if self.immediate:
             out.append(("recovery_target", "'immediate'"))
         if self.exclusive and (self.time is not None or self.xid or self.lsn is not None):
             out.append(("recovery_target_inclusive", "false"))
-        out.append(("recovery_target_timeline", _quote(self.tli or "latest")))
+        out.append(("recovery_target_timeline", conf_quote(self.tli or "latest")))
         if self.action:
-            out.append(("recovery_target_action", _quote(self.action)))
+            out.append(("recovery_target_action", conf_quote(self.action)))
         return out
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def conf_quote(value: str) -> str:
+    """``value`` as a quoted string of a PostgreSQL configuration file.
+
+    PostgreSQL's reader undoes ``''`` and the backslash escapes (``\\\\``, ``\\n``...), and a
+    quoted value cannot span lines: backslashes, quotes and line breaks are escaped, so any
+    text (a path with a quote or a backslash) reads back exactly.
+    """
+    escaped = value.replace("\\", "\\\\").replace("'", "''")
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r")
+    return "'" + escaped + "'"
 
 
 _XID_RE = re.compile(r"\d{1,20}")

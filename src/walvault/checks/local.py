@@ -7,9 +7,11 @@ import time
 
 from walvault import locks
 from walvault.archive.catalogue import iter_entries
+from walvault.archive.layout import hash_dirs
 from walvault.backup.info import iter_backups
 from walvault.checks import CheckResult
 from walvault.config import ServerConfig
+from walvault.errors import StateFileError, describe_os_error
 from walvault.humanize import pretty_duration
 from walvault.receiver.gaps import open_gaps
 from walvault.receiver.state import load_state
@@ -29,30 +31,46 @@ def backups(server: ServerConfig) -> list[tuple[str, str, str | None]]:
 
 
 def check_queues(server: ServerConfig) -> list[CheckResult]:
-    """Barman's staging-directory checks (only the lines that apply)."""
+    """Barman's staging-directory checks (only the lines that apply); a directory that cannot
+    be listed makes its line FAILED, naming it."""
+    limit = server.max_incoming_wals_queue
     results = []
-    incoming = [n for n in _names(server.incoming_wals_directory) if not n.endswith(".tmp")]
-    streaming = [n for n in _names(server.streaming_wals_directory) if not n.endswith(".tmp")]
-    if not server.archiver:
-        waiting = [n for n in incoming if not n.endswith(".partial")]
-        if waiting:
-            hint = f"'{server.incoming_wals_directory}' must be empty when archiver=off"
-            results.append(CheckResult("empty incoming directory", False, hint))
-    elif server.max_incoming_wals_queue is not None:
-        ok = len(incoming) <= server.max_incoming_wals_queue
-        hint = "" if ok else f"there are too many WALs in queue: {len(incoming)}, "
-        hint += "" if ok else f"max {server.max_incoming_wals_queue}"
-        results.append(CheckResult("incoming WALs directory", ok, hint))
-    if not server.streaming_archiver:
-        if streaming:
-            hint = f"'{server.streaming_wals_directory}' must be empty when streaming_archiver=off"
-            results.append(CheckResult("empty streaming directory", False, hint))
-    elif server.max_incoming_wals_queue is not None:
-        queued = [n for n in streaming if not n.endswith(".partial")]
-        ok = len(queued) <= server.max_incoming_wals_queue
-        hint = "" if ok else f"there are too many WALs in queue: {len(queued)}, "
-        hint += "" if ok else f"max {server.max_incoming_wals_queue}"
-        results.append(CheckResult("streaming WALs directory", ok, hint))
+    # (line label, directory, archiving on?, its option, whether a .partial is left out)
+    for label, directory, archiving, option, skip_partial in (
+        (
+            "incoming",
+            server.incoming_wals_directory,
+            server.archiver,
+            "archiver",
+            not server.archiver,
+        ),
+        (
+            "streaming",
+            server.streaming_wals_directory,
+            server.streaming_archiver,
+            "streaming_archiver",
+            server.streaming_archiver,  # the live segment of pg_receivewal is not waiting
+        ),
+    ):
+        name = f"{label} WALs directory" if archiving else f"empty {label} directory"
+        if archiving and limit is None:
+            continue
+        try:
+            names = [n for n in _names(directory) if not n.endswith(".tmp")]
+        except OSError as exc:
+            results.append(CheckResult(name, False, f"cannot list it: {describe_os_error(exc)}"))
+            continue
+        if skip_partial:
+            names = [n for n in names if not n.endswith(".partial")]
+        if not archiving:
+            if names:
+                hint = f"'{directory}' must be empty when {option}=off"
+                results.append(CheckResult(name, False, hint))
+            continue
+        assert limit is not None
+        ok = len(names) <= limit
+        hint = "" if ok else f"there are too many WALs in queue: {len(names)}, max {limit}"
+        results.append(CheckResult(name, ok, hint))
     return results
 
 
@@ -78,7 +96,9 @@ def check_wal_archive(server: ServerConfig, archived: int) -> list[CheckResult]:
 
 
 def check_directories(server: ServerConfig) -> CheckResult:
-    """Every directory exists and is writable (checked, not created: checks have no effects)."""
+    """Every directory exists and can be read, written and entered (checked, not created:
+    checks have no effects); so can ``wals/``'s hash directories and, where they exist,
+    ``meta/`` and ``base/``."""
     problems = []
     for option in (
         "backup_directory",
@@ -92,9 +112,25 @@ def check_directories(server: ServerConfig) -> CheckResult:
             continue  # the bucket is checked by "WAL archive storage"
         if not os.path.isdir(path):
             problems.append(f"{path}: does not exist (created by 'walvault cron')")
-        elif not os.access(path, os.W_OK | os.X_OK):
-            problems.append(f"{path}: not writable")
+        elif not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"{path}: {_denied(path, os.R_OK | os.W_OK | os.X_OK)}")
+    optional = [server.meta_directory, server.basebackups_directory]
+    if os.access(server.wals_directory, os.R_OK | os.X_OK):
+        optional += [os.path.join(server.wals_directory, d) for d in hash_dirs(server)]
+    for path in optional:
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"{path}: {_denied(path, os.R_OK | os.W_OK | os.X_OK)}")
     return CheckResult("directories", not problems, "; ".join(problems))
+
+
+def _denied(path: str, mode: int) -> str:
+    """What of ``mode`` the current user lacks on ``path``, in words."""
+    missing = [
+        word
+        for bit, word in ((os.R_OK, "read"), (os.W_OK, "write"), (os.X_OK, "enter"))
+        if mode & bit and not os.access(path, bit)
+    ]
+    return f"cannot {' or '.join(missing)} it (Permission denied)"
 
 
 def check_wal_maximum_age(server: ServerConfig) -> CheckResult:
@@ -150,9 +186,13 @@ def check_archiver_errors(server: ServerConfig) -> CheckResult:
 
 
 def check_gaps(server: ServerConfig) -> CheckResult:
-    """FAILED while a recorded gap is not superseded by a backup taken after it."""
+    """FAILED while a recorded gap is not superseded by a backup taken after it (or while the
+    gap records cannot be read: then nobody knows)."""
     done = [begin for _, status, begin in backups(server) if status == "DONE" and begin]
-    gaps = open_gaps(server, max(done, key=lambda n: n[8:]) if done else None)
+    try:
+        gaps = open_gaps(server, max(done, key=lambda n: n[8:]) if done else None)
+    except StateFileError as exc:
+        return CheckResult("WAL gaps", False, f"cannot read the recorded gaps: {exc.message}")
     if not gaps:
         return CheckResult("WAL gaps", True)
     hint = "; ".join(g.describe() for g in gaps)

@@ -1,11 +1,24 @@
-"""``check``'s list for one server, in Barman's order, with walvault's own lines added."""
+"""``check``'s list for one server, in Barman's order, with walvault's own lines added.
+
+Each line is computed on its own: a line that cannot be computed (an unreadable directory, a
+malformed state file) is that line FAILED with what and why, and the other lines still run.
+The lines come one by one (:func:`iter_checks`), so a time limit keeps those already made.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
+from walvault.backup.info import BackupInfo, scan_backups
 from walvault.checks import CheckResult
 from walvault.checks import local as L
+from walvault.checks.catalogue import check_catalogue
+from walvault.checks.continuity import check_continuity
 from walvault.checks.facts import Endpoint, RemoteFacts, gather
+from walvault.checks.space import check_free_space, free_for
+from walvault.checks.statefiles import check_state_files
 from walvault.config import ServerConfig
+from walvault.errors import WalvaultError, describe_os_error
 from walvault.humanize import pretty_size
 from walvault.receiver.binary import (
     RECEIVEWAL_NAMES,
@@ -17,32 +30,63 @@ from walvault.receiver.state import load_state
 from walvault.wal.names import format_lsn
 
 
+def guarded(name: str, compute: Callable[[], CheckResult | list[CheckResult]]) -> list[CheckResult]:
+    """``compute()``'s lines, or the line ``name`` FAILED with why it could not be computed."""
+    try:
+        found = compute()
+    except OSError as exc:
+        return [CheckResult(name, False, f"cannot check: {describe_os_error(exc)}")]
+    except WalvaultError as exc:
+        return [CheckResult(name, False, f"cannot check: {exc.message}")]
+    return found if isinstance(found, list) else [found]
+
+
 def run_checks(server: ServerConfig) -> list[CheckResult]:
     """Every check line for ``server``. Nothing here changes anything."""
+    return list(iter_checks(server))
+
+
+def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
+    """The check lines of ``server``, one by one."""
     if server.disabled:
-        return [CheckResult("configuration", False, "", tuple(server.messages))]
-    results: list[CheckResult] = []
-    archived, archived_bytes = L.wal_archive_total(server)
-    results += L.check_wal_archive(server, archived)
-    results += L.check_queues(server)
+        yield CheckResult("configuration", False, "", tuple(server.messages))
+        return
+    archived: int | None = None
+    archived_bytes = 0
+    try:
+        archived, archived_bytes = L.wal_archive_total(server)
+    except OSError as exc:  # where Barman says "WAL archive": nothing can be said about it
+        yield CheckResult("WAL archive", False, f"cannot read it: {describe_os_error(exc)}")
+    if archived is not None:
+        count = archived
+        yield from guarded("WAL archive", lambda: L.check_wal_archive(server, count))
+    yield from guarded("incoming WALs directory", lambda: L.check_queues(server))
     facts = gather(server)
-    results += _postgres(server, facts)
-    results.append(L.check_directories(server))
-    results.append(CheckResult("retention policy settings", True))
-    results.append(L.check_wal_maximum_age(server))
-    results.append(
-        CheckResult(
+    yield from _postgres(server, facts)
+    yield from guarded("directories", lambda: L.check_directories(server))
+    yield CheckResult("retention policy settings", True)
+    yield from guarded("wal maximum age", lambda: L.check_wal_maximum_age(server))
+    if archived is not None:
+        yield CheckResult(
             "wal size", True, pretty_size(archived_bytes), perfdata=(("wals", archived_bytes),)
         )
-    )
-    results.append(CheckResult("compression settings", True))
-    results += L.check_backups(server)
-    results.append(_systemid_coherence(server, facts))
+    yield CheckResult("compression settings", True)
+    backups: list[BackupInfo] = []
+
+    def backup_lines() -> list[CheckResult]:
+        backups.extend(scan_backups(server)[0])
+        return L.check_backups(server)
+
+    yield from guarded("failed backups", backup_lines)
+    yield from guarded("systemid coherence", lambda: _systemid_coherence(server, facts))
     if server.streaming_archiver:
-        results += _receiver(server, facts)
-    results.append(L.check_archiver_errors(server))
-    results.append(L.check_gaps(server))
-    return results
+        yield from _receiver(server, facts)
+    yield from guarded("archiver errors", lambda: L.check_archiver_errors(server))
+    yield from guarded("WAL gaps", lambda: L.check_gaps(server))
+    yield from guarded("WAL continuity", lambda: check_continuity(server, backups))
+    yield from guarded("WAL catalogue", lambda: check_catalogue(server))
+    yield from guarded("free space", lambda: check_free_space(server))
+    yield from guarded("state files", lambda: check_state_files(server))
 
 
 def _postgres(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:
@@ -190,8 +234,8 @@ def _receiver(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:
             )
         )
         results.append(CheckResult("pg_receivexlog compatible", ok, hint))
-    results.append(_receiver_running(server, wal))
-    results.append(_lag(server, facts))
+    results += guarded("receive-wal running", lambda: _receiver_running(server, wal))
+    results += guarded("streaming lag", lambda: _lag(server, facts))
     return results
 
 
@@ -200,7 +244,9 @@ def _receiver_running(server: ServerConfig, wal: Endpoint) -> CheckResult:
     name = "receive-wal running"
     pid = L.receiver_pid(server)
     if pid is None:
-        return CheckResult(name, False, L.receiver_failure_hint(server))
+        note = _disk_note(server)
+        hint = L.receiver_failure_hint(server)
+        return CheckResult(name, False, f"{note}; {hint}" if note else hint)
     if not server.slot_name:
         return CheckResult(name, True)
     if wal.error is not None:
@@ -211,7 +257,23 @@ def _receiver_running(server: ServerConfig, wal: Endpoint) -> CheckResult:
     return CheckResult(name, True)
 
 
+def _disk_note(server: ServerConfig) -> str:
+    """When streaming/ sits on a (nearly) full filesystem: the likely cause, in words."""
+    free = free_for(server.streaming_wals_directory)
+    if free is None or free >= max(server.min_free_space, 1 << 20):
+        return ""
+    return (
+        f"the filesystem of streaming/ has only {pretty_size(free)} free: pg_receivewal "
+        "cannot start a segment there (No space left on device, see free space)"
+    )
+
+
 def _lag(server: ServerConfig, facts: RemoteFacts) -> CheckResult:
+    """How far the receiver's written position is behind the server's current one.
+
+    FAILED when no client with the receiver's name is connected, or above
+    ``max_streaming_lag`` (a receiver that stalled stays connected until the server's
+    ``wal_sender_timeout``)."""
     wal = facts.wal_facts
     if wal.error is not None:
         return CheckResult("streaming lag", False, f"cannot measure: {wal.error}")
@@ -222,10 +284,18 @@ def _lag(server: ServerConfig, facts: RemoteFacts) -> CheckResult:
         return CheckResult(
             "streaming lag", False, f"no streaming client named '{who}' is connected"
         )
+    current = wal.info.current_lsn
     written = row.write_lsn or 0
-    lag = max(wal.info.current_lsn - written, 0)
+    lag = max(current - written, 0)
+    limit = server.max_streaming_lag
+    ok = limit is None or lag <= limit
+    threshold = f"max_streaming_lag {pretty_size(limit)}" if limit else "no max_streaming_lag"
     hint = (
-        f"{lag} bytes behind (server at {format_lsn(wal.info.current_lsn)}, received "
-        f"{format_lsn(written)}, flushed {format_lsn(row.flush_lsn or 0)}, {row.sync_state})"
+        f"{lag} bytes behind ({pretty_size(lag)}): server at {format_lsn(current)}, "
+        f"sent {format_lsn(row.sent_lsn or 0)}, written {format_lsn(written)}, flushed "
+        f"{format_lsn(row.flush_lsn or 0)}, {row.sync_state}; lag = server - written, "
+        f"{threshold}"
     )
-    return CheckResult("streaming lag", True, hint, perfdata=(("lag", lag),))
+    if not ok:
+        hint += " exceeded: the receiver is stalled or cannot keep up"
+    return CheckResult("streaming lag", ok, hint, perfdata=(("lag", lag),))

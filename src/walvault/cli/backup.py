@@ -127,9 +127,12 @@ def _as_json(summary: BackupSummary) -> dict[str, Any]:
 def list_backups(ctx: Context, args: argparse.Namespace) -> int:
     """Newest first, one line per backup (``--minimal``: ids only; ``-f json``)."""
     from walvault.backup.catalog import server_backups
+    from walvault.backup.info import scan_backups
 
     data: dict[str, list[dict[str, Any]]] = {}
     for server in ctx.servers(args.server_name):
+        for problem in scan_backups(server)[1]:  # never a backup that vanishes without a word
+            ctx.warn(f"backup not listed: {problem.message}")
         summaries = list(reversed(server_backups(server)))
         if ctx.output_format == "json":
             data[server.name] = [_as_json(s) for s in summaries]

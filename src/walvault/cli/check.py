@@ -23,14 +23,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=check)
 
 
-class _Timeout(Exception):
-    pass
+class CheckTimeout(BaseException):
+    """Raised by the alarm when a server's checks run out of time.
+
+    A BaseException, so that no ``except Exception`` inside a check (a query, a guarded
+    line) can take it for that check's own failure and print its class name.
+    """
 
 
 @contextmanager
 def _deadline(seconds: int) -> Iterator[None]:
     def expire(_signum: int, _frame: FrameType | None) -> None:
-        raise _Timeout
+        raise CheckTimeout
 
     if seconds <= 0:
         yield
@@ -45,15 +49,23 @@ def _deadline(seconds: int) -> Iterator[None]:
 
 
 def results_for(server: ServerConfig, timeout: int | None) -> list[CheckResult]:
-    """The checks of one server within its time budget."""
-    from walvault.checks.runner import run_checks
+    """The checks of one server within its time budget: past it, the lines already computed
+    and ``check timeout: FAILED``."""
+    from walvault.checks.runner import iter_checks
 
     limit = timeout if timeout is not None else server.check_timeout
+    results: list[CheckResult] = []
     try:
         with _deadline(limit):
-            return run_checks(server)
-    except _Timeout:
-        return [CheckResult("check timeout", False, "walvault check command timed out")]
+            for result in iter_checks(server):
+                results.append(result)
+    except CheckTimeout:
+        hint = (
+            f"walvault check command timed out after {limit} s (check_timeout or "
+            "--check-timeout); the lines above were complete, the others were not run"
+        )
+        results.append(CheckResult("check timeout", False, hint))
+    return results
 
 
 def json_key(name: str) -> str:

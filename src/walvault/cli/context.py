@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -122,6 +123,66 @@ def seconds_argument(text: str) -> int:
 _configured = False
 
 
+class LogFile(logging.Handler):
+    """``log_file``: each record appended with one ``write(2)`` on an ``O_APPEND`` descriptor.
+
+    * A new file is created 0600 (it holds hosts, paths and errors); an existing file keeps
+      its mode and owner.
+    * No buffer: a record is on disk (in the page cache) when ``emit`` returns, or lost as a
+      whole; nothing half-written is kept to be glued to the next record later.
+    * A write that fails (a full disk, an I/O error) loses that record and never raises or
+      prints a traceback (logging's "--- Logging error ---"): one line on stderr says, once
+      per process, that the log cannot be written.  If the kernel took only part of a record,
+      the next record that fits starts with a newline, so the torn one stays on its own line.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._torn = False
+        self._reported = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Append the formatted record (see the class docstring for failures)."""
+        wrote = False
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            view = memoryview(b"\n" + data if self._torn else data)
+            while view:
+                count = os.write(self._fd, view)
+                wrote = True
+                view = view[count:]
+            self._torn = False
+        except Exception as exc:
+            if wrote:
+                self._torn = True
+            self._report(exc)
+
+    def _report(self, exc: Exception) -> None:
+        if self._reported:  # once per process; shown even with -q: the log is the evidence
+            return
+        self._reported = True
+        from walvault.errors import describe_os_error
+
+        why = describe_os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}"
+        with contextlib.suppress(Exception):
+            print(
+                f"WARNING: cannot write to log_file '{self.path}' ({why}): "
+                "log lines are lost until it can be written again",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        super().close()
+
+
 def setup_logging(config: Config, quiet: bool) -> None:
     """Log to ``log_file`` in Barman's format when set; otherwise warnings go to stderr only."""
     global _configured
@@ -133,10 +194,12 @@ def setup_logging(config: Config, quiet: bool) -> None:
     if config.log_file:
         try:
             os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
-            handler: logging.Handler = logging.FileHandler(config.log_file)
+            handler: logging.Handler = LogFile(config.log_file)
         except OSError as exc:
+            from walvault.errors import describe_os_error
+
             print(
-                f"WARNING: cannot open log_file '{config.log_file}': {exc.strerror}",
+                f"WARNING: cannot open log_file '{config.log_file}': {describe_os_error(exc)}",
                 file=sys.stderr,
             )
             handler = logging.NullHandler()

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from walvault.cli.context import Context
+from walvault.errors import WalvaultError, describe_os_error
 
 log = logging.getLogger("walvault.cron")
 
@@ -43,11 +44,17 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
             cron_server(config.path, server, ctx.info, archive_only=archive_only)
         except Exception as exc:  # one server's trouble must not stop the others
             failures += 1
-            log.exception("cron failed for server %s", server.name)
-            ctx.warn(f"Unable to run cron on server '{server.name}': {exc}")
+            ctx.error(f"Unable to run cron on server '{server.name}': {_reason(exc)}")
+            if not isinstance(exc, OSError | WalvaultError):  # a bug: keep its traceback
+                log.exception("cron failed for server %s", server.name)
     if config.lock_directory_cleanup:
         locks.cleanup_lock_directory(config.lock_directory)
     return 1 if failures else 0
+
+
+def _reason(exc: Exception) -> str:
+    """One line: the path and errno of an OSError (a full disk...), else the message."""
+    return describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def _archivable_names(path: str) -> set[str]:

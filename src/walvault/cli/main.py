@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from walvault import __version__
 from walvault.cli.context import Context
-from walvault.errors import WalvaultError
+from walvault.errors import WalvaultError, describe_os_error
 
 # mypy reads this name as typing.TYPE_CHECKING (get-wal runs once per WAL segment over ssh;
 # importing typing costs it ~2 ms)
@@ -180,6 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return int(getattr(args, "failure_exit_code", None) or 1)
+    except OSError as exc:  # a full disk, a permission: one line naming the path and errno
+        text = describe_os_error(exc)
+        log.error("%s", text)
+        if args.debug:
+            traceback.print_exc()
+        print(f"ERROR: {text}", file=sys.stderr)
+        remap = getattr(args, "failure_exit_code", None)
+        return int(remap) if remap is not None else 1
     except Exception as exc:
         log.exception("unexpected error")
         if args.debug:

@@ -52,6 +52,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=recover)
 
 
+def walvault_directories(ctx: Context) -> tuple[str, ...]:
+    """walvault's home and every directory of every configured server."""
+    from walvault.config.options import DIRECTORY_OPTIONS
+
+    config = ctx.config
+    found = [config.walvault_home]
+    for server in config.servers.values():
+        found += [getattr(server, option) for option in DIRECTORY_OPTIONS]
+        found += [server.xlogdb_directory, server.meta_directory]
+    return tuple(dict.fromkeys(path for path in found if path))
+
+
 def recover(ctx: Context, args: argparse.Namespace) -> int:
     """Validate, copy and configure."""
     from walvault.backup.info import resolve_backup_id
@@ -85,5 +97,6 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         port=args.port,
         config_file=ctx.config.path,
         tablespaces=tuple(args.tablespace),
+        protected=walvault_directories(ctx),
     )
     return do_recover(server, backup, options, ctx.info, ctx.warn)

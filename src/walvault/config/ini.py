@@ -3,7 +3,7 @@
 The restore client loads the configuration once per WAL segment, and ``import configparser``
 (with the ``re``, ``enum`` and ``warnings`` it imports) costs it ~6 ms.  :func:`parse_ini`
 returns exactly ``{section: dict(parser.items(section, raw=True))}`` for a
-``ConfigParser(interpolation=None, strict=False, default_section="\\0")`` that ``read_file``
+``ConfigParser(interpolation=None, strict=True, default_section="\\0")`` that ``read_file``
 the same lines, and fails exactly when that parser fails (tests/unit/config/test_ini.py holds
 the two to the same results).  The rules, as configparser applies them:
 
@@ -19,7 +19,11 @@ the two to the same results).  The rules, as configparser applies them:
 * otherwise ``name = value`` or ``name : value``: the first ``=`` or ``:`` separates them; the
   name is right-stripped and lower-cased, the value stripped; an empty name is an error, and
   so is a line with neither delimiter, or any line before the first section header;
-* a section or option seen twice merges, the later value winning, at the first one's place;
+* a section seen twice in one file is an error, and so is an option seen twice in one section
+  (names compared lower-cased): configparser's ``strict`` mode, so that a forgotten second
+  ``conninfo`` cannot silently win.  These are reported at once, at the repeated line; the
+  other errors are reported once the file is read, at the first bad line (configparser's
+  order, so the line named is the one configparser names);
 * options of a section named ``"\\0"`` (configparser's default section here) are defaults:
   every section lists them first, its own values overriding them.
 """
@@ -54,13 +58,17 @@ def parse_ini(lines: Iterable[str]) -> dict[str, dict[str, str]]:
     """Parse ``lines`` (as iterating a text file yields them) into ``{section: {option: value}}``.
 
     Sections and options keep the order of their first appearance.  Raise :class:`IniError`
-    for the first line that configparser would reject.
+    for the line that configparser would reject (see the module docstring for which).
     """
     sections: dict[str, dict[str, list[str]]] = {}
     defaults: dict[str, list[str]] = {}
     current: dict[str, list[str]] | None = None
+    current_name = ""
     value: list[str] | None = None  # the lines of the option being read, for continuations
     indent = 0  # indentation of the line that opened the current option
+    header_lines: dict[str, int] = {}
+    option_lines: dict[tuple[str, str], int] = {}
+    deferred: IniError | None = None  # the first non-fatal error, raised at the end
     for lineno, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text[0] in "#;":
@@ -79,20 +87,42 @@ def parse_ini(lines: Iterable[str]) -> dict[str, dict[str, str]]:
                 if name == DEFAULT_SECTION:
                     current = defaults
                 else:
-                    current = sections.get(name)
-                    if current is None:
-                        current = sections[name] = {}
+                    if name in header_lines:
+                        raise IniError(
+                            lineno,
+                            line,
+                            f"section [{name}] appears twice (first on line {header_lines[name]})",
+                        )
+                    header_lines[name] = lineno
+                    current = sections[name] = {}
+                current_name = name
                 value = None
                 continue
         if current is None:
             raise IniError(lineno, line, "text before the first [section] header")
         delimiter = _first_delimiter(text)
         if delimiter < 0:
-            raise IniError(lineno, line, "neither a [section] header nor 'option = value'")
+            deferred = deferred or IniError(
+                lineno, line, "neither a [section] header nor 'option = value'"
+            )
+            continue
+        option = text[:delimiter].rstrip().lower()
+        first = option_lines.setdefault((current_name, option), lineno)
+        if first != lineno:
+            raise IniError(
+                lineno,
+                line,
+                f"option '{option}' appears twice in section [{current_name}] (first on "
+                f"line {first})",
+            )
         if delimiter == 0:
-            raise IniError(lineno, line, "an option without a name")
+            deferred = deferred or IniError(lineno, line, "an option without a name")
+            value = None
+            continue
         value = [text[delimiter + 1 :].strip()]
-        current[text[:delimiter].rstrip().lower()] = value
+        current[option] = value
+    if deferred is not None:
+        raise deferred
     joined_defaults = _join(defaults)
     result: dict[str, dict[str, str]] = {}
     for name, options in sections.items():

@@ -72,6 +72,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("wal_retention_policy", "main", p.choice("main")),
     Option("last_wal_maximum_age", None, p.parse_age),
     Option("check_timeout", "30", p.parse_non_negative_int),
+    Option("min_free_space", "64 MiB", p.parse_size),
+    Option("max_streaming_lag", None, p.parse_positive_size),
     Option("max_incoming_wals_queue", None, p.parse_non_negative_int),
     Option("parallel_jobs", "1", p.parse_positive_int),
     Option("recovery_options", "", p.parse_csv_choices(("get-wal", "delta-restore"))),

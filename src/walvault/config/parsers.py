@@ -235,6 +235,39 @@ class CsvChoiceParser:
         return items
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    **{
+        spelling: 1 << shift
+        for letter, shift in (("k", 10), ("m", 20), ("g", 30), ("t", 40))
+        for spelling in (letter, letter + "b", letter + "ib")
+    },
+}
+_SIZE_ACCEPTED = "accepted: a whole number of bytes, or with a unit: B, kB, MB, GB, TB (or KiB...)"
+
+
+def parse_size(raw: str) -> int:
+    """``N`` bytes or ``N <unit>`` (``64MB``, ``64 MiB``, ``1 GB``), units of any case and all
+    binary (1 kB = 1024 B, as PostgreSQL reads its own settings)."""
+    text = raw.strip()
+    end = 0
+    while end < len(text) and text[end] in "0123456789":  # ASCII digits only
+        end += 1
+    unit = text[end:].strip().lower()
+    if end == 0 or unit not in _SIZE_UNITS:
+        raise ValueError(_SIZE_ACCEPTED)
+    return int(text[:end]) * _SIZE_UNITS[unit]
+
+
+def parse_positive_size(raw: str) -> int:
+    """A size (:func:`parse_size`) of at least one byte."""
+    value = parse_size(raw)
+    if value <= 0:
+        raise ValueError(_SIZE_ACCEPTED + ", above 0 (leave the option unset for no limit)")
+    return value
+
+
 def parse_path_list(raw: str) -> tuple[str, ...]:
     """A colon-separated list of absolute directories (``path_prefix``)."""
     parts = tuple(p for p in raw.strip().split(":") if p)

@@ -58,6 +58,10 @@ class ServerConfig(NamedTuple):
     wal_retention_policy: str = "main"
     last_wal_maximum_age: int | None = None
     check_timeout: int = 30
+    #: ``check``'s ``free space`` fails below this many bytes free (0: never)
+    min_free_space: int = 64 << 20
+    #: ``check``'s ``streaming lag`` fails above this many bytes (None: never)
+    max_streaming_lag: int | None = None
     max_incoming_wals_queue: int | None = None
     parallel_jobs: int = 1
     recovery_options: tuple[str, ...] = ()

@@ -2,11 +2,17 @@
 
 Kept in ``<backup_directory>/walvault-receiver.json`` and replaced atomically; cron adds its
 restart counters to the same record.
+
+Reading validates the types of the known fields (unknown ones are ignored).  ``check`` and
+``status`` read strictly and report a malformed or unreadable file; receive-wal and cron read
+leniently: they log the problem and start from an empty record, which their next save
+replaces (the record is evidence and counters, nothing the archive depends on).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -14,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from walvault.config import ServerConfig
+from walvault.errors import StateFileError, describe_os_error
 from walvault.fs import durable_replace_bytes
 
 STATE_FILE = "walvault-receiver.json"
 KEEP_LINES = 20
+log = logging.getLogger("walvault.receiver")
 
 
 @dataclass
@@ -46,14 +54,66 @@ def state_path(server: ServerConfig) -> str:
     return os.path.join(server.backup_directory, STATE_FILE)
 
 
-def load_state(server: ServerConfig) -> ReceiverState:
-    """The stored state, or an empty one."""
+_NUMBER = (float, int)
+#: The JSON types each known field may hold (None is allowed where the default is None).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int,),
+    "child_pid": (int,),
+    "started_at": _NUMBER,
+    "ended_at": _NUMBER,
+    "program": (str,),
+    "version": (str,),
+    "synchronous": (bool,),
+    "application_name": (str,),
+    "exit_code": (int,),
+    "exit_reason": (str,),
+    "last_lines": (list,),
+    "restarts": (int,),
+    "consecutive_failures": (int,),
+    "next_start_after": _NUMBER,
+    "counted_start": _NUMBER,
+}
+
+
+_WORDS = {float: "a number", int: "an integer", str: "text", bool: "true or false", list: "a list"}
+
+
+def _validated(data: object) -> dict[str, Any]:
+    """The known fields of a parsed record, type-checked (ValueError names the first bad one)."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    fields = ReceiverState.__dataclass_fields__
+    known = {k: v for k, v in data.items() if k in fields}
+    for key, value in known.items():
+        types = _TYPES.get(key)
+        if types is None or (value is None and fields[key].default is None):
+            continue
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise ValueError(f"{key} is not {_WORDS[types[0]]}")
+    if not all(isinstance(line, str) for line in known.get("last_lines") or []):
+        raise ValueError("last_lines is not a list of text lines")
+    return known
+
+
+def load_state(server: ServerConfig, *, strict: bool = False) -> ReceiverState:
+    """The stored state, or an empty one when there is none.
+
+    A malformed or unreadable file raises :class:`StateFileError` with ``strict``; otherwise
+    it is logged and an empty state is returned (see the module docstring).
+    """
+    path = state_path(server)
     try:
-        with open(state_path(server), encoding="utf-8") as handle:
-            data: dict[str, Any] = json.load(handle)
-    except (FileNotFoundError, ValueError):
+        with open(path, encoding="utf-8") as handle:
+            known = _validated(json.load(handle))
+    except FileNotFoundError:
         return ReceiverState()
-    known = {k: v for k, v in data.items() if k in ReceiverState.__dataclass_fields__}
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        what = f"unreadable: {describe_os_error(exc)}" if isinstance(exc, OSError) else None
+        problem = StateFileError(path, what or f"malformed: {exc}")
+        if strict:
+            raise problem from None
+        log.warning("%s; starting from an empty receiver record", problem.message)
+        return ReceiverState()
     return ReceiverState(**known)
 
 
@@ -82,7 +142,14 @@ class LineKeeper:
             self.flush()
 
     def flush(self) -> None:
-        """Save the state with the current lines."""
+        """Save the state with the current lines.
+
+        A save that fails (a full disk) is logged and retried at the next save: the lines
+        are evidence, and failing here would leave pg_receivewal running without its parent.
+        """
         self.state.last_lines = list(self.lines)
-        save_state(self.server, self.state)
         self.saved_at = time.monotonic()
+        try:
+            save_state(self.server, self.state)
+        except OSError as exc:
+            log.warning("cannot save the receiver record: %s", describe_os_error(exc))

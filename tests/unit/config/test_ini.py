@@ -1,6 +1,6 @@
 """walvault.config.ini reads exactly what configparser read for the loader, without importing it.
 
-The reference is the parser the loader used: ``ConfigParser(interpolation=None, strict=False,
+The reference is the parser the loader used: ``ConfigParser(interpolation=None, strict=True,
 default_section="\\0")``, ``read_file``, then ``dict(parser.items(section, raw=True))`` for
 every section.  The differential tests feed both the same lines; the examples pin each rule.
 """
@@ -23,7 +23,7 @@ Parsed = dict[str, dict[str, str]]
 
 
 def reference(lines: list[str]) -> Parsed:
-    parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\0")
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
     parser.read_file(iter(lines), source="<test>")
     return {section: dict(parser.items(section, raw=True)) for section in parser.sections()}
 
@@ -42,6 +42,11 @@ def assert_same(text: str, newline: str | None = None) -> None:
     lines = split(text, newline)
     try:
         expected = reference(lines)
+    except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as exc:
+        with pytest.raises(IniError) as caught:
+            parse_ini(lines)
+        assert caught.value.lineno == exc.lineno  # raised at once, at the repeated line
+        return
     except configparser.MissingSectionHeaderError as exc:
         with pytest.raises(IniError) as caught:
             parse_ini(lines)
@@ -236,20 +241,41 @@ def test_section_headers_run_to_the_last_bracket(line: str, expected: Parsed) ->
 def test_empty_brackets_are_not_a_header() -> None:
     with pytest.raises(IniError):
         parse("[]\n")
-    assert parse("[s]\n[]=x\n[] : y\n") == {"s": {"[]": "y"}}
+    assert parse("[s]\n[]=x\n") == {"s": {"[]": "x"}}
+    assert parse("[s]\n[] : y\n") == {"s": {"[]": "y"}}
 
 
-def test_duplicates_merge_later_values_win_first_place_kept() -> None:
-    text = "[a]\nx = 1\ny = 2\n[b]\nz = 3\n[a]\nx = 10\nw = 4\nX = 11\n"
-    parsed = parse(text)
-    assert ordered(parsed) == [
-        ("a", [("x", "11"), ("y", "2"), ("w", "4")]),
-        ("b", [("z", "3")]),
-    ]
+def test_a_repeated_section_is_an_error_naming_both_lines() -> None:
+    """configparser's strict mode: a second [pg] in one file is refused, not merged."""
+    with pytest.raises(IniError) as caught:
+        parse("[a]\nx = 1\n[b]\nz = 3\n[a]\nw = 4\n")
+    assert str(caught.value) == "line 5: section [a] appears twice (first on line 1)"
 
 
-def test_a_repeated_option_replaces_the_whole_multiline_value() -> None:
-    assert parse("[a]\nx = 1\n  2\nx = 3\n") == {"a": {"x": "3"}}
+def test_a_repeated_option_is_an_error_and_the_value_is_never_shown() -> None:
+    with pytest.raises(IniError) as caught:
+        parse("[pg]\nconninfo = password=one\n  more\nCONNINFO = password=hunter2\n")
+    assert str(caught.value) == (
+        "line 4: option 'conninfo' appears twice in section [pg] (first on line 2)"
+    )
+    assert "hunter2" not in str(caught.value) and "one" not in str(caught.value)
+
+
+def test_a_repeated_option_wins_over_an_earlier_bad_line() -> None:
+    """configparser raises a repetition at once and other errors at the end of the file."""
+    with pytest.raises(IniError) as caught:
+        parse("[a]\njunk\nx = 1\nx = 2\n")
+    assert caught.value.lineno == 4
+    with pytest.raises(IniError) as caught:
+        parse("[a]\njunk\nx = 1\n[b]\nx = 2\n")
+    assert caught.value.lineno == 2
+
+
+def test_the_same_option_in_two_sections_is_fine() -> None:
+    assert parse("[a]\nx = 1\n[b]\nx = 2\n[\0]\nx = 0\n") == {
+        "a": {"x": "1"},
+        "b": {"x": "2"},
+    }
 
 
 def test_the_nul_section_holds_defaults_for_every_section() -> None:
@@ -275,7 +301,7 @@ def test_read_ini_reads_utf8_with_universal_newlines(tmp_path: Path) -> None:
     path = tmp_path / "w.conf"
     path.write_bytes("[s]\r\na = é\r\n  b\rc = 3\n".encode())
     assert read_ini(str(path)) == {"s": {"a": "é\nb", "c": "3"}}
-    parser = configparser.ConfigParser(interpolation=None, strict=False, default_section="\0")
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
     with open(path, encoding="utf-8") as handle:
         parser.read_file(handle)
     assert read_ini(str(path)) == {s: dict(parser.items(s, raw=True)) for s in parser.sections()}
@@ -290,6 +316,21 @@ def test_loader_reports_file_and_line(tmp_path: Path) -> None:
         f"cannot parse configuration file '{path}': line 3: "
         "neither a [section] header nor 'option = value'"
     )
+
+
+def test_loader_names_the_file_and_line_of_a_repeated_option(tmp_path: Path) -> None:
+    path = tmp_path / "w.conf"
+    path.write_text(
+        "[walvault]\nwalvault_home = /x\n[pg]\nconninfo = host=a password=s1\n"
+        "conninfo = host=b password=s2\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == (
+        f"cannot parse configuration file '{path}': line 5: option 'conninfo' appears twice "
+        "in section [pg] (first on line 4)"
+    )
+    assert "s1" not in str(caught.value) and "s2" not in str(caught.value)
 
 
 def test_loader_reports_invalid_utf8(tmp_path: Path) -> None:
