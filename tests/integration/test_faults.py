@@ -222,7 +222,7 @@ def test_unreadable_directories_fail_their_lines_and_heal(
                 rebuild = wv.run("rebuild-xlogdb", "pg")
                 assert rebuild.returncode == 1
                 assert one_line_errors(rebuild) == [
-                    f"ERROR: {hash_dir}: Permission denied (EACCES)"
+                    f"ERROR: cannot list {hash_dir}: Permission denied (EACCES)"
                 ]
                 archive = wv.run("archive-wal", "pg")
                 assert archive.returncode == 1 and "Permission denied" in archive.stderr

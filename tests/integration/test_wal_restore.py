@@ -176,7 +176,7 @@ def test_prefetch_recovery_ignores_a_stale_spool(
     cluster = restore(pg, crashed, "restored", command)
     try:
         check_everything_is_back(cluster, crashed)
-        log = (spool_dir / "pg@local" / "prefetch.log").read_text()
+        log = (spool_dir / "pg@local" / "agent.log").read_text()
         assert "prefetching up to 4 segments" in log
         assert log.count(" spooled ") >= 4, log
         assert not (spool_dir / "pg@local" / target).exists()
@@ -213,7 +213,7 @@ def test_prefetch_recovery_over_a_shared_ssh_connection(
         cluster = restore(pg, crashed, "restored", command)
         check_everything_is_back(cluster, crashed)
         assert [p.name for p in control.iterdir() if p.name.startswith("cm-")], "no master"
-        log = (spool_dir / key / "prefetch.log").read_text()
+        log = (spool_dir / key / "agent.log").read_text()
         assert log.count(" spooled ") >= 4, log
     finally:
         lock = spool_dir / key / ".prefetch.lock"

@@ -183,11 +183,7 @@ class _Pass:
         assert staged is not None
         if found.header is not None and identity.system_identifier is None:
             identity.record(self.server, found.header)
-        try:
-            twin = self.archive.find(name)
-        except StorageError as exc:
-            self._fail(name, f"cannot look it up in the archive: {exc}")
-            return
+        twin = self.archive.find(name)  # a store that does not answer stops the pass
         if twin is not None:
             self._twin(staged, twin)
             return
@@ -372,7 +368,7 @@ def archive_wal(
                 _Pass(server, archive, batch, result, echo, warn or echo).run(identity)
             except (OSError, StorageError) as exc:
                 raise WalvaultError(
-                    f"archive-wal of server {server.name} stopped: {exc}; "
+                    f"archive-wal of server {server.name} stopped: {exc}; nothing was removed, "
                     "the next run will finish the batch"
                 ) from exc
     finally:

@@ -169,6 +169,11 @@ class WalArchive:
             if parsed is not None:
                 yield parsed[0], info, parsed[1]
 
+    def probe(self) -> None:
+        """Ask the store one cheap question (raises StorageError when it does not answer)."""
+        for _ in self.storage.list(self._base):
+            break
+
     def strays(self) -> Iterator[str]:
         """Keys under the archive that are no archived WAL file (for rebuild-xlogdb)."""
         for info in self.storage.list(self._base):

@@ -41,6 +41,15 @@ def guarded(name: str, compute: Callable[[], CheckResult | list[CheckResult]]) -
     return found if isinstance(found, list) else [found]
 
 
+def _archive_storage(server: ServerConfig) -> CheckResult:
+    """The bucket of the archive answers (one LIST of at most one page)."""
+    from walvault.archive.walstore import WalArchive
+
+    archive = WalArchive(server)
+    archive.probe()
+    return CheckResult("WAL archive storage", True, f"{archive.url()} answers")
+
+
 def run_checks(server: ServerConfig) -> list[CheckResult]:
     """Every check line for ``server``. Nothing here changes anything."""
     return list(iter_checks(server))
@@ -64,6 +73,8 @@ def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
     facts = gather(server)
     yield from _postgres(server, facts)
     yield from guarded("directories", lambda: L.check_directories(server))
+    if server.wals_in_object_storage:
+        yield from guarded("WAL archive storage", lambda: _archive_storage(server))
     yield CheckResult("retention policy settings", True)
     yield from guarded("wal maximum age", lambda: L.check_wal_maximum_age(server))
     if archived is not None:

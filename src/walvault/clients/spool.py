@@ -1,4 +1,4 @@
-"""The prefetch spool of walvault-wal-restore: segments fetched ahead, validated before use.
+"""The spool of walvault-wal-restore: the restore agent's home, segments fetched ahead.
 
 Layout: ``<spool dir>/<server>@<source>/`` (both directories 0700, owned by the user
 running the client; a symbolic link or someone else's directory is refused) holding:
@@ -8,12 +8,14 @@ running the client; a symbolic link or someone else's directory is refused) hold
 * ``.state``         ``<last restored segment> <system identifier> <segment size>``,
   rewritten (atomically) by every successful restore: the prefetcher's instructions and
   the reference the spool files are checked against;
-* ``.prefetch.lock`` flock-ed by the live prefetcher, which writes its PID into it when it
-  starts: the file's mtime is the start of the prefetch *session*;
-* ``prefetch.log``   the prefetcher's output.
+* ``.prefetch.lock`` flock-ed by the live restore agent (:mod:`walvault.clients.agent`),
+  which writes its PID into it when it starts: the file's mtime is the start of the
+  agent's *session*;
+* ``agent.sock``     the agent's socket (:mod:`walvault.clients.agentclient`);
+* ``agent.log``      the agent's output.
 
-A spool file is served only while a prefetcher holds the lock, only if it was written
-during that prefetcher's session (leftovers of earlier sessions are "older copies"), and
+A spool file is served only while an agent holds the lock, only if it was written
+during that agent's session (leftovers of earlier sessions are "older copies"), and
 only if it is exactly one segment long with a long page header that matches its name
 (page address, timeline) and the system identifier in ``.state``, which always comes from
 a segment fetched directly from walvault in the current recovery.  Anything else is
@@ -39,7 +41,7 @@ from walvault.wal.pagecheck import (
 
 STATE = ".state"
 LOCK = ".prefetch.lock"
-LOG = "prefetch.log"
+LOG = "agent.log"
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
@@ -107,9 +109,15 @@ def _own_dir(path: str) -> None:
         os.chmod(path, 0o700)
 
 
-def spool_key(server: str, source: str) -> str:
-    """The sub-directory name for one (server, source) pair, reduced to safe characters."""
+def spool_key(server: str, source: str, config: str | None = None) -> str:
+    """The sub-directory name for one (server, source, configuration) triple, reduced to safe
+    characters: two walvault configurations with a server of the same name never share an
+    agent or a spool (``config`` is named by a CRC of its absolute path)."""
     raw = f"{server}@{source}"
+    if config:
+        import zlib
+
+        raw += f"@{zlib.crc32(os.path.abspath(config).encode()):08x}"
     return "".join(c if c in _SAFE else "_" for c in raw).lstrip(".") or "_"
 
 
@@ -149,6 +157,7 @@ class Spool:
     """One (server, source) spool directory."""
 
     def __init__(self, root: str, key: str) -> None:
+        root = os.path.abspath(root)  # the agent works from "/": a relative path would move
         _own_dir(root)
         self.path = os.path.join(root, key)
         _own_dir(self.path)

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="the walvault program to run (remotely, or locally instead of in-process)",
     )
+    p.add_argument(
+        "--no-agent",
+        dest="agent",
+        action="store_false",
+        help="fetch in this process: no restore agent, no prefetch",
+    )
     p.add_argument("-t", "--test", action="store_true", help="test the connection and exit")
     p.add_argument("walvault_host", metavar="WALVAULT_HOST", help="ssh host, or 'local'")
     p.add_argument("server_name", metavar="SERVER_NAME")
@@ -148,6 +154,7 @@ _FAST_OPTIONS: dict[str, tuple[str, type | None, object]] = {
     "--walvault-command": ("walvault_command", str, None),
     "-t": ("test", None, True),
     "--test": ("test", None, True),
+    "--no-agent": ("agent", None, False),
 }
 _DEFAULTS: dict[str, object] = {
     "user": DEFAULT_USER,
@@ -160,6 +167,7 @@ _DEFAULTS: dict[str, object] = {
     "config": None,
     "ssh_command": "ssh",
     "walvault_command": None,
+    "agent": True,
     "test": False,
 }
 _POSITIONALS = ("walvault_host", "server_name", "wal_name", "wal_dest")
@@ -235,17 +243,18 @@ def _open_spool(args: argparse.Namespace) -> Spool | None:
 
     label = source_label(args.walvault_host, args.user, args.port)
     try:
-        return Spool(args.spool_dir, spool_key(args.server_name, label))
+        return Spool(args.spool_dir, spool_key(args.server_name, label, args.config))
     except (SpoolError, OSError) as exc:
-        warning(f"prefetch disabled: {exc}")
+        warning(f"restore agent and prefetch disabled: {exc}")
         return None
 
 
 def restore(args: argparse.Namespace) -> int:
-    """Bring WAL_NAME to WAL_DEST: from the spool when possible, else from the source.
+    """Bring WAL_NAME to WAL_DEST: from the spool, else through the restore agent (started
+    by the first call that finds none), else -- no agent can run -- in-process.
 
-    The spool is tried before anything heavy is imported: on a hit, the restore costs a
-    rename and a few system calls.
+    The spool and the agent are tried before anything heavy is imported: a spool hit costs
+    a rename and a few system calls, an agent's answer a socket round trip.
     """
     from walvault.wal.pagecheck import is_segment_name
 
@@ -257,12 +266,17 @@ def restore(args: argparse.Namespace) -> int:
         error(f"WAL_DEST cannot be a directory: {args.wal_dest}")
         return ABORT
     name = args.wal_name
-    spool = _open_spool(args) if args.parallel > 0 and is_segment_name(name) else None
+    dest = os.path.abspath(args.wal_dest)  # the agent does not share our working directory
+    spool = _open_spool(args) if args.agent and _plain_name(name) else None
     if spool is not None:
-        state = spool.take(name, args.wal_dest)
-        if state is not None:
-            _note_progress(spool, name, state.system_identifier, state.segment_size)
-            return OK
+        if args.parallel > 0 and is_segment_name(name):
+            state = spool.take(name, dest)
+            if state is not None:
+                _note_progress(spool, name, state.system_identifier, state.segment_size)
+                return OK
+        code = _through_agent(spool, args, name, dest)
+        if code is not None:
+            return code
     from walvault.errors import InvalidWalName
     from walvault.wal.names import validate_wal_name
 
@@ -271,20 +285,42 @@ def restore(args: argparse.Namespace) -> int:
     except InvalidWalName as exc:
         error(exc.message)
         return ABORT
-    source = make_source(args)
-    code = source.fetch(args.server_name, name, args.wal_dest, partial=args.partial)
-    if code == OK and spool is not None:
-        fresh = spool.record(name, args.wal_dest)
-        if fresh is not None:
-            _note_progress(spool, name, fresh.system_identifier, fresh.segment_size)
-            from walvault.clients import prefetch
+    return make_source(args).fetch(args.server_name, name, dest, partial=args.partial)
 
-            prefetch.start(spool, source, args.server_name, args.parallel)
-    return code
+
+#: How long a call that started the agent waits for its socket before fetching itself.
+AGENT_START_WAIT = 5.0
+
+
+def _plain_name(name: str) -> bool:
+    """A name the agent's one-line protocol can carry (it validates it strictly itself)."""
+    return bool(name) and name.isascii() and name.isprintable() and " " not in name
+
+
+def _through_agent(spool: Spool, args: argparse.Namespace, name: str, dest: str) -> int | None:
+    """The agent's answer for ``name`` (starting the agent when none runs), or None."""
+    from walvault.clients.agentclient import SOCKET, ask
+
+    code = ask(spool.path, name, dest, partial=args.partial)
+    if code is not None:
+        return code
+    from walvault.clients import agent
+
+    agent.start(spool, make_source(args), args.server_name, args.parallel)
+    socket_path = os.path.join(spool.path, SOCKET)
+    deadline = time.monotonic() + AGENT_START_WAIT
+    while time.monotonic() < deadline:
+        if os.path.exists(socket_path):
+            code = ask(spool.path, name, dest, partial=args.partial)
+            if code is not None:
+                return code
+        time.sleep(0.005)
+    warning("the restore agent did not answer: fetching this segment in-process")
+    return None
 
 
 def _note_progress(spool: Spool, name: str, sysid: int, seg_size: int) -> None:
-    """Tell the prefetcher where recovery is (a failure only costs prefetching)."""
+    """Tell the agent where recovery is (a failure only costs prefetching)."""
     from walvault.clients.spool import SpoolState
 
     try:

@@ -61,6 +61,12 @@ _INODE = f"{DRIVER_METADATA_PREFIX}inode"
 _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV)
 
 
+def _reason(exc: OSError) -> str:
+    """``<reason> (<ERRNO>)`` as walvault writes OS errors (errors.describe_os_error)."""
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+
+
 def _unlink_quietly(path: str) -> None:
     """Remove a temporary file if it is there (contextlib would cost readers an import)."""
     try:  # noqa: SIM105
@@ -171,7 +177,7 @@ class PosixStorage:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise StorageError(f"cannot read metadata file {meta_path}: {exc.strerror}") from None
+            raise StorageError(f"cannot read metadata file {meta_path}: {_reason(exc)}") from None
         found: dict[str, str] = {}
         prefix = base + "\t"
         mine = f"\t{_INODE}={inode}"
@@ -195,7 +201,7 @@ class PosixStorage:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StorageError(f"cannot open {path}: {exc.strerror}") from None
+            raise StorageError(f"cannot open {path}: {_reason(exc)}") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -213,7 +219,7 @@ class PosixStorage:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StorageError(f"cannot look at {path}: {exc.strerror}") from None
+            raise StorageError(f"cannot look at {path}: {_reason(exc)}") from None
         return self._info(key, st) if stat.S_ISREG(st.st_mode) else None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -230,7 +236,7 @@ class PosixStorage:
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
-            raise StorageError(f"cannot list {path}: {exc.strerror}") from None
+            raise StorageError(f"cannot list {path}: {_reason(exc)}") from None
         # Sorting "name/" for directories keeps the walk in the order of whole keys.
         marked = []
         for entry in entries:
@@ -306,7 +312,7 @@ class PosixStorage:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise StorageError(f"cannot remove {path}: {exc.strerror}") from None
+                raise StorageError(f"cannot remove {path}: {_reason(exc)}") from None
             dirs[os.path.dirname(path)] = None
             where = self._meta_file(key)
             if where is not None:
@@ -395,7 +401,7 @@ class PosixBatch:
                 fs.ensure_dir(directory)
                 self._devices[directory] = os.stat(directory).st_dev
             except OSError as exc:
-                raise StorageError(f"cannot create {directory}: {exc.strerror}") from None
+                raise StorageError(f"cannot create {directory}: {_reason(exc)}") from None
         return dst, directory
 
     def put(
@@ -427,7 +433,7 @@ class PosixBatch:
         except BaseException as exc:
             _unlink_quietly(tmp)
             if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {dst}: {exc.strerror}") from None
+                raise StorageError(f"cannot write {dst}: {_reason(exc)}") from None
             raise
         info = ObjectInfo(key, st.st_size, st.st_mtime, dict(metadata or {}))
         return self._add(_Pending(key, dst, tmp, True, metadata, info, st.st_ino))
@@ -456,7 +462,7 @@ class PosixBatch:
         except BaseException as exc:
             _unlink_quietly(tmp)
             if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {dst}: {exc.strerror}") from None
+                raise StorageError(f"cannot write {dst}: {_reason(exc)}") from None
             raise
         info = ObjectInfo(key, st.st_size, st.st_mtime, metadata)
         return self._add(_Pending(key, dst, tmp, True, metadata, info, st.st_ino))
@@ -483,7 +489,7 @@ class PosixBatch:
                 info = ObjectInfo(key, st.st_size, st.st_mtime, dict(metadata or {}))
                 return self._add(_Pending(key, dst, path, False, metadata, info, st.st_ino))
         except OSError as exc:
-            raise StorageError(f"cannot store {path} as {dst}: {exc.strerror}") from None
+            raise StorageError(f"cannot store {path} as {dst}: {_reason(exc)}") from None
         with open(path, "rb") as source:
             return self.put(
                 key, source, metadata=metadata, mtime=st.st_mtime if mtime is None else mtime
@@ -517,7 +523,7 @@ class PosixBatch:
             self._write_metadata(pending)
         except OSError as exc:
             self._drop(pending)
-            raise StorageError(f"cannot write metadata: {exc.strerror}") from None
+            raise StorageError(f"cannot write metadata: {_reason(exc)}") from None
         dirs: dict[str, None] = {}
         for item in pending:
             try:
@@ -525,7 +531,7 @@ class PosixBatch:
             except ObjectExists as exc:
                 failures[item.key] = exc
             except OSError as exc:
-                failures[item.key] = StorageError(f"cannot store {item.dst}: {exc.strerror}")
+                failures[item.key] = StorageError(f"cannot store {item.dst}: {_reason(exc)}")
             else:
                 dirs[os.path.dirname(item.dst)] = None
             if item.temporary:

@@ -22,7 +22,7 @@ from fakewal import (
     restore_in_a_fresh_interpreter,
     write_config,
 )
-from walvault.clients import prefetch
+from walvault.clients import agent
 from walvault.clients.spool import LOCK, Spool, SpoolError, SpoolState, spool_key
 from walvault.clients.transport import LocalSource
 from walvault.config import load_config
@@ -181,7 +181,9 @@ def local(tmp_path: Path) -> tuple[LocalSource, list[str]]:
 
 def spooled(spool: Spool) -> list[str]:
     return sorted(
-        n for n in os.listdir(spool.path) if not n.startswith(".") and n != "prefetch.log"
+        n
+        for n in os.listdir(spool.path)
+        if not n.startswith(".") and n not in ("agent.log", "agent.sock")
     )
 
 
@@ -189,10 +191,10 @@ def test_prefetcher_keeps_the_window_full_and_drops_what_was_passed(
     spool: Spool, local: tuple[LocalSource, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, names = local
-    monkeypatch.setattr(prefetch, "IDLE_EXIT", 1.0)
+    monkeypatch.setattr(agent, "IDLE_EXIT", 1.0)
     put(spool, names[9], fake_segment(names[9]))  # a leftover: wiped when the session starts
     spool.write_state(SpoolState(names[0], SYSID, MIB))
-    worker = prefetch.Prefetcher(spool, source, "pg", 3)
+    worker = agent.Agent(spool, source, "pg", 3)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
@@ -227,7 +229,7 @@ def test_prefetcher_started_by_the_client_serves_later_calls(
     client = [sys.executable, "-m", "walvault.clients.walrestore", "-p", "3"]
     client += ["--spool-dir", str(spool_dir), "-c", conf, "local", "pg"]
     assert subprocess.run([*client, names[0], str(dest)]).returncode == 0
-    spool = Spool(str(spool_dir), spool_key("pg", "local"))
+    spool = Spool(str(spool_dir), spool_key("pg", "local", conf))
     try:
         deadline = time.monotonic() + 20
         while spooled(spool) != names[1:4] and time.monotonic() < deadline:
@@ -258,7 +260,7 @@ def test_a_spool_hit_imports_nothing_heavy(spool: Spool, session: int, tmp_path:
     put(spool, NEXT, fake_segment(NEXT))
     spool_dir = os.path.dirname(spool.path)
     dest = tmp_path / "dest"
-    argv = ["-p", "4", "--spool-dir", spool_dir, "-c", "/nonexistent.conf", "local", "pg"]
+    argv = ["-p", "4", "--spool-dir", spool_dir, "local", "pg"]
     status, modules = restore_in_a_fresh_interpreter([*argv, NEXT, str(dest)])
     assert status == 0 and dest.read_bytes() == fake_segment(NEXT)
     heavy = {"re", "typing", "dataclasses", "enum", "configparser", "argparse", "zstandard"}

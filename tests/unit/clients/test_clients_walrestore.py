@@ -41,7 +41,9 @@ def archive(conf: Path, name: str = NAME, data: bytes | None = None) -> bytes:
 
 
 def run(*args: str) -> int:
-    return walrestore.main(list(args))
+    """The client in this process, without the restore agent (the agent's own tests are
+    tests/unit/clients/test_clients_agent.py: same contract, real processes)."""
+    return walrestore.main(["--no-agent", *args])
 
 
 # ------------------------------------------------------------------ parsing
@@ -202,7 +204,7 @@ def test_a_failed_send_leaves_no_destination(conf: Path, tmp_path: Path) -> None
 def test_client_start_up_stays_lean() -> None:
     """The client must not import psycopg, and not the configuration before it needs it."""
     code = (
-        "import sys; from walvault.clients import walrestore, spool, prefetch, transport;"
+        "import sys; from walvault.clients import walrestore, spool, agentclient, transport;"
         "bad = [m for m in ('psycopg', 'walvault.config', 'walvault.archive.retrieve',"
         " 'argparse', 'logging', 'subprocess') if m in sys.modules]; print(bad)"
     )
@@ -221,7 +223,7 @@ def test_a_local_fetch_imports_nothing_heavy(conf: Path, tmp_path: Path) -> None
     data = fake_segment(NAME)
     archive(conf, data=compress_bytes("zstd", data))
     dest = tmp_path / "dest"
-    argv = ["-c", str(conf), "local", "pg", NAME, str(dest)]
+    argv = ["--no-agent", "-c", str(conf), "local", "pg", NAME, str(dest)]
     status, modules = restore_in_a_fresh_interpreter(argv)
     assert status == 0 and dest.read_bytes() == data
     assert "zstandard.backend_c" in modules

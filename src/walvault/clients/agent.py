@@ -1,0 +1,386 @@
+"""The restore agent: a warm process per recovery that fetches WAL for walvault-wal-restore.
+
+PostgreSQL starts restore_command once per segment; a cold process per segment pays the
+interpreter, the configuration, the archive code, a new ssh or TLS connection.  The agent
+pays them once.  The first restore that finds no agent starts one (detached, in its own
+session; the caller goes on at once), one per spool directory
+``<spool dir>/<server>@<source>/`` (0700, see :mod:`walvault.clients.spool`).  It:
+
+* holds ``.prefetch.lock`` (flock; its PID inside; the file's mtime starts the *session*
+  whose spool files may be served);
+* listens on ``agent.sock`` in the spool directory (a Unix socket: only its owner can reach
+  it) and answers ``FETCH`` requests of thin clients: from the spool when the segment was
+  prefetched, else by fetching it there and then (:meth:`Agent.serve_one`), writing
+  WAL_DEST itself and replying only once the file is whole and verified;
+* keeps the source open: the configuration and the archive's store client (local mode), or
+  one ssh master connection that every fetch goes through (OpenSSH ``ControlMaster``;
+  unless the ``--ssh-command`` already chooses a ``ControlPath``);
+* keeps the N segments after the last restored one in the spool (``-p N``), up to N
+  fetches at a time, continuously, each checked before it is renamed into place; a segment
+  not archived yet is retried with a growing delay and blocks the ones after it, so the
+  spool never has holes; what recovery has passed, or what belongs to another timeline, is
+  deleted;
+* exits by itself after ``IDLE_EXIT`` seconds without a request, deleting what was not used.
+
+The wire protocol is lines of ASCII: the client sends ``FETCH <name> <0|1: -P> <WAL_DEST
+absolute path>``; the agent answers zero or more ``LOG <text>`` lines (messages for
+PostgreSQL's log) and one ``EXIT <restore_command status>``.  An agent that dies before its
+``EXIT`` line leaves the client to fetch in-process: a half-written WAL_DEST is never
+reported as restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from walvault.clients.agentclient import SOCKET
+from walvault.clients.common import ABORT, OK
+from walvault.clients.spool import LOCK, LOG, STATE, Spool, SpoolState, segment_problem
+from walvault.wal.names import Segment, is_segment, validate_wal_name
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from walvault.clients.transport import Source
+
+IDLE_EXIT = 30.0
+POLL = 0.01
+RETRY_FIRST, RETRY_MAX = 0.25, 4.0
+#: the longest request line a client may send (a name and an absolute path)
+MAX_REQUEST = 8192
+
+
+def start(spool: Spool, source: Source, server: str, depth: int) -> None:
+    """Start a detached agent unless one is running (the caller returns at once)."""
+    if spool.session_start() is not None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the intermediate child exits at once
+        return
+    code = 1
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        os.chdir("/")
+        _redirect(os.path.join(spool.path, LOG))
+        router = _Router(sys.stderr)  # type: ignore[arg-type]
+        sys.stderr = router
+        code = Agent(spool, source, server, depth, router).run()
+    except BaseException as exc:  # a detached process must never raise into the client
+        with contextlib.suppress(Exception):
+            print(f"agent failed: {exc!r}", file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)
+
+
+def _redirect(log_path: str) -> None:
+    """stdin from /dev/null, stdout and stderr to the log; nothing else inherited."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, 65536)
+
+
+def _log(text: str) -> None:
+    """A line of the agent's own log (never routed to a client)."""
+    stream = sys.stderr
+    target = stream.log if isinstance(stream, _Router) else stream
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {text}", file=target, flush=True)
+
+
+class _Router(io.TextIOBase):
+    """stderr of the agent: the lines a request's fetch prints go back to its client (for
+    PostgreSQL's log), everything else to the agent's log."""
+
+    def __init__(self, log: io.TextIOBase) -> None:
+        self.log = log
+        self._local = threading.local()
+
+    def collect(self) -> list[str]:
+        """Start collecting this thread's lines; returns the list they go to."""
+        lines: list[str] = []
+        self._local.lines = lines
+        return lines
+
+    def stop(self) -> None:
+        self._local.lines = None
+
+    def write(self, text: str) -> int:
+        lines = getattr(self._local, "lines", None)
+        if lines is None:
+            return self.log.write(text)
+        lines.extend(line for line in text.splitlines() if line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+class Agent:
+    """One agent session (see the module docstring)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        source: Source,
+        server: str,
+        depth: int,
+        router: _Router | None = None,
+    ) -> None:
+        self.spool = spool
+        self.source = source
+        self.server = server
+        self.depth = max(0, depth)
+        self.router = router  # None in-process (tests): messages stay on stderr
+        self.stopping = False
+        self.last_activity = time.monotonic()
+        self._state_lock = threading.Lock()
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to end (SIGTERM handler): unconsumed files are still removed."""
+        self.stopping = True
+
+    def _lock(self) -> int | None:
+        fd = os.open(os.path.join(self.spool.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # also stamps the session start (mtime)
+        return fd
+
+    def run(self) -> int:
+        """Serve and prefetch until idle; return an exit status (0 also when another runs)."""
+        lock = self._lock()
+        if lock is None:
+            return 0
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+        _log(
+            f"restore agent for '{self.server}' from {self.source.label}, "
+            f"prefetching {self.depth} segments"
+        )
+        self._wipe()  # whatever is there predates this session
+        listener = self._listen()
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+            with ThreadPoolExecutor(max_workers=max(1, self.depth)) as pool:
+                self._loop(pool)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.spool.path, SOCKET))
+            listener.close()
+            self._wipe()
+            close = getattr(self.source, "close", None)
+            if close is not None:
+                close()
+            os.close(lock)
+        _log("idle: stopped")
+        return 0
+
+    # ---------------------------------------------------------------- serving
+
+    def _listen(self) -> socket.socket:
+        path = os.path.join(self.spool.path, SOCKET)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a dead agent's (we hold the lock)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        listener.listen(8)
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as stream:
+            line = stream.readline(MAX_REQUEST)
+            self.last_activity = time.monotonic()
+            lines = self.router.collect() if self.router is not None else []
+            try:
+                code = self.serve_one(line)
+            except Exception as exc:  # one request must not take the agent down
+                message = f"ERROR: restore agent: unexpected {type(exc).__name__}: {exc}"
+                print(message, file=sys.stderr)
+                code = ABORT
+            finally:
+                if self.router is not None:
+                    self.router.stop()
+            reply = "".join(f"LOG {text}\n" for text in lines) + f"EXIT {code}\n"
+            with contextlib.suppress(OSError):
+                stream.write(reply.encode("utf-8", "replace"))
+                stream.flush()
+            self.last_activity = time.monotonic()
+
+    def serve_one(self, request: bytes) -> int:
+        """Answer one request line (see the module docstring); returns the exit status."""
+        from walvault.errors import InvalidWalName
+
+        parts = request.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
+        if len(parts) != 4 or parts[0] != "FETCH" or parts[2] not in ("0", "1"):
+            print("ERROR: restore agent: malformed request", file=sys.stderr)
+            return ABORT
+        _, name, partial, dest = parts
+        try:
+            validate_wal_name(name)
+        except InvalidWalName as exc:
+            print(f"ERROR: {exc.message}", file=sys.stderr)
+            return ABORT
+        if not os.path.isabs(dest) or "\0" in dest or "\n" in dest:
+            message = f"ERROR: restore agent: WAL_DEST must be an absolute path: {dest!r}"
+            print(message, file=sys.stderr)
+            return ABORT
+        if is_segment(name):
+            state = self.spool.take(name, dest)
+            if state is not None:
+                self._progress(SpoolState(name, state.system_identifier, state.segment_size))
+                _log(f"served {name} from the spool")
+                return OK
+        code = self.source.fetch(self.server, name, dest, partial=partial == "1")
+        if code == OK and is_segment(name):
+            fresh = self.spool.record(name, dest)
+            if fresh is not None:
+                self._progress(fresh)
+        _log(f"fetched {name} on request: exit {code}")
+        return code
+
+    def _progress(self, state: SpoolState) -> None:
+        """Where recovery is: the prefetch window follows."""
+        with self._state_lock:
+            try:
+                self.spool.write_state(state)
+            except OSError as exc:
+                _log(f"cannot update the spool state: {exc}")
+
+    # ---------------------------------------------------------------- prefetching
+
+    def _loop(self, pool: ThreadPoolExecutor) -> None:
+        inflight: dict[str, Future[int]] = {}
+        retry_at: dict[str, float] = {}
+        delay: dict[str, float] = {}
+        seen: tuple[int, int] | None = None
+        state: SpoolState | None = None
+        while True:
+            now = time.monotonic()
+            signature = self._state_signature()
+            if signature != seen:
+                seen, state = signature, self.spool.read_state()
+                self.last_activity = max(self.last_activity, now)
+                if state is not None:
+                    self._drop_passed(state.wanted)
+            for name, future in list(inflight.items()):
+                if future.done():
+                    del inflight[name]
+                    if future.result() == OK:
+                        delay.pop(name, None)
+                        continue
+                    wait = min(delay.get(name, RETRY_FIRST / 2) * 2, RETRY_MAX)
+                    delay[name], retry_at[name] = wait, now + wait
+            if self.stopping or now - self.last_activity > IDLE_EXIT:
+                break
+            if state is not None and self.depth:
+                for name in self._window(state):
+                    if len(inflight) >= self.depth or retry_at.get(name, 0.0) > now:
+                        break
+                    if name not in inflight and not os.path.exists(self.spool.file(name)):
+                        inflight[name] = pool.submit(self._fetch, name, state)
+            time.sleep(POLL)
+        for future in inflight.values():
+            future.cancel()
+
+    def _state_signature(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(os.path.join(self.spool.path, STATE))
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns
+
+    def _window(self, state: SpoolState) -> list[str]:
+        names: list[str] = []
+        current = Segment.from_name(state.wanted)
+        try:
+            for _ in range(self.depth):
+                current = current.next(state.segment_size)
+                names.append(current.name)
+        except ValueError:
+            pass
+        return names
+
+    def _fetch(self, name: str, state: SpoolState) -> int:
+        """Fetch one segment into the spool; a failure is logged and counts as "retry"."""
+        try:
+            return self._fetch_checked(name, state)
+        except Exception as exc:
+            _log(f"fetching {name} failed: {exc!r}")
+            return ABORT
+
+    def _fetch_checked(self, name: str, state: SpoolState) -> int:
+        """Fetch into a temporary file, check it, rename it into the spool."""
+        tmp = self.spool.file(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        code = self.source.fetch(self.server, name, tmp, partial=False)
+        if code != OK:
+            self.spool.remove(os.path.basename(tmp))
+            return code
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            problem = segment_problem(fd, name, state)
+        finally:
+            os.close(fd)
+        if problem is not None:
+            _log(f"rejected {name}: {problem}")
+            self.spool.remove(os.path.basename(tmp))
+            return ABORT
+        os.rename(tmp, self.spool.file(name))
+        _log(f"spooled {name}")
+        return OK
+
+    def _drop_passed(self, wanted: str) -> None:
+        """Delete segments recovery no longer needs: older ones and other timelines'."""
+        current = Segment.from_name(wanted)
+        for entry in self._entries():
+            if not is_segment(entry):
+                continue
+            other = Segment.from_name(entry)
+            if other.tli != current.tli or (other.log, other.seg) <= (current.log, current.seg):
+                self.spool.remove(entry)
+
+    def _wipe(self) -> None:
+        """Delete every spooled segment and our temporary files (not the client's .state)."""
+        for entry in self._entries():
+            ours = entry.endswith(".tmp") and not entry.startswith(STATE)
+            if is_segment(entry) or ours:
+                self.spool.remove(entry)
+
+    def _entries(self) -> list[str]:
+        try:
+            return os.listdir(self.spool.path)
+        except OSError:
+            return []
