@@ -76,23 +76,28 @@ class Content:
     over: bool = False
 
 
-def read_content(pieces: Iterable[bytes], limit: int, *, keep_text: bool = False) -> Content:
-    """Read decompressed ``pieces`` up to ``limit`` bytes: head, size, all zeros, text."""
+def read_content(
+    pieces: Iterable[bytes], limit: int, *, keep_text: bool = False, scan_zeros: bool = True
+) -> Content:
+    """Read decompressed ``pieces`` up to ``limit`` bytes: head, size, all zeros (unless
+    not ``scan_zeros``), text (with ``keep_text``)."""
     head = bytearray()
     text = bytearray() if keep_text else None
     size = 0
-    zeros = True
+    zeros: bool | None = scan_zeros
     for piece in pieces:
         if len(head) < LONG_HEADER_SIZE:
             head += piece[: LONG_HEADER_SIZE - len(head)]
         size += len(piece)
         if size > limit:
             return Content(bytes(head), size, over=True)
-        if zeros and piece.count(0) != len(piece):
+        if zeros and piece != bytes(len(piece)):  # a memcmp, stopping at the first difference
             zeros = False
         if text is not None:
             text += piece
-    return Content(bytes(head), size, zeros, None if text is None else bytes(text))
+    return Content(
+        bytes(head), size, zeros if scan_zeros else None, None if text is None else bytes(text)
+    )
 
 
 @dataclass(frozen=True)

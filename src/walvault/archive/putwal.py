@@ -383,7 +383,9 @@ class _Session:
             handle.seek(0)
             try:
                 pieces = iter_decompressed(handle, received.compression)
-                content = admission.read_content(pieces, limit, keep_text=keep_text)
+                content = admission.read_content(
+                    pieces, limit, keep_text=keep_text, scan_zeros=kind is WalKind.PARTIAL
+                )
             except CompressionError as exc:
                 problem = f"it cannot be decompressed: {_one_line(exc.message)}"
                 return admission.Judgement(errors_dir.INVALID, problem)
