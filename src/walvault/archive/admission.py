@@ -6,9 +6,10 @@ A file is admitted by the rules of its name:
   size; the archive's segment size when known), the cluster's system identifier when
   ``identity.json`` knows it, and exactly the segment size its header states (when the size
   is known: archive-wal does not decode a client-compressed segment to the end);
-- a ``.partial``: empty; or all zeros (pg_receivewal fills a new ``.partial`` with zeros
-  before it writes WAL into it from its start); or a long page header matching the name as
-  for a segment.  Never longer than the segment size;
+- a ``.partial``: empty; or all zeros and one segment long (pg_receivewal fills a new
+  ``.partial`` with zeros to the segment size before it writes WAL into it from its start);
+  or a long page header matching the name as for a segment.  Never longer than the segment
+  size;
 - a ``.history``: PostgreSQL's reader accepts it (:func:`walvault.wal.history.parse_history_file`);
 - a ``.backup``: a backup history file whose name matches its content
   (:func:`walvault.backup.label.parse_backup_history`).
@@ -35,7 +36,7 @@ from walvault.backup.label import parse_backup_history
 from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, check_segment, parse_long_header
 from walvault.wal.history import parse_history_file
 from walvault.wal.names import WalKind, classify
-from walvault.wal.pagecheck import MAX_SEGMENT_SIZE
+from walvault.wal.pagecheck import MAX_SEGMENT_SIZE, valid_segment_size
 
 MAX_HISTORY_SIZE = 1 << 20
 MAX_BACKUP_LABEL_SIZE = 64 << 10
@@ -131,10 +132,23 @@ def judge(
     if kind is WalKind.HISTORY or kind is WalKind.BACKUP:
         return _judge_text(name, kind, content, segment_size)
     if kind is WalKind.PARTIAL and _unwritten(content):
-        if content.size != 0 and not content.zeros:
-            return _invalid("no page header (it starts with zeros) but not all zeros")
-        return Judgement(None)
+        return _judge_unwritten(content, segment_size)
     return _judge_header(name, kind, content, system_identifier, segment_size)
+
+
+def _judge_unwritten(content: Content, segment_size: int | None) -> Judgement:
+    """An empty ``.partial``, or one pg_receivewal has padded with zeros to a whole segment
+    and not written to yet."""
+    size = content.size
+    if size == 0:
+        return Judgement(None)
+    if not content.zeros:
+        return _invalid("no page header (it starts with zeros) but not all zeros")
+    if segment_size is None and size is not None and not valid_segment_size(size):
+        return _invalid(f"all zeros, but its size {size} is not a WAL segment size")
+    if segment_size is not None and size != segment_size:
+        return _invalid(f"all zeros, but its size {size} is not the segment size {segment_size}")
+    return Judgement(None)
 
 
 def _unwritten(content: Content) -> bool:

@@ -316,8 +316,8 @@ class _Session:
         if kind not in (WalKind.SEGMENT, WalKind.PARTIAL):
             return ""
         if self.segment_size is None:
-            return " (PostgreSQL's largest segment size, compressed)"
-        return " (the archive's segment size, compressed)"
+            return " (a segment of PostgreSQL's largest size, 1 GiB, and room for compression)"
+        return " (a segment of this archive, and room for compression)"
 
     def _read_sums(self, name: str, data: IO[bytes], size: int) -> None:
         if self.sums_algorithm is not None:

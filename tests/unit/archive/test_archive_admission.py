@@ -91,9 +91,12 @@ def test_segments() -> None:
 def test_partials() -> None:
     partial = NAME + ".partial"
     streamed = SEGMENT[:8192] + bytes(MiB - 8192)  # what pg_receivewal leaves, zero-padded
-    for data in (b"", bytes(MiB), bytes(10), streamed, SEGMENT[:8192]):
+    for data in (b"", bytes(MiB), streamed, SEGMENT[:8192]):
         assert _judge(partial, data, segment_size=MiB).kind is None, len(data)
+    assert _judge(partial, bytes(2 * MiB)).kind is None  # a segment size, the archive's unknown
     cases = {
+        "all zeros, but its size 10 is not a WAL segment size": bytes(10),
+        "all zeros, but its size 3145728 is not a WAL segment size": bytes(3 * MiB),
         "not all zeros": bytes(100) + b"junk" + bytes(MiB - 104),
         "WAL header too short": b"junk",
         "long-header flag missing": b"\x01" * MiB,
@@ -102,17 +105,22 @@ def test_partials() -> None:
     for problem, data in cases.items():
         found = _judge(partial, data)
         assert found.kind == errors_dir.INVALID and problem in found.problem, found
+    found = _judge(partial, bytes(2 * MiB), segment_size=4 * MiB)
+    assert found.problem == "all zeros, but its size 2097152 is not the segment size 4194304"
     assert _judge(partial, streamed, sysid=1).kind == errors_dir.FOREIGN
     assert "page address" in _judge(segment_name(1, 8) + ".partial", streamed).problem
 
 
 def test_a_header_less_partial_larger_than_a_segment() -> None:
-    """The issue's case: 20 MB of zeros as a .partial beside 16 MiB segments."""
+    """The issue's case: 20 MiB of zeros as a .partial, beside 16 MiB segments or not."""
     limit = content_limit(WalKind.PARTIAL, 16 * MiB)
     content = read_content(iter([bytes(MiB)] * 20), limit)
     found = judge(NAME + ".partial", content, system_identifier=SYSID, segment_size=16 * MiB)
     assert found.kind == errors_dir.INVALID
     assert found.problem == "larger than 16777216 bytes, the segment size for a partial file"
+    content = read_content(iter([bytes(MiB)] * 20), content_limit(WalKind.PARTIAL, None))
+    found = judge(NAME + ".partial", content, system_identifier=None, segment_size=None)
+    assert found.problem == "all zeros, but its size 20971520 is not a WAL segment size"
 
 
 def test_history_and_backup_files() -> None:
