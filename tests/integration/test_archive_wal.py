@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from walfiles import MiB, backup_history
 from walsupply import archived_files, catalogue_lines, copy_closed_segments, stream_segments
 from walvault.archive.compression import ALGORITHMS, compress_bytes, decompress_bytes
 from walvault.locks import ServerLock
+from walvault.wal.names import Segment
 from wvharness import streaming_server
 
 LINE_RE = re.compile(
@@ -88,8 +90,10 @@ def test_what_lands_where(pg: Any, pg_factory: Any, walvault_factory: Any, tmp_p
     (incoming / segs[0]).write_bytes(closed[segs[0]])
     client = compress_bytes("gzip", closed[segs[1]])
     (incoming / segs[1]).write_bytes(client)
-    label = f"{segs[2]}.00000028.backup"
-    (incoming / label).write_text("START WAL LOCATION: 0/3000028\n")
+    start = Segment.from_name(segs[2]).to_lsn(MiB) + 0x28
+    label, label_text = backup_history(start, start + 0x1000)
+    assert label == f"{segs[2]}.00000028.backup"
+    (incoming / label).write_text(label_text)
     (incoming / f"{segs[3]}.partial").write_bytes(closed[segs[3]])
     foreign_bytes = (tmp_path / "other" / foreign).read_bytes()
     (incoming / foreign_name).write_bytes(foreign_bytes)
@@ -160,6 +164,56 @@ def test_what_lands_where(pg: Any, pg_factory: Any, walvault_factory: Any, tmp_p
     dup = [e for e in os.listdir(server.errors_directory) if e.endswith(".duplicate")]
     assert len(dup) == 1 and dup[0].startswith(f"{segs[4]}.")
     assert (Path(server.errors_directory) / dup[0]).read_bytes()[-1:] == b"X"
+
+
+def test_junk_goes_to_errors_with_its_reason(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg, archiver="on")})
+    server = wv.server("pg")
+    incoming = Path(server.incoming_wals_directory)
+    streaming = Path(server.streaming_wals_directory)
+    closed = tmp_path / "closed"
+    first, second = copy_closed_segments(pg, 2, closed)
+    incoming.mkdir(parents=True)
+    shutil.copy2(closed / first, incoming / first)
+    assert wv.run("archive-wal", "pg").returncode == 0  # the archive now knows its segment size
+    streaming.mkdir(parents=True)
+    zeros = f"{second}.partial"
+    (streaming / zeros).write_bytes(bytes(20 << 20))  # header-less, 20 MiB: not pg_receivewal's
+    (streaming / second).write_bytes((closed / second).read_bytes())
+    live = f"{second[:16]}{int(second[16:], 16) + 5:08X}.partial"
+    (streaming / live).write_bytes(b"")  # the one being written: left alone
+    (streaming / "00000002.history").write_text("no recovery target specified\n")
+    label = f"{first}.00000028.backup"
+    (incoming / label).write_text("START WAL LOCATION: 0/3000028\n")
+    run = wv.run("archive-wal", "pg")
+    assert run.returncode == 1, run.stderr  # invalid files are worth a non-zero exit
+    moved = "File moved to errors directory."
+    assert run.stdout.splitlines() == [
+        "Processing xlog segments from streaming for pg",
+        f"\t{second}",
+        f"\t{zeros}",
+        f"\tError: {zeros} is not a valid WAL file for its name (larger than 1048576 bytes, "
+        f"the segment size for a partial file). {moved}",
+        "\t00000002.history",
+        "\tError: 00000002.history is not a valid WAL file for its name (not a timeline "
+        "history file: line 1: malformed timeline history line 'no recovery target "
+        f"specified' (expected <parent TLI><TAB><switch LSN><TAB><reason>)). {moved}",
+        "Processing xlog segments from file archival for pg",
+        f"\t{label}",
+        f"\tError: {label} is not a valid WAL file for its name (not a backup history file: no "
+        "CHECKPOINT LOCATION, BACKUP METHOD, BACKUP FROM, START TIME, LABEL, START TIMELINE, "
+        f"STOP WAL LOCATION, STOP TIME, STOP TIMELINE line). {moved}",
+    ]
+    assert sorted(os.listdir(streaming)) == [live]
+    assert sorted(archived_files(server)) == [first, second]
+    errors = sorted(re.sub(r"\.\d{8}T\d{6}Z", "", e) for e in os.listdir(server.errors_directory))
+    assert errors == sorted([f"{zeros}.invalid", "00000002.history.invalid", f"{label}.invalid"])
+    log = (wv.home / "walvault.log").read_text()
+    assert f"Error: {zeros} is not a valid WAL file for its name (larger than" in log
+    check = wv.run("check", "pg")
+    assert "\tarchiver errors: FAILED (invalid content: 3)" in check.stdout.splitlines()
 
 
 def test_rebuild_xlogdb_and_missing_catalogue(pg: Any, walvault_factory: Any) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -325,3 +327,115 @@ def test_streaming_and_archive_command_archive_each_segment_once(
     assert_archived_identical(pg, wv, names)
     errors = server.errors_directory
     assert not os.path.isdir(errors) or os.listdir(errors) == []
+
+
+def _put_wal(wv: Any, server: str = "pg") -> subprocess.Popen[bytes]:
+    """A real ``walvault put-wal`` whose stdin the test holds (and may never close)."""
+    return subprocess.Popen(
+        [*WALVAULT, "-c", str(wv.conf), "put-wal", server],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str, float]:
+    """Wait for put-wal to exit on its own (stdin still open); its code, stderr, the wait."""
+    started = time.monotonic()
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+        assert proc.stdin is not None and proc.stderr is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    return code, proc.stderr.read().decode(), time.monotonic() - started
+
+
+def everything_in(directory: str) -> list[str]:
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def test_impossible_sizes_and_stalled_senders(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory(
+        {"pg": archiving_server(pg), "quick": archiving_server(pg, put_wal_timeout="2")}
+    )
+    (name,) = copy_closed_segments(pg, 1, tmp_path)
+    # A member that declares 10 GiB under a segment's name: refused on its header, before a
+    # byte of content is copied and long before the (default, 60 s) idle timeout.
+    proc = _put_wal(wv)
+    info = tarfile.TarInfo(name)
+    info.size = 10 << 30
+    assert proc.stdin is not None
+    proc.stdin.write(info.tobuf(tarfile.PAX_FORMAT) + bytes(32 << 10))
+    proc.stdin.flush()
+    code, err, waited = _finish(proc, timeout=30)
+    assert code == 1 and waited < 30
+    assert err.startswith(f"ERROR: '{name}' is 10737418240 bytes long: a segment file can be at")
+    assert err.count("\n") == 1
+    assert everything_in(wv.server().incoming_wals_directory) == []
+    # A sender that stalls mid-stream (the pipe is never closed): given up after 2 s.
+    stream = tar_stream({name: (tmp_path / name).read_bytes()})
+    for sent in (0, 40_000):
+        proc = _put_wal(wv, "quick")
+        assert proc.stdin is not None
+        proc.stdin.write(stream[:sent])
+        proc.stdin.flush()
+        code, err, waited = _finish(proc, timeout=60)
+        assert (code, err) == (
+            1,
+            "ERROR: no data received for 2 seconds (put_wal_timeout): the sender stalled; "
+            "nothing was kept in put-wal for server 'quick'\n",
+        )
+        assert 2 <= waited < 30
+        assert everything_in(wv.server("quick").incoming_wals_directory) == []  # no temp file
+    log = (wv.home / "walvault.log").read_text()
+    assert "no data received for 2 seconds" in log
+
+
+def test_postgresql_history_and_backup_files_pass_and_junk_is_kept(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory({"pg": archiving_server(pg)})
+    server = wv.server()
+    enable_archive_command(pg, client(wv))
+    # pg_basebackup makes PostgreSQL write a backup history file, which its archiver sends
+    standby = pg.make_standby(name="standby")
+    (label,) = [p for p in pg.wal_dir.iterdir() if p.name.endswith(".backup")]
+    wait_shipped(pg, [label.name])
+    standby.promote()  # PostgreSQL writes 00000002.history
+    history = standby.wal_dir / "00000002.history"
+    for path in (label, history):
+        pushed = subprocess.run([*client(wv), str(path)], capture_output=True, text=True)
+        assert pushed.returncode == 0, pushed.stderr  # accepted (or found identical)
+        assert Path(server.incoming_wals_directory, path.name).read_bytes() == path.read_bytes()
+    # junk under history and backup names: refused (PostgreSQL keeps it and retries), kept
+    # once in errors/, and check says so
+    junk = tmp_path / "00000003.history"
+    junk.write_text("3\t0/5000000\tits own timeline\n")
+    tampered = tmp_path / label.name
+    tampered.write_text(label.read_text().replace("START TIMELINE: 1", "START TIMELINE: 2"))
+    expected = {
+        junk: "'00000003.history' is not a valid WAL file for its name (not a timeline "
+        "history file: line 1: parent timeline 3 is not below the file's timeline 3); "
+        "it is NOT archived, a copy is kept in the errors directory (",
+        tampered: f"'{label.name}' is not a valid WAL file for its name (not a backup history "
+        "file: START WAL LOCATION file",
+    }
+    for path, message in expected.items():
+        for attempt in range(2):
+            refused = subprocess.run([*client(wv), str(path)], capture_output=True, text=True)
+            assert refused.returncode == 1
+            lines = refused.stderr.splitlines()
+            assert lines[0].startswith("ERROR: " + (message if attempt == 0 else ""))
+            assert lines[1] == "ERROR: Local 'walvault put-wal' command has failed!"
+            assert attempt == 0 or "an identical copy is already in the errors" in lines[0]
+    kept = everything_in(server.errors_directory)
+    assert [n.split(".")[-1] for n in kept] == ["invalid", "invalid"]
+    check = wv.run("check", "pg")
+    assert "\tarchiver errors: FAILED (invalid content: 2)" in check.stdout.splitlines()
+    assert wv.run("archive-wal", "pg").returncode == 0
+    wals = Path(server.wals_directory)
+    assert (wals / history.name).exists() and (wals / label.name[:16] / label.name).exists()

@@ -152,7 +152,10 @@ class _Pass:
 
     def _plan(self, name: str, identity: _Identity) -> None:
         found = ingest.inspect_staged(
-            self.batch.directory, name, system_identifier=identity.system_identifier
+            self.batch.directory,
+            name,
+            system_identifier=identity.system_identifier,
+            segment_size=identity.segment_size,
         )
         if found.verdict is ingest.Verdict.VANISHED:
             return
@@ -181,7 +184,7 @@ class _Pass:
             return
         staged = found.staged
         assert staged is not None
-        if found.header is not None and identity.system_identifier is None:
+        if found.header is not None:
             identity.record(self.server, found.header)
         twin = self.archive.find(name)  # a store that does not answer stops the pass
         if twin is not None:
@@ -307,15 +310,18 @@ def _local_codec(archive: WalArchive, twin: ArchivedFile) -> str | None:
 
 
 class _Identity:
-    """The server's system identifier (``identity.json``), recorded on first sight."""
+    """The server's system identifier (``identity.json``), recorded on first sight, and the
+    archive's segment size."""
 
     def __init__(self, server: ServerConfig) -> None:
         from walvault.identity import stored_system_identifier
 
         self.system_identifier = stored_system_identifier(server)
+        self.segment_size = ingest.archived_segment_size(server)
 
     def record(self, server: ServerConfig, header: WalHeader) -> None:
-        if ingest.record_identity(server, header):
+        self.segment_size = self.segment_size or header.segment_size
+        if self.system_identifier is None and ingest.record_identity(server, header):
             self.system_identifier = header.system_identifier
             log.info("recorded system identifier %s", header.system_identifier)
 

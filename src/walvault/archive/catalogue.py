@@ -121,6 +121,40 @@ def find_names(path: str | os.PathLike[str], names: Collection[str]) -> set[str]
     return found
 
 
+#: How much of the catalogue's end :func:`newest_catalogued_segment` reads (~50,000 lines).
+NEWEST_SCAN = 4 << 20
+
+
+def newest_catalogued_segment(server: ServerConfig, timeline: int | None = None) -> str | None:
+    """The highest segment name among the catalogue's latest lines (optionally on one
+    timeline): what an archive in object storage uses instead of listing the bucket.
+
+    Lines are in arrival order, so the newest segments are at the end; only the last
+    ``NEWEST_SCAN`` bytes are read (a torn last line is ignored).
+    """
+    try:
+        handle: BinaryIO = open(server.xlogdb_path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        start = max(0, end - NEWEST_SCAN)
+        handle.seek(start)
+        lines = handle.read().split(b"\n")
+    if start:
+        lines = lines[1:]  # the first one is cut
+    best: str | None = None
+    for line in lines[:-1]:
+        name = _first_token(line)
+        if classify(name) is not WalKind.SEGMENT:
+            continue
+        if timeline is not None and int(name[:8], 16) != timeline:
+            continue
+        if best is None or name > best:
+            best = name
+    return best
+
+
 def xlogdb_lock(server: ServerConfig) -> ServerLock:
     """The blocking ``.<server>-xlogdb.lock`` (not yet acquired)."""
     os.makedirs(server.lock_directory, exist_ok=True)

@@ -1,9 +1,13 @@
 """Moving files archive-wal cannot take into errors/, named ``<name>.<UTC stamp>.<kind>``.
 
 Kinds: ``duplicate`` and ``unknown`` (Barman's), ``foreign`` (a segment of another cluster)
-and ``invalid`` (a segment whose header does not match its name).  Barman's ``check`` counts
-files by their last suffix, so it reports the last two as "unknown failure".  Two files of
-one name in one second get ``<name>.<stamp>.1.<kind>``, ``.2``, ...: the kind stays last.
+and ``invalid`` (content that may not enter the archive: a segment whose header does not
+match its name, a ``.partial`` neither empty, zeros nor headed, a ``.history`` or ``.backup``
+that does not parse; :mod:`walvault.archive.admission`).  archive-wal and put-wal log the
+reason of each move.  walvault's ``check`` counts them as "foreign cluster" and "invalid
+content"; Barman's counts files by their last suffix, so it reports the last two as
+"unknown failure".  Two files of one name in one second get ``<name>.<stamp>.1.<kind>``,
+``.2``, ...: the kind stays last.
 """
 
 from __future__ import annotations

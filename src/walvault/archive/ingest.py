@@ -13,6 +13,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+from walvault.archive import admission, errors_dir
+from walvault.archive.admission import Content, read_content
 from walvault.archive.compression import (
     MAGIC_MAX_LEN,
     CompressionError,
@@ -24,7 +26,7 @@ from walvault.archive.integrity import DigestingReader, digest_stream
 from walvault.config import ServerConfig
 from walvault.identity import write_identity
 from walvault.storage.base import StorageError
-from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, check_segment, parse_long_header
+from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, parse_long_header
 from walvault.wal.names import WalKind, classify
 
 if TYPE_CHECKING:
@@ -88,37 +90,40 @@ def decompressed_head(handle: BinaryIO, algorithm: str, size: int = LONG_HEADER_
     return data[:size]
 
 
-def _check_header(
-    name: str, kind: WalKind, head: bytes, staged: Staged, system_identifier: int | None
+_VERDICTS = {None: Verdict.ARCHIVE, errors_dir.FOREIGN: Verdict.FOREIGN}
+
+
+def _content(handle: BinaryIO, kind: WalKind, head: bytes, staged: Staged, limit: int) -> Content:
+    """What :func:`admission.judge` needs of a staged file, reading no more than that:
+    the head and ``lstat`` size of a plain segment or headed ``.partial``, the decoded head
+    of a compressed segment; everything (up to ``limit``) otherwise."""
+    algorithm = staged.compression
+    if algorithm is None and staged.size > limit:
+        return Content(head[:LONG_HEADER_SIZE], staged.size, over=True)
+    if kind is WalKind.SEGMENT and algorithm is not None:
+        handle.seek(0)
+        return Content(decompressed_head(handle, algorithm), None)
+    plain_head = head[:LONG_HEADER_SIZE]
+    if algorithm is None and (
+        kind is WalKind.SEGMENT or (kind is WalKind.PARTIAL and any(plain_head))
+    ):
+        return Content(plain_head, staged.size)
+    handle.seek(0)
+    text = kind in (WalKind.HISTORY, WalKind.BACKUP)
+    return read_content(iter_decompressed(handle, algorithm), limit, keep_text=text)
+
+
+def inspect_staged(
+    directory: str,
+    name: str,
+    *,
+    system_identifier: int | None,
+    segment_size: int | None = None,
 ) -> Inspection:
-    if kind is WalKind.PARTIAL and (len(head) < LONG_HEADER_SIZE or not any(head)):
-        return Inspection(Verdict.ARCHIVE, staged)  # an empty status file: nothing to check
-    try:
-        header = parse_long_header(head)
-    except ValueError as exc:
-        return Inspection(Verdict.INVALID, staged, problem=str(exc))
-    if system_identifier is not None and header.system_identifier != system_identifier:
-        return Inspection(
-            Verdict.FOREIGN,
-            staged,
-            header,
-            f"system identifier {header.system_identifier}, expected {system_identifier}",
-        )
-    problems = check_segment(header, expected_name=name)
-    uncompressed = kind is WalKind.SEGMENT and staged.compression is None
-    if uncompressed and staged.size != header.segment_size:
-        problems.append(f"size {staged.size}, the header says {header.segment_size}")
-    if problems:
-        return Inspection(Verdict.INVALID, staged, header, "; ".join(problems))
-    return Inspection(Verdict.ARCHIVE, staged, header)
+    """Look at one staged file: regular?, compressed?, and may it enter the archive?
 
-
-def inspect_staged(directory: str, name: str, *, system_identifier: int | None) -> Inspection:
-    """Look at one staged file: regular?, compressed?, and for segments their long header.
-
-    A segment (or a non-empty ``.partial``) must carry a valid long page header matching
-    its name, and the cluster's ``system_identifier`` when it is known; an uncompressed
-    complete segment must also have the size its header states.
+    The rules are :mod:`walvault.archive.admission`'s, with the cluster's
+    ``system_identifier`` and the archive's ``segment_size`` when they are known.
     """
     path = os.path.join(directory, name)
     try:
@@ -134,17 +139,42 @@ def inspect_staged(directory: str, name: str, *, system_identifier: int | None) 
         return Inspection(Verdict.VANISHED)
     with handle:
         head = handle.read(_HEAD_BYTES)
-        algorithm = identify(head)
-        staged = Staged(name, path, st.st_size, st.st_mtime, algorithm)
-        if kind not in (WalKind.SEGMENT, WalKind.PARTIAL):
-            return Inspection(Verdict.ARCHIVE, staged)
-        if algorithm is not None:
-            handle.seek(0)
-            try:
-                head = decompressed_head(handle, algorithm)
-            except CompressionError as exc:
-                return Inspection(Verdict.INVALID, staged, problem=str(exc))
-    return _check_header(name, kind, head[:LONG_HEADER_SIZE], staged, system_identifier)
+        staged = Staged(name, path, st.st_size, st.st_mtime, identify(head))
+        limit = admission.content_limit(kind, segment_size)
+        try:
+            content = _content(handle, kind, head, staged, limit)
+        except CompressionError as exc:
+            return Inspection(Verdict.INVALID, staged, problem=str(exc))
+    found = admission.judge(
+        name, content, system_identifier=system_identifier, segment_size=segment_size
+    )
+    verdict = _VERDICTS.get(found.kind, Verdict.INVALID)
+    return Inspection(verdict, staged, found.header, found.problem)
+
+
+def archived_segment_size(server: ServerConfig) -> int | None:
+    """The segment size of the archive, from the header of its newest segment (None when
+    there is none, or it cannot be read)."""
+    from walvault.archive.walstore import WalArchive
+
+    archive = WalArchive(server)
+    try:
+        name = archive.newest_segment()
+        twin = archive.find(name) if name is not None else None
+        if twin is None:
+            return None
+        pieces = archived_pieces(archive, twin)
+        head = b""
+        try:
+            for piece in pieces:
+                head += piece
+                if len(head) >= LONG_HEADER_SIZE:
+                    break
+        finally:
+            pieces.close()
+        return parse_long_header(head).segment_size
+    except (OSError, ValueError, UnreadableArchive, StorageError):
+        return None
 
 
 class UnreadableArchive(Exception):

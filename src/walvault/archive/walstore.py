@@ -249,10 +249,15 @@ class WalArchive:
     def newest_segment(self, timeline: int | None = None) -> str | None:
         """The highest complete segment name archived (optionally on one timeline).
 
-        Only the newest directories are listed, so the cost does not grow with the archive
-        (object storage lists every key once to find the directories: use the catalogue
-        there where the cost matters).
+        A local archive lists only its newest directories, so the cost does not grow with
+        the archive.  Object storage asks the local catalogue instead (its latest lines:
+        :func:`walvault.archive.catalogue.newest_catalogued_segment`): finding the newest
+        key of a bucket would mean listing all of it.
         """
+        if self.cloud:
+            from walvault.archive.catalogue import newest_catalogued_segment
+
+            return newest_catalogued_segment(self.server, timeline)
         for directory in reversed(self.hash_dirs()):
             if timeline is not None and int(directory[:8], 16) != timeline:
                 continue

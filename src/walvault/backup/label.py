@@ -1,26 +1,89 @@
-"""Where a base backup starts and ends: ``backup_label`` and ``backup_manifest``, parsed purely."""
+"""Where a base backup starts and ends: ``backup_label``, backup history files (``.backup``)
+and ``backup_manifest``, parsed purely.
+
+One strict parser reads both kinds of label.  PostgreSQL writes them line by line as
+``KEY: value`` (xlog.c ``do_pg_backup_start``/``do_pg_backup_stop`` up to 15, xlogbackup.c
+``build_backup_content`` from 16)::
+
+    START WAL LOCATION: 0/2000028 (file 000000010000000000000002)
+    STOP WAL LOCATION: 0/2000138 (file 000000010000000000000002)     (history file only)
+    CHECKPOINT LOCATION: 0/2000060
+    BACKUP METHOD: streamed
+    BACKUP FROM: primary
+    START TIME: 2026-11-25 16:00:39 UTC
+    LABEL: pg_basebackup base backup
+    START TIMELINE: 1
+    STOP TIME: 2026-11-25 16:00:40 UTC                                (history file only)
+    STOP TIMELINE: 1                                                  (history file only)
+
+(up to 15 the STOP WAL LOCATION line comes second, from 16 ``INCREMENTAL FROM LSN/TLI`` may
+follow START TIMELINE).  Each known key once; an unknown ``KEY: value`` line is allowed (a
+newer release); a line that is neither is only accepted as the continuation of a LABEL
+holding a newline.  The positions must agree with each other: the ``(file ...)`` names with
+their LSNs and timelines, the checkpoint between start and stop.  A history file's own name
+is ``<stop timeline><segment of START>.<offset of START>.backup``; the STOP file is the
+segment holding the stop LSN (16 and later) or the one before a segment boundary (15 and
+earlier): both are accepted.  Without a known segment size, a label is accepted when some
+valid size makes every position agree.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from walvault.wal.names import lsn_to_segment, parse_lsn
+from walvault.wal.names import is_backup_label, lsn_to_segment, parse_lsn
+from walvault.wal.pagecheck import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, format_lsn
 
-_START_RE = re.compile(r"^START WAL LOCATION: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)", re.MULTILINE)
-_TIME_RE = re.compile(r"^START TIME: (.+)$", re.MULTILINE)
-_TLI_RE = re.compile(r"^START TIMELINE: (\d+)", re.MULTILINE)
+_KEY_RE = re.compile(r"([A-Z][A-Z ]*[A-Z]):(?: (.*))?")
+_LSN = r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}"
+_LOCATION_RE = re.compile(rf"{_LSN} \(file [0-9A-F]{{24}}\)")
+_LSN_RE = re.compile(_LSN)
+_TLI_RE = re.compile(r"[0-9]{1,10}")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} \S+")
+_TIME_FORMAT = "'YYYY-MM-DD HH:MM:SS <zone>'"
+_METHODS = ("streamed", "pg_start_backup")
+_FROM = ("primary", "standby", "master")
+_LABEL_KEYS = (
+    "START WAL LOCATION",
+    "CHECKPOINT LOCATION",
+    "BACKUP METHOD",
+    "BACKUP FROM",
+    "START TIME",
+    "LABEL",
+    "START TIMELINE",
+)
+_STOP_KEYS = ("STOP WAL LOCATION", "STOP TIME", "STOP TIMELINE")
+_OTHER_KEYS = ("INCREMENTAL FROM LSN", "INCREMENTAL FROM TLI")
+_KNOWN_KEYS = frozenset(_LABEL_KEYS + _STOP_KEYS + _OTHER_KEYS)
+#: every valid WAL segment size, 1 MiB to 1 GiB
+_SIZES = tuple(1 << bits for bits in range(40) if MIN_SEGMENT_SIZE <= 1 << bits <= MAX_SEGMENT_SIZE)
+_SHOWN = 60
 
 
 @dataclass(frozen=True)
-class LabelFacts:
-    """What ``backup_label`` says: start LSN, start time and start timeline (PG 11+)."""
+class BackupLabel:
+    """A ``backup_label`` or backup history file; the ``stop_*`` fields only in the latter."""
 
     start_lsn: int
-    start_time: datetime | None
-    start_timeline: int | None
+    start_wal: str
+    checkpoint_lsn: int
+    method: str
+    backup_from: str
+    start_time_text: str
+    label: str
+    start_timeline: int
+    stop_lsn: int | None = None
+    stop_wal: str | None = None
+    stop_time_text: str | None = None
+    stop_timeline: int | None = None
+
+    @property
+    def start_time(self) -> datetime | None:
+        """START TIME as an aware datetime (None when its zone is not UTC/GMT or numeric)."""
+        return parse_label_time(self.start_time_text)
 
 
 @dataclass(frozen=True)
@@ -83,18 +146,175 @@ def parse_label_time(text: str) -> datetime | None:
     return None
 
 
-def parse_backup_label(text: str) -> LabelFacts:
-    """Parse the ``backup_label`` file pg_basebackup writes (ValueError without a start LSN)."""
-    start = _START_RE.search(text)
-    if start is None:
-        raise ValueError("backup_label has no START WAL LOCATION line")
-    when = _TIME_RE.search(text)
-    tli = _TLI_RE.search(text)
-    return LabelFacts(
-        start_lsn=parse_lsn(start.group(1)),
-        start_time=parse_label_time(when.group(1)) if when else None,
-        start_timeline=int(tli.group(1)) if tli else None,
+def _shown(line: str) -> str:
+    """A value quoted for a one-line message (escaped, shortened)."""
+    return repr(line if len(line) <= _SHOWN else line[:_SHOWN] + "...")
+
+
+def _fields(text: str) -> dict[str, str]:
+    """The ``KEY: value`` lines of a label (ValueError on anything else)."""
+    if "\0" in text:
+        raise ValueError("NUL byte (a backup label is text)")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    fields: dict[str, str] = {}
+    in_label = False
+    for lineno, line in enumerate(lines, start=1):
+        match = _KEY_RE.fullmatch(line)
+        key = match.group(1) if match else ""
+        if match is not None and key in _KNOWN_KEYS:
+            if key in fields:
+                raise ValueError(f"line {lineno}: {key} given twice")
+            fields[key] = match.group(2) or ""
+            in_label = key == "LABEL"
+        elif in_label:  # a label holding a newline
+            fields["LABEL"] += "\n" + line
+        elif match is None:
+            raise ValueError(f"line {lineno}: {_shown(line)} is not a 'KEY: value' line")
+    return fields
+
+
+def _value(fields: dict[str, str], key: str, pattern: re.Pattern[str], expected: str) -> str:
+    value = fields[key]
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{key} {_shown(value)} is not {expected}")
+    return value
+
+
+def _location(fields: dict[str, str], key: str) -> tuple[int, str]:
+    value = _value(fields, key, _LOCATION_RE, "'<LSN> (file <24 hex digits>)'")
+    lsn, _, wal = value.partition(" (file ")
+    return parse_lsn(lsn), wal[:-1]
+
+
+def _timeline(fields: dict[str, str], key: str) -> int:
+    tli = int(_value(fields, key, _TLI_RE, "a timeline ID"))
+    if not 1 <= tli <= 0xFFFFFFFF:
+        raise ValueError(f"{key} {tli} is not a timeline ID")
+    return tli
+
+
+def _choice(fields: dict[str, str], key: str, accepted: tuple[str, ...]) -> str:
+    value = fields[key]
+    if value not in accepted:
+        raise ValueError(f"{key} {_shown(value)} is not one of: {', '.join(accepted)}")
+    return value
+
+
+def _holds(wal: str, lsn: int, seg_size: int, *, end: bool = False) -> bool:
+    """Whether the segment ``wal`` holds ``lsn`` with ``seg_size``-byte segments (for an end
+    position, the segment before a boundary too)."""
+    tli = int(wal[:8], 16)
+    if lsn_to_segment(lsn, tli, seg_size).name == wal:
+        return True
+    return end and lsn_to_segment(lsn, tli, seg_size, prev_on_boundary=True).name == wal
+
+
+def _check(label: BackupLabel, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The segment sizes (of ``sizes``) with which every position of ``label`` agrees."""
+    if int(label.start_wal[:8], 16) != label.start_timeline:
+        raise ValueError(
+            f"START WAL LOCATION file {label.start_wal} is not on START TIMELINE "
+            f"{label.start_timeline}"
+        )
+    if label.checkpoint_lsn < label.start_lsn:
+        raise ValueError("CHECKPOINT LOCATION is before START WAL LOCATION")
+    sizes = tuple(s for s in sizes if _holds(label.start_wal, label.start_lsn, s))
+    if not sizes:
+        raise ValueError(
+            f"START WAL LOCATION {format_lsn(label.start_lsn)} is not in file {label.start_wal}"
+        )
+    if label.stop_lsn is None or label.stop_wal is None or label.stop_timeline is None:
+        return sizes
+    if int(label.stop_wal[:8], 16) != label.stop_timeline:
+        raise ValueError(
+            f"STOP WAL LOCATION file {label.stop_wal} is not on STOP TIMELINE {label.stop_timeline}"
+        )
+    if label.stop_timeline < label.start_timeline:
+        raise ValueError("STOP TIMELINE is below START TIMELINE")
+    if not label.start_lsn <= label.checkpoint_lsn <= label.stop_lsn:
+        raise ValueError("STOP WAL LOCATION is before START WAL LOCATION or the checkpoint")
+    sizes = tuple(s for s in sizes if _holds(label.stop_wal, label.stop_lsn, s, end=True))
+    if not sizes:
+        raise ValueError(
+            f"STOP WAL LOCATION {format_lsn(label.stop_lsn)} is not in file {label.stop_wal}"
+        )
+    return sizes
+
+
+def _parse(
+    text: str, segment_size: int | None, *, history: bool
+) -> tuple[BackupLabel, tuple[int, ...]]:
+    """The label and the segment sizes its positions agree with."""
+    fields = _fields(text)
+    wanted = _LABEL_KEYS + (_STOP_KEYS if history else ())
+    missing = [key for key in wanted if key not in fields]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} line")
+    for key in _OTHER_KEYS:
+        if key in fields:
+            _value(fields, key, _LSN_RE if key.endswith("LSN") else _TLI_RE, "valid")
+    start_lsn, start_wal = _location(fields, "START WAL LOCATION")
+    label = BackupLabel(
+        start_lsn=start_lsn,
+        start_wal=start_wal,
+        checkpoint_lsn=parse_lsn(_value(fields, "CHECKPOINT LOCATION", _LSN_RE, "an LSN")),
+        method=_choice(fields, "BACKUP METHOD", _METHODS),
+        backup_from=_choice(fields, "BACKUP FROM", _FROM),
+        start_time_text=_value(fields, "START TIME", _TIME_RE, _TIME_FORMAT),
+        label=fields["LABEL"],
+        start_timeline=_timeline(fields, "START TIMELINE"),
     )
+    if history:
+        stop_lsn, stop_wal = _location(fields, "STOP WAL LOCATION")
+        label = replace(
+            label,
+            stop_lsn=stop_lsn,
+            stop_wal=stop_wal,
+            stop_time_text=_value(fields, "STOP TIME", _TIME_RE, _TIME_FORMAT),
+            stop_timeline=_timeline(fields, "STOP TIMELINE"),
+        )
+    if segment_size is not None and segment_size not in _SIZES:
+        raise ValueError(f"invalid segment size {segment_size}")
+    return label, _check(label, (segment_size,) if segment_size else _SIZES)
+
+
+def _text(content: str | bytes) -> str:
+    return content.decode("utf-8", errors="replace") if isinstance(content, bytes) else content
+
+
+def parse_backup_label(content: str | bytes, *, segment_size: int | None = None) -> BackupLabel:
+    """Parse the ``backup_label`` of a base backup (ValueError saying what is wrong)."""
+    return _parse(_text(content), segment_size, history=False)[0]
+
+
+def parse_backup_history(
+    name: str, content: str | bytes, *, segment_size: int | None = None
+) -> BackupLabel:
+    """Parse the backup history file called ``name`` (``<24 hex>.<8 hex>.backup``).
+
+    Besides :func:`parse_backup_label`'s rules: the STOP lines, and a name made of the
+    STOP TIMELINE, the segment of START WAL LOCATION and its offset in that segment.
+    ValueError says what is wrong.
+    """
+    if not is_backup_label(name):
+        raise ValueError(f"{name!r} is not a backup history file name")
+    label, sizes = _parse(_text(content), segment_size, history=True)
+    assert label.stop_timeline is not None
+    expected = f"{label.stop_timeline:08X}{label.start_wal[8:]}"
+    if name[:24] != expected:
+        raise ValueError(
+            f"its name does not match its content (expected {expected}.<offset>.backup from "
+            "START WAL LOCATION and STOP TIMELINE)"
+        )
+    offset = int(name[25:33], 16)
+    if not any(label.start_lsn % size == offset for size in sizes):
+        raise ValueError(
+            f"offset {name[25:33]} in its name is not that of START WAL LOCATION "
+            f"{format_lsn(label.start_lsn)}"
+        )
+    return label
 
 
 def parse_manifest_ranges(text: str) -> list[WalRange]:
@@ -110,7 +330,7 @@ def parse_manifest_ranges(text: str) -> list[WalRange]:
 
 
 def backup_position(
-    label: LabelFacts, ranges: list[WalRange] | None, seg_size: int, end_hint: int | None = None
+    label: BackupLabel, ranges: list[WalRange] | None, seg_size: int, end_hint: int | None = None
 ) -> BackupPosition:
     """Combine the label and the manifest; the manifest gives the end, the label the start.
 
@@ -127,7 +347,7 @@ def backup_position(
         return BackupPosition(
             first.start_lsn, last.end_lsn, first.timeline, last.timeline, seg_size
         )
-    if end_hint is None or label.start_timeline is None:
+    if end_hint is None:
         raise ValueError("cannot tell where the backup ends: no backup_manifest")
     tli = label.start_timeline
     return BackupPosition(label.start_lsn, end_hint, tli, tli, seg_size)

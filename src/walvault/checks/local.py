@@ -169,7 +169,12 @@ def check_backups(server: ServerConfig) -> list[CheckResult]:
 
 def summarise_errors(server: ServerConfig) -> str:
     """``duplicates: 1, unknown: 2`` from the suffixes of the files in errors/."""
-    labels = {"duplicate": "duplicates", "unknown": "unknown", "error": "not relevant"}
+    labels = {
+        "duplicate": "duplicates",
+        "unknown": "unknown",
+        "error": "not relevant",
+        "invalid": "invalid content",
+    }
     counts: dict[str, int] = {}
     for name in _names(server.errors_directory):
         label = labels.get(name.rsplit(".", 1)[-1], "unknown failure")

@@ -7,6 +7,7 @@ options resolved before it (plus ``name`` and ``walvault_home``).
 from __future__ import annotations
 
 from walvault.config import parsers as p
+from walvault.config.server import PUT_WAL_TIMEOUT
 from walvault.records import NamedTuple
 
 # mypy reads this name as typing.TYPE_CHECKING (importing typing costs the restore client ~6 ms)
@@ -47,6 +48,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("streaming_backup_name", "walvault_streaming_backup"),
     Option("archiver", "off", p.parse_bool),
     Option("archiver_batch_size", "0", p.parse_non_negative_int),
+    Option("put_wal_timeout", str(PUT_WAL_TIMEOUT), p.parse_positive_int),
     Option("slot_name", None, p.parse_slot_name),
     Option("create_slot", "manual", p.choice("manual", "auto")),
     Option("path_prefix", None, p.parse_path_list),

@@ -11,6 +11,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from walvault.config.parsers import RetentionPolicy
 
+#: put-wal gives up on a stream that sends nothing for this many seconds (``put_wal_timeout``)
+PUT_WAL_TIMEOUT = 60
+
 
 class ServerConfig(NamedTuple):
     """One server section, resolved: Barman's defaults, interpolation and typed values.
@@ -39,6 +42,7 @@ class ServerConfig(NamedTuple):
     streaming_backup_name: str = "walvault_streaming_backup"
     archiver: bool = False
     archiver_batch_size: int = 0
+    put_wal_timeout: int = PUT_WAL_TIMEOUT
     slot_name: str | None = None
     create_slot: str = "manual"
     path_prefix: tuple[str, ...] = ()

@@ -35,6 +35,7 @@ __all__ = [
     "parse_lsn",
     "segment_range",
     "segments_per_log",
+    "shown_name",
     "timeline_of",
     "valid_segment_size",
     "validate_wal_name",
@@ -126,7 +127,7 @@ def is_any_wal_name(name: str) -> bool:
     return classify(name) is not None
 
 
-def _shown(name: str) -> str:
+def shown_name(name: str) -> str:
     """Escape control and non-ASCII characters so a name is safe to print."""
     text = name if len(name) <= _MAX_SHOWN_NAME else name[:_MAX_SHOWN_NAME] + "..."
     return text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
@@ -136,7 +137,7 @@ def validate_wal_name(name: str) -> str:
     """Return ``name`` unchanged when it is a WAL file name, else raise InvalidWalName."""
     if isinstance(name, str) and is_any_wal_name(name):
         return name
-    shown = _shown(name) if isinstance(name, str) else _shown(repr(name))
+    shown = shown_name(name) if isinstance(name, str) else shown_name(repr(name))
     raise InvalidWalName(
         f"'{shown}' is not a valid WAL file name (expected 24 hex digits, optionally with"
         " .partial or .<8 hex>.backup, or <8 hex>.history)"
@@ -199,7 +200,7 @@ class Segment(_SegmentFields):
         """Build from a segment, partial or backup label name (raises InvalidWalName)."""
         kind = classify(validate_wal_name(name))
         if kind is WalKind.HISTORY:
-            raise InvalidWalName(f"'{_shown(name)}' is a timeline history file, not a segment")
+            raise InvalidWalName(f"'{shown_name(name)}' is a timeline history file, not a segment")
         return cls(int(name[0:8], 16), int(name[8:16], 16), int(name[16:24], 16))
 
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from walfiles import MiB, backup_history
 from walsupply import SYSID, make_server, synthetic_segment
 from walvault.archive import errors_dir
 from walvault.archive.compression import ALGORITHMS, compress_bytes, decompress_bytes
@@ -14,6 +15,7 @@ from walvault.archive.ingest import (
     Staged,
     UnreadableArchive,
     Verdict,
+    archived_segment_size,
     decompressed_head,
     file_pieces,
     inspect_staged,
@@ -185,3 +187,56 @@ def test_errors_names_never_collide(tmp_path: Path) -> None:
     assert sorted(os.listdir(server.errors_directory)) == sorted(moved)
     with pytest.raises(ValueError):
         errors_dir.error_name(NAME, "bogus", "x")
+
+
+@pytest.mark.parametrize("algo", [None, "zstd"])
+def test_history_and_backup_files_are_judged(tmp_path: Path, algo: str | None) -> None:
+    def pack(text: str) -> bytes:
+        return compress_bytes(algo, text.encode()) if algo else text.encode()
+
+    label_name, label = backup_history(0x6000028, 0x6000100)
+    files = {
+        "00000002.history": (pack("1\t0/3000000\tno recovery target specified\n"), None),
+        "00000003.history": (pack("3\t0/3000000\tits own timeline\n"), "not below"),
+        "00000004.history": (pack(""), "no timeline switch line"),
+        label_name: (pack(label), None),
+        NAME + ".00000028.backup": (pack("START WAL LOCATION: 0/6000028\n"), "no CHECKPOINT"),
+    }
+    for name, (data, problem) in files.items():
+        _put(tmp_path, name, data)
+        found = inspect_staged(str(tmp_path), name, system_identifier=SYSID, segment_size=MiB)
+        if problem is None:
+            assert found.verdict is Verdict.ARCHIVE, found
+        else:
+            assert found.verdict is Verdict.INVALID and problem in found.problem, found
+
+
+def test_partials_without_a_header(tmp_path: Path) -> None:
+    name = f"{NAME}.partial"
+    _put(tmp_path, name, bytes(20 << 20))  # a header-less 20 MiB .partial
+    found = inspect_staged(str(tmp_path), name, system_identifier=SYSID, segment_size=16 << 20)
+    assert found.verdict is Verdict.INVALID
+    assert found.problem == "larger than 16777216 bytes, the segment size for a partial file"
+    _put(tmp_path, name, bytes(4096) + b"junk" + bytes(MiB - 4100))
+    found = inspect_staged(str(tmp_path), name, system_identifier=SYSID)
+    assert found.verdict is Verdict.INVALID and "not all zeros" in found.problem
+    _put(tmp_path, name, compress_bytes("gzip", bytes(4096) + b"junk"))
+    found = inspect_staged(str(tmp_path), name, system_identifier=SYSID)
+    assert found.verdict is Verdict.INVALID and "not all zeros" in found.problem
+    _put(tmp_path, name, synthetic_segment(NAME) + b"\0")
+    found = inspect_staged(str(tmp_path), name, system_identifier=SYSID)
+    assert found.verdict is Verdict.INVALID and "larger than the segment size" in found.problem
+    _put(tmp_path, name, bytes(MiB))  # created by pg_receivewal, nothing written yet
+    found = inspect_staged(str(tmp_path), name, system_identifier=SYSID, segment_size=MiB)
+    assert found.verdict is Verdict.ARCHIVE and found.header is None
+
+
+def test_archived_segment_size(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    assert archived_segment_size(server) is None
+    archived = Path(server.wals_directory, NAME[:16], NAME)
+    archived.parent.mkdir(parents=True)
+    archived.write_bytes(compress_bytes("lz4", synthetic_segment(NAME)))
+    assert archived_segment_size(server) == MiB
+    archived.write_bytes(b"junk")
+    assert archived_segment_size(server) is None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tarstream import sums_text, symlink_member, tar_stream
+from walfiles import backup_history
 from walsupply import SYSID, make_server, segment_name, synthetic_segment
 from walvault.archive.compression import compress_bytes
 from walvault.archive.putwal import PutWalError, check_accepting, put_wal, ssh_suffix
@@ -165,16 +166,15 @@ def test_invalid_contents_are_refused(server: ServerConfig) -> None:
     message = _refused(server, tar_stream({NAME: SEGMENT[:-1]}))
     assert "size 1048575, the header says 1048576" in message
     corrupt = compress_bytes("gzip", SEGMENT)[:-20]
-    assert f"'{NAME}' cannot be decompressed" in _refused(server, tar_stream({NAME: corrupt}))
+    message = _refused(server, tar_stream({NAME: corrupt}))
+    assert f"'{NAME}' is not a valid WAL file for its name (it cannot be decompressed" in message
     assert "not a valid WAL file" in _refused(server, tar_stream({NAME: bytes(len(SEGMENT))}))
     assert _incoming(server) == []
 
 
 def test_empty_partial_and_backup_files_are_accepted(server: ServerConfig) -> None:
-    files = {
-        NAME + ".partial": bytes(len(SEGMENT)),
-        NAME + ".00000028.backup": b"START WAL LOCATION: 0/6000028\n",
-    }
+    label_name, label = backup_history(0x6000028, 0x6000100)
+    files = {NAME + ".partial": bytes(len(SEGMENT)), label_name: label.encode()}
     _put(server, tar_stream(files))
     assert _incoming(server) == sorted(files)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walvault.wal.history import HistoryEntry, history_name, parse_history
+from walfiles import history_text
+from walvault.wal.history import HistoryEntry, history_name, parse_history, parse_history_file
 from walvault.wal.names import format_lsn, is_history, timeline_of
 
 # What PostgreSQL 15 wrote on promotion of a throwaway cluster (00000002.history).
@@ -106,3 +107,53 @@ def test_parse_round_trip(rows: list[tuple[int, int, str]]) -> None:
     entries = [HistoryEntry(t, lsn, r) for t, lsn, r in zip(tlis, lsns, reasons, strict=True)]
     text = "".join(f"{e.parent_tli}\t{format_lsn(e.switch_lsn)}\t{e.reason}\n" for e in entries)
     assert parse_history(text) == entries
+
+
+def test_history_files_as_postgresql_writes_them() -> None:
+    assert parse_history_file("00000002.history", REAL_TLI2.encode()) == [
+        HistoryEntry(1, 0x6007E0, "no recovery target specified")
+    ]
+    # writeTimeLineHistory copies the parent's file, then a newline, then its own line
+    third = history_text((1, 0x6007E0, "no recovery target specified"), (2, 0x9000000, "x"))
+    assert "\n\n" in third
+    assert [e.parent_tli for e in parse_history_file("00000003.history", third)] == [1, 2]
+    assert len(parse_history_file("0000000A.history", "7\t0/0\t" + "r" * 1017 + "\n")) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("00000001.history", "", "timeline 1 has no history file"),
+        ("00000002.history", "", "no timeline switch line"),
+        ("00000002.history", "# only a comment\n\n", "no timeline switch line"),
+        ("00000002.history", "2\t0/10\treason\n", "parent timeline 2 is not below"),
+        ("00000003.history", "1\t0/10\tre\0ason\n", "NUL byte"),
+        ("00000002.history", "1\t0/10\t" + "r" * 1018 + "\n", "longer than the 1023 bytes"),
+        ("00000002.history", "garbage\n", "malformed timeline history line 'garbage'"),
+        ("00000002.backup", "1\t0/10\n", "not a timeline history file name"),
+        ("2.history", "1\t0/10\n", "not a timeline history file name"),
+    ],
+)
+def test_history_files_postgresql_would_refuse_or_misread(
+    name: str, text: str, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_history_file(name, text.encode())
+
+
+def test_problems_are_one_line() -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_history_file("00000002.history", "x\x1b[2J\rinjected " + "y" * 200 + "\n")
+    assert "\x1b" not in str(caught.value) and "\r" not in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=0xFFFFFFFF))
+def test_random_bytes_raise_only_value_error(data: bytes, tli: int) -> None:
+    try:
+        entries = parse_history_file(history_name(tli), data)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert entries and all(e.parent_tli < tli for e in entries)
