@@ -42,6 +42,7 @@ def run_checks(server: ServerConfig) -> list[CheckResult]:
         results += _receiver(server, facts)
     results.append(L.check_archiver_errors(server))
     results.append(L.check_gaps(server))
+    results.append(L.check_timeline_forks(server))
     return results
 
 

@@ -91,6 +91,8 @@ def collect(server: ServerConfig) -> list[tuple[str, str, str]]:
         rows.append(("synchronous", "Synchronous streaming", str(state_.synchronous)))
         if state_.exit_reason:
             rows.append(("last_exit", "Last exit of receive-wal", state_.exit_reason))
+        if state_.cause and state_.exit_code:
+            rows.append(("last_error", "Cause of the last failure", state_.cause))
         for line in state_.last_lines[-5:]:
             rows.append(("last_line", "pg_receivewal said", line))
         wal = facts.wal_facts
@@ -124,9 +126,23 @@ def collect(server: ServerConfig) -> list[tuple[str, str, str]]:
     gaps = load_gaps(server)
     rows.append(("gaps", "Recorded WAL gaps", str(len(gaps))))
     rows += [("gap", "WAL gap", gap.describe()) for gap in gaps]
+    rows += _fork_rows(server)
     errors = L.summarise_errors(server)
     rows.append(("archiver_errors", "Files in errors/", errors or "none"))
     return rows
+
+
+def _fork_rows(server: ServerConfig) -> list[tuple[str, str, str]]:
+    """Recorded timeline forks (a bad record file is one row naming it)."""
+    from walvault.errors import WalvaultError
+    from walvault.receiver.forks import load_forks
+
+    try:
+        forks = load_forks(server)
+    except WalvaultError as exc:
+        return [("timeline_forks", "Timeline forks", f"unknown: {exc.message}")]
+    rows = [("timeline_forks", "Timeline forks", str(len(forks)))]
+    return rows + [("timeline_fork", "Timeline fork", fork.describe()) for fork in forks]
 
 
 def status(ctx: Context, args: argparse.Namespace) -> int:
