@@ -132,6 +132,7 @@ def test_failover_to_a_standby_behind_walvault_resumes_on_timeline_2(
             raise AssertionError(f"{exc}\ncron: {cron.outputs[-3:]}\nlog: {log}") from None
         resumed_after = time.monotonic() - since
         assert resumed_after < 60, resumed_after
+        print(f"streaming resumed on timeline 2 {resumed_after:.1f} s after the repointing")
 
         standby.sql("INSERT INTO marks VALUES ('tl2 b')")
         closed = standby.switch_wal()

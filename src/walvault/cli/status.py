@@ -91,7 +91,7 @@ def collect(server: ServerConfig) -> list[tuple[str, str, str]]:
         rows.append(("synchronous", "Synchronous streaming", str(state_.synchronous)))
         if state_.exit_reason:
             rows.append(("last_exit", "Last exit of receive-wal", state_.exit_reason))
-        if state_.cause and state_.exit_code:
+        if state_.cause and state_.exit_code and state_.cause != state_.exit_reason:
             rows.append(("last_error", "Cause of the last failure", state_.cause))
         for line in state_.last_lines[-5:]:
             rows.append(("last_line", "pg_receivewal said", line))

@@ -190,7 +190,13 @@ def reset_position(server: ServerConfig, source: WalSource, echo: Echo, warn: Ec
             f"was {target.name})",
             echo,
         )
-    if named == target:
+    on_path = {span.tli for span in path}
+    if (
+        named is not None
+        and named.segno(seg_size) == target.segno(seg_size)
+        and named.tli in on_path
+    ):
+        # the same segment, on its timeline or on an ancestor pg_receivewal follows from
         echo("Nothing to do. Position of receive-wal is aligned (the server still has its WAL).")
         return 0
     _place_status(directory, files, target, seg_size, echo)

@@ -137,6 +137,7 @@ def _record_failure(server: ServerConfig, reason: str) -> None:
     state.pid, state.child_pid = os.getpid(), None
     state.started_at, state.ended_at = now, now
     state.exit_code, state.exit_reason = 1, reason
+    state.error_line = reason  # not an older run's pg_receivewal line
     state.last_lines = [*state.last_lines[-10:], f"receive-wal could not start: {reason}"]
     save_state(server, state)
 

@@ -106,3 +106,14 @@ def test_a_full_disk_rewrites_the_state_in_place(
     assert load_state(server).cause == cause
     with pytest.raises(OSError):  # more than the file's blocks: cannot be saved at all
         save_state(server, ReceiverState(last_lines=["y" * 100_000]))
+
+
+def test_a_start_up_failure_replaces_the_cause_of_an_older_run(tmp_path: Path) -> None:
+    from walvault.receiver.service import _record_failure
+
+    server = make_server(tmp_path)
+    save_state(server, ReceiverState(exit_code=1, error_line=decisive_line(REMOVED)))
+    _record_failure(server, 'password authentication failed for user "streaming_walvault"')
+    loaded = load_state(server)
+    assert loaded.cause == loaded.exit_reason
+    assert "password authentication failed" in (loaded.cause or "")
