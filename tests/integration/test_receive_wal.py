@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from wvharness import make_segments, segment_names, start_receiver, streaming_server, wait_for
+from walvault.postgres.sources import inspect_wal_source
+from walvault.receiver.reset import reset_position
+from wvharness import (
+    make_segments,
+    segment_names,
+    slot_active,
+    start_receiver,
+    streaming_server,
+    wait_for,
+)
 
 APP = "walvault_receive_wal"
 
@@ -132,37 +142,82 @@ def test_slot_commands(pg: Any, walvault_factory: Any) -> None:
     assert "Termination of receive-wal failed: no such process for server pg" in nothing.stderr
 
 
-def test_reset_after_the_server_removed_needed_wal(pg: Any, walvault_factory: Any) -> None:
-    wv = walvault_factory({"pg": streaming_server(pg, create_slot="manual")})
-    assert wv.run("receive-wal", "--create-slot", "pg").returncode == 0
+def _oldest_on_server(pg: Any) -> str:
+    """The oracle: the oldest segment still in the server's pg_wal."""
+    return str(pg.scalar("SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'"))
+
+
+def test_lost_slot_reset_records_the_gap_and_cron_streams_again(
+    pg: Any, walvault_factory: Any
+) -> None:
+    pg.configure({"max_wal_size": "32MB", "min_wal_size": "32MB"})
+    wv = walvault_factory({"pg": streaming_server(pg)})
     proc = start_receiver(wv, pg)
-    wait_streamed(wv, make_segments(pg, 1))
+    wait_streamed(wv, make_segments(pg, 2))
+    pg.sql("INSERT INTO t VALUES (1, 'in the partial')")
+    streaming = Path(wv.server().streaming_wals_directory)
+    partial = wait_for(
+        lambda: next((n for n in os.listdir(streaming) if n.endswith(".partial")), None),
+        what="a .partial",
+    )
     assert wv.run("receive-wal", "--stop", "pg").returncode == 0
     proc.wait(timeout=20)
     wait_for(lambda: not slot_row(pg)[0], what="slot inactive")
-    # lose WAL: drop the slot, write and checkpoint so the segments are removed, new slot
+    # the slot is lost and the server recycles the WAL walvault needs
     assert wv.run("receive-wal", "--drop-slot", "pg").returncode == 0
-    make_segments(pg, 4)
-    pg.sql("CHECKPOINT")
-    make_segments(pg, 1)
-    pg.sql("CHECKPOINT")
-    assert wv.run("receive-wal", "--create-slot", "pg").returncode == 0
+    for _ in range(3):
+        make_segments(pg, 3)
+        pg.sql("CHECKPOINT")
+    oldest = _oldest_on_server(pg)
+    assert oldest[8:] > partial[8:24], (oldest, partial)
+    # receive-wal re-creates the slot (create_slot = auto) and pg_receivewal is refused
     failed = wv.run("receive-wal", "pg", timeout=60)
     assert failed.returncode == 1
-    assert "has already been removed" in failed.stdout + failed.stderr
-    reset = wv.run("receive-wal", "--reset", "pg")
-    assert reset.returncode == 0, reset.stderr
-    assert "Recording a WAL gap" in reset.stdout
-    gaps = json.loads((Path(wv.server().backup_directory) / "walvault-gaps.json").read_text())
-    assert len(gaps) == 1
-    gap = gaps[0]
-    assert gap["first_missing"] <= gap["last_missing"]
-    assert "reset" in gap["reason"]
-    # streaming now works again, from the slot's position
-    start_receiver(wv, pg)
+    assert "has already been removed" in failed.stderr, failed.stderr
+    check = wv.run("check", "pg")
+    line = next(ln for ln in check.stdout.splitlines() if "receive-wal running:" in ln)
+    assert "FAILED" in line and "has already been removed" in line, line
+    assert "walvault receive-wal --reset pg" in line, line
+    assert "disconnected" not in line.split("cause:")[-1], line
+    status = wv.run("status", "pg").stdout
+    assert "Cause of the last failure: pg_receivewal: error:" in status, status
+    assert "has already been removed" in status
+
+    # pg_receivewal's status reports can drag the new slot's restart_lsn back to the removed
+    # position it asked for (a race with the walsender's failure): --reset must not trust it
+    server = wv.server()
+    source = inspect_wal_source(server)
+    assert source.slot is not None
+    dragged = replace(source, slot=replace(source.slot, restart_lsn=int(partial[8:24], 16) << 20))
+    said: list[str] = []
+    assert reset_position(server, dragged, said.append, said.append) == 0
+    assert any("Recording a WAL gap" in line for line in said), said
+    gaps = json.loads((Path(server.backup_directory) / "walvault-gaps.json").read_text())
+    assert len(gaps) == 1, gaps
+    assert gaps[0]["first_missing"] == partial[:24]
+    assert gaps[0]["last_missing"] == f"{int(oldest, 16) - 1:024X}", (gaps, oldest)
+    assert "reset" in gaps[0]["reason"]
+    assert (streaming / partial).stat().st_size > 0  # the WAL it holds is kept, for archive-wal
+    assert (streaming / f"{oldest}.partial").exists()
+    again = wv.run("receive-wal", "--reset", "pg")  # a re-run records nothing twice
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "recorded already" in again.stdout and "Nothing to do" in again.stdout, again.stdout
+    assert len(json.loads((Path(server.backup_directory) / "walvault-gaps.json").read_text())) == 1
+
+    # cron streams again, from the oldest segment the server had
+    assert wv.run("cron").returncode == 0
+    wait_for(lambda: slot_active(pg), what="streaming again")
     wait_streamed(wv, make_segments(pg, 1))
+    assert (
+        oldest in segment_names(streaming)
+        or (Path(wv.server().wals_directory) / oldest[:16] / oldest).exists()
+    )
+    check = wv.run("check", "pg")
+    assert "receive-wal running: OK" in check.stdout, check.stdout
+    assert "WAL gaps: FAILED" in check.stdout
     aligned = wv.run("receive-wal", "--reset", "pg")
     assert aligned.returncode == 1 and "Process is still running" in aligned.stderr
+    wv.run("receive-wal", "--stop", "pg")
 
 
 def test_wal_streaming_conninfo_primary_while_conninfo_is_standby(
@@ -233,3 +288,55 @@ def test_refuses_when_streaming_archiver_off(pg: Any, walvault_factory: Any, opt
     result = wv.run("receive-wal", "pg")
     assert result.returncode == 1
     assert "streaming_archiver option set to 'off'" in result.stderr
+
+
+def test_resume_points_come_from_headers_not_names(pg: Any, walvault_factory: Any) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg, compression="zstd")})
+    server = wv.server()
+    proc = start_receiver(wv, pg)
+    closed = make_segments(pg, 3)
+    wait_streamed(wv, closed)
+    assert wv.run("receive-wal", "--stop", "pg").returncode == 0
+    proc.wait(timeout=20)
+    wals = Path(server.wals_directory)
+    assert wv.run("archive-wal", "pg").returncode == 0
+    newest = max(segment_names(wals / closed[0][:16]))
+    assert newest >= closed[-2], (newest, closed)
+    # a fresh receiver: nothing in streaming/, and the newest archived file misnamed
+    streaming = Path(server.streaming_wals_directory)
+    for name in os.listdir(streaming):
+        (streaming / name).unlink()
+    misnamed = f"{int(newest, 16) + 4:024X}"
+    os.rename(wals / newest[:16] / newest, wals / newest[:16] / misnamed)
+    refused = wv.run("receive-wal", "pg")
+    assert refused.returncode == 1
+    assert f"the newest archived WAL file {wals / newest[:16] / misnamed} is not the segment" in (
+        refused.stderr
+    ), refused.stderr
+    assert "receive-wal --reset pg" in refused.stderr
+    assert not any(streaming.iterdir())  # no status file made from the name alone
+    check = wv.run("check", "pg").stdout
+    assert "is not the segment its name says" in check, check
+
+    # what the old name-based guard left: a status file after the misnamed one
+    ahead = streaming / f"{int(misnamed, 16) + 1:024X}.partial"
+    ahead.write_bytes(b"")
+    failed = wv.run("receive-wal", "pg", timeout=60)
+    assert failed.returncode == 1
+    assert "is ahead of the WAL flush position" in failed.stderr, failed.stderr
+    line = next(
+        ln for ln in wv.run("check", "pg").stdout.splitlines() if "receive-wal running" in ln
+    )
+    assert "ahead of the WAL flush position" in line and "--reset pg" in line, line
+
+    reset = wv.run("receive-wal", "--reset", "pg")
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert f"{wals / newest[:16] / misnamed} is not the segment its name says" in reset.stderr
+    assert f"Removing status file {ahead}" in reset.stdout, reset.stdout
+    assert f"Creating status file {streaming / newest}.partial" in reset.stdout, reset.stdout
+    assert not (Path(server.backup_directory) / "walvault-gaps.json").exists()  # nothing lost
+
+    start_receiver(wv, pg)
+    wait_streamed(wv, [newest])
+    assert (streaming / newest).read_bytes() == (pg.wal_dir / newest).read_bytes()
+    wv.run("receive-wal", "--stop", "pg")

@@ -125,9 +125,9 @@ def find_names(path: str | os.PathLike[str], names: Collection[str]) -> set[str]
 NEWEST_SCAN = 4 << 20
 
 
-def newest_catalogued_segment(server: ServerConfig, timeline: int | None = None) -> str | None:
-    """The highest segment name among the catalogue's latest lines (optionally on one
-    timeline): what an archive in object storage uses instead of listing the bucket.
+def recent_catalogued_segments(server: ServerConfig) -> list[str]:
+    """The segment names among the catalogue's latest lines, highest first: what an archive
+    in object storage uses instead of listing the bucket.
 
     Lines are in arrival order, so the newest segments are at the end; only the last
     ``NEWEST_SCAN`` bytes are read (a torn last line is ignored).
@@ -135,7 +135,7 @@ def newest_catalogued_segment(server: ServerConfig, timeline: int | None = None)
     try:
         handle: BinaryIO = open(server.xlogdb_path, "rb")  # noqa: SIM115
     except FileNotFoundError:
-        return None
+        return []
     with handle:
         end = handle.seek(0, os.SEEK_END)
         start = max(0, end - NEWEST_SCAN)
@@ -143,16 +143,17 @@ def newest_catalogued_segment(server: ServerConfig, timeline: int | None = None)
         lines = handle.read().split(b"\n")
     if start:
         lines = lines[1:]  # the first one is cut
-    best: str | None = None
-    for line in lines[:-1]:
-        name = _first_token(line)
-        if classify(name) is not WalKind.SEGMENT:
-            continue
-        if timeline is not None and int(name[:8], 16) != timeline:
-            continue
-        if best is None or name > best:
-            best = name
-    return best
+    names = {_first_token(line) for line in lines[:-1]}
+    return sorted((n for n in names if classify(n) is WalKind.SEGMENT), reverse=True)
+
+
+def newest_catalogued_segment(server: ServerConfig, timeline: int | None = None) -> str | None:
+    """The highest catalogued segment name (optionally on one timeline): see
+    :func:`recent_catalogued_segments`."""
+    for name in recent_catalogued_segments(server):
+        if timeline is None or int(name[:8], 16) == timeline:
+            return name
+    return None
 
 
 def xlogdb_lock(server: ServerConfig) -> ServerLock:

@@ -266,6 +266,37 @@ class WalArchive:
                 return segments[-1]
         return None
 
+    def segments_newest_first(self) -> Iterator[str]:
+        """Archived segment names, newest first (object storage: the catalogue's latest
+        lines, as :meth:`newest_segment`)."""
+        if self.cloud:
+            from walvault.archive.catalogue import recent_catalogued_segments
+
+            yield from recent_catalogued_segments(self.server)
+            return
+        for directory in reversed(self.hash_dirs()):
+            names = [n for n in self.names_in(directory) if classify(n) is WalKind.SEGMENT]
+            yield from reversed(names)
+
+    def read_head(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of the decoded content of archived ``name`` (fewer if it is
+        shorter); FileNotFoundError when it is not archived."""
+        from walvault.archive.ingest import archived_pieces
+
+        twin = self.find(name)
+        if twin is None:
+            raise FileNotFoundError(f"{name} is not archived in {self.url()}")
+        pieces = archived_pieces(self, twin)
+        head = b""
+        try:
+            for piece in pieces:
+                head += piece
+                if len(head) >= size:
+                    break
+        finally:
+            pieces.close()
+        return head[:size]
+
     # ---------------------------------------------------------------- writing, deleting
 
     def batch(self) -> WriteBatch:

@@ -11,7 +11,7 @@ from walvault.archive.layout import hash_dirs
 from walvault.backup.info import iter_backups
 from walvault.checks import CheckResult
 from walvault.config import ServerConfig
-from walvault.errors import StateFileError, describe_os_error
+from walvault.errors import StateFileError, WalvaultError, describe_os_error
 from walvault.humanize import pretty_duration
 from walvault.receiver.gaps import open_gaps
 from walvault.receiver.state import load_state
@@ -115,7 +115,8 @@ def check_directories(server: ServerConfig) -> CheckResult:
         elif not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             problems.append(f"{path}: {_denied(path, os.R_OK | os.W_OK | os.X_OK)}")
     optional = [server.meta_directory, server.basebackups_directory]
-    if os.access(server.wals_directory, os.R_OK | os.X_OK):
+    local_wals = not server.wals_in_object_storage
+    if local_wals and os.access(server.wals_directory, os.R_OK | os.X_OK):
         optional += [os.path.join(server.wals_directory, d) for d in hash_dirs(server)]
     for path in optional:
         if os.path.isdir(path) and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
@@ -205,6 +206,22 @@ def check_gaps(server: ServerConfig) -> CheckResult:
     return CheckResult("WAL gaps", False, hint)
 
 
+def check_timeline_forks(server: ServerConfig) -> CheckResult:
+    """FAILED while a recorded fork is not superseded by a DONE backup that begins after it."""
+    from walvault.receiver.forks import done_backup_starts, load_forks, open_forks
+
+    name = "timeline fork"
+    try:
+        forks = open_forks(load_forks(server), done_backup_starts(server))
+    except WalvaultError as exc:
+        return CheckResult(name, False, exc.message)
+    if not forks:
+        return CheckResult(name, True)
+    hint = "; ".join(fork.describe() for fork in forks)
+    hint += f" - take a new backup ('walvault backup {server.name}') to clear this"
+    return CheckResult(name, False, hint)
+
+
 def receiver_pid(server: ServerConfig) -> int | None:
     """The PID of a live receive-wal, from its lock."""
     pid = locks.lock_holder(server.lock_directory, server.name, locks.RECEIVE_WAL)
@@ -212,14 +229,21 @@ def receiver_pid(server: ServerConfig) -> int | None:
 
 
 def receiver_failure_hint(server: ServerConfig) -> str:
-    """Why the receiver is not running, from its recorded evidence."""
+    """Why the receiver is not running, from its recorded evidence: pg_receivewal's decisive
+    error line (not its incidental last line) and what to do about it."""
+    from walvault.receiver.state import advice
+
     state = load_state(server)
     parts = []
     if state.exit_reason:
         parts.append(f"last exit: {state.exit_reason}")
-    last = next((line for line in reversed(state.last_lines) if line.strip()), None)
+    cause = state.cause
+    last = cause or next((line for line in reversed(state.last_lines) if line.strip()), None)
     if last and (not state.exit_reason or last not in state.exit_reason):
-        parts.append(f"last message: {last}")
+        parts.append(f"{'cause' if cause else 'last message'}: {last}")
+    todo = advice(f"{state.exit_reason} {cause}", server.name)
+    if todo:
+        parts.append(todo)
     if state.consecutive_failures > 1:
         parts.append(f"{state.consecutive_failures} failures in a row")
     return "; ".join(parts) or "See the walvault log file for more details"

@@ -94,6 +94,7 @@ def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
         yield from _receiver(server, facts)
     yield from guarded("archiver errors", lambda: L.check_archiver_errors(server))
     yield from guarded("WAL gaps", lambda: L.check_gaps(server))
+    yield from guarded("timeline fork", lambda: L.check_timeline_forks(server))
     yield from guarded("WAL continuity", lambda: check_continuity(server, backups))
     yield from guarded("WAL catalogue", lambda: check_catalogue(server))
     yield from guarded("free space", lambda: check_free_space(server))

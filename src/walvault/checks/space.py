@@ -35,9 +35,11 @@ class Filesystem:
 
 def uses(server: ServerConfig) -> list[tuple[str, str]]:
     """(label, directory) of every place walvault writes to for ``server``."""
+    found = [("home", server.walvault_home)]
+    if not server.wals_in_object_storage:
+        found.append(("wals", server.wals_directory))
     return [
-        ("home", server.walvault_home),
-        ("wals", server.wals_directory),
+        *found,
         ("streaming", server.streaming_wals_directory),
         ("incoming", server.incoming_wals_directory),
     ]

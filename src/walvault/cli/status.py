@@ -65,6 +65,7 @@ def collect(server: ServerConfig) -> list[Row]:
     rows += _guarded("archive_size", "WAL archive", lambda: _archive_size_row(server))
     rows += _guarded("backlog_streaming", "Waiting in streaming/", lambda: _backlog_rows(server))
     rows += _guarded("gaps", "Recorded WAL gaps", lambda: _gap_rows(server))
+    rows += _guarded("timeline_forks", "Timeline forks", lambda: _fork_rows(server))
     rows += _guarded("archiver_errors", "Files in errors/", lambda: _error_rows(server))
     return rows
 
@@ -142,6 +143,8 @@ def _receiver_rows(server: ServerConfig, facts: RemoteFacts) -> list[Row]:
     rows.append(("synchronous", "Synchronous streaming", str(state_.synchronous)))
     if state_.exit_reason:
         rows.append(("last_exit", "Last exit of receive-wal", state_.exit_reason))
+    if state_.cause and state_.exit_code and state_.cause != state_.exit_reason:
+        rows.append(("last_error", "Cause of the last failure", state_.cause))
     for line in state_.last_lines[-5:]:
         rows.append(("last_line", "pg_receivewal said", line))
     wal = facts.wal_facts
@@ -202,6 +205,15 @@ def _error_rows(server: ServerConfig) -> list[Row]:
 
     errors = L.summarise_errors(server)
     return [("archiver_errors", "Files in errors/", errors or "none")]
+
+
+def _fork_rows(server: ServerConfig) -> list[Row]:
+    """Recorded timeline forks (a bad record file is one row naming it)."""
+    from walvault.receiver.forks import load_forks
+
+    forks = load_forks(server)
+    rows: list[Row] = [("timeline_forks", "Timeline forks", str(len(forks)))]
+    return rows + [("timeline_fork", "Timeline fork", fork.describe()) for fork in forks]
 
 
 def status(ctx: Context, args: argparse.Namespace) -> int:

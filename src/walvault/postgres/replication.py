@@ -1,4 +1,4 @@
-"""Replication-protocol commands: IDENTIFY_SYSTEM, and creating and dropping physical slots."""
+"""Replication-protocol commands: IDENTIFY_SYSTEM, TIMELINE_HISTORY, physical slots."""
 
 from __future__ import annotations
 
@@ -32,6 +32,27 @@ def identify_system(conn: psycopg.Connection[tuple[object, ...]]) -> SystemIdent
     if row is None:
         raise WalvaultError("IDENTIFY_SYSTEM returned no row")
     return SystemIdentity(_text(row[0]), int(_text(row[1])), parse_lsn(_text(row[2])))
+
+
+def timeline_history(conn: psycopg.Connection[tuple[object, ...]], tli: int) -> bytes:
+    """The content of timeline ``tli``'s history file, as the server sends it.
+
+    ``TIMELINE_HISTORY`` answers one row (file name, content); timeline 1 has no history
+    file, so callers never ask for it.
+    """
+    if not isinstance(tli, int) or isinstance(tli, bool) or not 2 <= tli <= 0xFFFFFFFF:
+        raise ValueError(f"no history file for timeline {tli!r}")
+    try:
+        row = conn.execute(f"TIMELINE_HISTORY {tli}").fetchone()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise WalvaultError(f"TIMELINE_HISTORY {tli} failed: {reason}") from None
+    if row is None or len(row) < 2:
+        raise WalvaultError(f"TIMELINE_HISTORY {tli} returned no file")
+    content = row[1]
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    return str(content).encode()
 
 
 class SlotExists(WalvaultError):

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg
+
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.identity import read_identity, write_identity
-from walvault.postgres.connection import connect, connect_replication
-from walvault.postgres.replication import SystemIdentity, identify_system
+from walvault.postgres.connection import connect, connect_replication, describe_error
+from walvault.postgres.replication import SystemIdentity, identify_system, timeline_history
 from walvault.postgres.status import ServerInfo, SlotInfo, get_slot, has_monitoring_privileges
 from walvault.postgres.status import server_info as read_server_info
+from walvault.wal.history import HistoryEntry, history_name, parse_history
+from walvault.wal.names import is_segment
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,52 @@ def check_or_record_identity(server: ServerConfig, source: WalSource) -> None:
             f"stored in {server.identity_path} ({stored.get('systemid')}): is the "
             "configuration pointing at another cluster?"
         )
+
+
+def source_history(
+    server: ServerConfig, tli: int, timeout: int = 10
+) -> tuple[bytes, list[HistoryEntry]]:
+    """The history file of timeline ``tli`` on the WAL source: its bytes and its entries.
+
+    Timeline 1 has none: ``(b"", [])``.  A file PostgreSQL would not accept is an error.
+    """
+    if tli == 1:
+        return b"", []
+    conninfo = server.wal_source_conninfo
+    if not conninfo:
+        raise WalvaultError(f"server '{server.name}' has no streaming connection configured")
+    with connect_replication(conninfo, timeout=timeout) as repl:
+        content = timeline_history(repl, tli)
+    try:
+        return content, parse_history(content, timeline=tli)
+    except ValueError as exc:
+        raise WalvaultError(
+            f"the WAL source of server '{server.name}' sent an invalid {history_name(tli)}: {exc}"
+        ) from None
+
+
+def source_wal_files(server: ServerConfig, timeout: int = 10) -> set[str]:
+    """The WAL segment files the WAL source still has in ``pg_wal`` (``pg_ls_waldir()``).
+
+    The monitoring user needs ``pg_monitor`` (or superuser): ``pg_ls_waldir`` is granted to
+    nobody else by default.  This, not the slot's ``restart_lsn``, tells what the server can
+    still send: a pg_receivewal that asked for removed WAL drags the slot's ``restart_lsn``
+    back to that position.
+    """
+    monitor_dsn = server.wal_monitoring_conninfo
+    if not monitor_dsn:
+        raise WalvaultError(f"server '{server.name}' has no monitoring connection configured")
+    which = "wal_conninfo" if server.wal_conninfo else "conninfo"
+    with connect(monitor_dsn, timeout=timeout) as conn:
+        try:
+            rows = conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            raise WalvaultError(
+                f"the user of '{which}' of server '{server.name}' may not list the server's "
+                "WAL (pg_ls_waldir): grant it pg_monitor, or use a superuser"
+            ) from None
+        except psycopg.Error as exc:
+            raise WalvaultError(
+                f"cannot list the WAL of server '{server.name}': {describe_error(exc, monitor_dsn)}"
+            ) from None
+    return {str(row[0]) for row in rows if is_segment(str(row[0]))}

@@ -1,4 +1,4 @@
-"""receive-wal: preflight, slots, gap-safe positioning, reset, and running pg_receivewal."""
+"""receive-wal: preflight, slots, following forks, gap-safe positioning, running pg_receivewal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Callable
 
-from walvault.archive.layout import newest_archived_segment
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
 from walvault.fs import durable_replace_bytes
@@ -19,15 +18,20 @@ from walvault.postgres.replication import (
     drop_physical_slot,
 )
 from walvault.postgres.sources import WalSource, check_or_record_identity, inspect_wal_source
-from walvault.receiver.binary import RECEIVEWAL_NAMES, find_program, require_compatible
+from walvault.receiver.binary import (
+    RECEIVEWAL_NAMES,
+    ClientProgram,
+    find_program,
+    require_compatible,
+)
 from walvault.receiver.command import build_receiver_command
-from walvault.receiver.gaps import record_gap
+from walvault.receiver.failover import current_position, follow_fork, is_fork_refusal
 from walvault.receiver.position import resume_segment, scan_streaming, truncate_bad_partial
 from walvault.receiver.process import ReceiverFailed, run_receiver
+from walvault.receiver.reset import reset_position
 from walvault.receiver.state import ReceiverState, load_state, save_state
 from walvault.receiver.sync import parse_sync_standby_names
 from walvault.subprocesses import streaming_dsn
-from walvault.wal.names import Segment, lsn_to_segment
 
 log = logging.getLogger("walvault.receiver")
 Echo = Callable[[str], None]
@@ -133,6 +137,7 @@ def _record_failure(server: ServerConfig, reason: str) -> None:
     state.pid, state.child_pid = os.getpid(), None
     state.started_at, state.ended_at = now, now
     state.exit_code, state.exit_reason = 1, reason
+    state.error_line = reason  # not an older run's pg_receivewal line
     state.last_lines = [*state.last_lines[-10:], f"receive-wal could not start: {reason}"]
     save_state(server, state)
 
@@ -148,6 +153,29 @@ def _locked_receive_wal(server: ServerConfig, echo: Echo, warn: Echo, *, reset: 
 
 def _start_streaming(server: ServerConfig, echo: Echo, warn: Echo, *, reset: bool) -> int:
     os.makedirs(server.streaming_wals_directory, exist_ok=True)
+    source = _inspect(server, warn)
+    program = find_program(RECEIVEWAL_NAMES, server.search_path)
+    require_compatible(program, "pg_receivewal", source.info.version_num)
+    assert program is not None
+    _ensure_slot(server, source, echo, reset)
+    follow_fork(server, source, echo, warn, strict=not reset)
+    if reset:
+        return reset_position(server, source, echo, warn)
+    try:
+        return _stream(server, source, program, echo)
+    except ReceiverFailed as exc:
+        if not is_fork_refusal(exc.message):
+            raise
+        failure = exc
+    # the server forked between our look at its history and pg_receivewal's start
+    echo("pg_receivewal was refused a position past a fork of the server's history")
+    source = _inspect(server, warn)
+    if follow_fork(server, source, echo, warn) is None:
+        raise failure
+    return _stream(server, source, program, echo)
+
+
+def _inspect(server: ServerConfig, warn: Echo) -> WalSource:
     source = inspect_wal_source(server)
     check_or_record_identity(server, source)
     if source.info.in_recovery:
@@ -155,12 +183,11 @@ def _start_streaming(server: ServerConfig, echo: Echo, warn: Echo, *, reset: boo
             f"streaming WAL of server '{server.name}' from a standby: its WAL stops "
             "at what it has replayed, and a promotion switches the timeline"
         )
-    program = find_program(RECEIVEWAL_NAMES, server.search_path)
-    require_compatible(program, "pg_receivewal", source.info.version_num)
-    assert program is not None
-    _ensure_slot(server, source, echo, reset)
-    if reset:
-        return reset_position(server, source, echo)
+    return source
+
+
+def _stream(server: ServerConfig, source: WalSource, program: ClientProgram, echo: Echo) -> int:
+    """Position ``streaming/`` and run pg_receivewal in the foreground."""
     _guard_against_silent_skip(server, source, echo)
     message = truncate_bad_partial(
         server.streaming_wals_directory,
@@ -211,62 +238,19 @@ def _guard_against_silent_skip(server: ServerConfig, source: WalSource, echo: Ec
 
     pg_receivewal starts from the slot when its directory is empty, which would silently skip
     whatever lies between the archive and the slot. An empty ``.partial`` of the next segment
-    makes it resume exactly where the archive ends (or fail loudly if that WAL is gone).
+    makes it resume exactly where the archive ends (or fail loudly if that WAL is gone). The
+    archive's end is judged by page headers: a newest archived file whose header contradicts
+    its name is refused (:func:`walvault.receiver.failover.current_position`).
     """
     seg_size = source.info.wal_segment_size
     files = scan_streaming(server.streaming_wals_directory)
     if resume_segment(files, seg_size) is not None:
         return
-    newest = newest_archived_segment(server)
-    if newest is None:
+    sysid = int(source.identity.system_identifier)
+    start = current_position(server, seg_size, sysid, strict=True)
+    if start is None:
         return
-    start = Segment.from_name(newest).next(seg_size)
     path = os.path.join(server.streaming_wals_directory, f"{start.name}.partial")
     durable_replace_bytes(path, b"")
-    echo(f"Resuming streaming after the newest archived segment {newest}: created {path}")
-
-
-def reset_position(server: ServerConfig, source: WalSource, echo: Echo) -> int:
-    """``--reset``: restart streaming where the server still has WAL, recording any gap."""
-    info = source.info
-    seg_size = info.wal_segment_size
-    if info.current_lsn is None:
-        raise WalvaultError(f"cannot read the current WAL position of server '{server.name}'")
-    current = lsn_to_segment(info.current_lsn, info.timeline, seg_size)
-    restart_lsn = source.slot.restart_lsn if source.slot else None
-    target = lsn_to_segment(restart_lsn, info.timeline, seg_size) if restart_lsn else current
-    files = scan_streaming(server.streaming_wals_directory)
-    resume = resume_segment(files, seg_size)
-    if resume is None:
-        newest = newest_archived_segment(server)
-        resume = Segment.from_name(newest).next(seg_size) if newest else None
-    if resume is None or resume.segno(seg_size) == target.segno(seg_size):
-        echo("Nothing to do. Position of receive-wal is aligned.")
-        return 0
-    if resume.segno(seg_size) > current.segno(seg_size):
-        raise WalvaultError(
-            f"The receive-wal position is ahead of PostgreSQL current WAL lsn "
-            f"({resume.name} > {current.name})"
-        )
-    if resume.segno(seg_size) > target.segno(seg_size):
-        echo("Nothing to do. Position of receive-wal is aligned (the server still has its WAL).")
-        return 0
-    last_missing = target.previous(seg_size)
-    gap = record_gap(
-        server,
-        resume.name,
-        Segment(resume.tli, last_missing.log, last_missing.seg).name,
-        "receive-wal --reset: the server no longer had this WAL",
-    )
-    echo(f"Recording a WAL gap: {gap.first_missing}..{gap.last_missing} will never be archived")
-    echo("Resetting receive-wal directory status")
-    newest = files.newest_partial
-    if newest:
-        path = os.path.join(server.streaming_wals_directory, newest)
-        if os.path.getsize(path) == 0:
-            echo(f"Removing status file {path}")
-            os.unlink(path)
-    status = os.path.join(server.streaming_wals_directory, f"{target.name}.partial")
-    echo(f"Creating status file {status}")
-    durable_replace_bytes(status, b"")
-    return 0
+    previous = start.previous(seg_size).name if start.segno(seg_size) else "none"
+    echo(f"Resuming streaming after the newest archived segment {previous}: created {path}")

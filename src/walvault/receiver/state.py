@@ -1,4 +1,5 @@
-"""The receiver's evidence for ``status`` and ``check``: PID, start, last lines, exit reason.
+"""The receiver's evidence for ``status`` and ``check``: PID, start, last lines, exit reason,
+and the *cause*: pg_receivewal's decisive error line.
 
 Kept in ``<backup_directory>/walvault-receiver.json`` and replaced atomically; cron adds its
 restart counters to the same record.
@@ -7,15 +8,25 @@ Reading validates the types of the known fields (unknown ones are ignored).  ``c
 ``status`` read strictly and report a malformed or unreadable file; receive-wal and cron read
 leniently: they log the problem and start from an empty record, which their next save
 replaces (the record is evidence and counters, nothing the archive depends on).
+
+pg_receivewal ends a failed run with incidental lines ("error: disconnected", libpq's
+"This probably means..."); the line that says why is its last ``error:``/``fatal:`` line
+that is not one of those (with the server's ``DETAIL:`` and libpq's continuation lines
+appended): :func:`decisive_line`. When the disk is full, the state cannot be replaced by a
+new file; it is then rewritten in place if it fits in the blocks the file already has, so
+``check`` still names the real cause.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +58,74 @@ class ReceiverState:
     consecutive_failures: int = 0
     next_start_after: float = 0.0
     counted_start: float | None = None
+    error_line: str | None = None
+
+    @property
+    def cause(self) -> str | None:
+        """pg_receivewal's decisive error line (from older records: found in the last lines)."""
+        return self.error_line or decisive_line(self.last_lines)
+
+
+_ERROR_RE = re.compile(r"^(?:\S+: )?(?:error|fatal|FATAL|ERROR|PANIC): *(?P<message>.*)$")
+_INCIDENTAL = ("disconnected",)
+_FOLLOWS_RE = re.compile(r"^(?:DETAIL|HINT): |^\t")
+MAX_CAUSE = 500
+
+
+def _incidental(message: str) -> bool:
+    return not message.strip() or message.startswith(_INCIDENTAL)
+
+
+def decisive_line(lines: Iterable[str]) -> str | None:
+    """The line of a pg_receivewal run that says why it failed, or None.
+
+    The last error line that is not incidental, with the lines that continue it (the
+    server's ``DETAIL:``/``HINT:``, libpq's tab-indented explanation) joined to it.
+    """
+    found: list[str] | None = None
+    following = False
+    for raw in lines:
+        line = raw.rstrip()
+        match = _ERROR_RE.match(line)
+        if match is not None:
+            following = not _incidental(match.group("message"))
+            if following:
+                found = [line]
+            continue
+        if following and found is not None and _FOLLOWS_RE.match(line):
+            found.append(" ".join(line.split()))
+            continue
+        following = False
+    if found is None:
+        return None
+    text = " ".join(found)
+    return text if len(text) <= MAX_CAUSE else text[: MAX_CAUSE - 3] + "..."
+
+
+_ADVICE = (
+    (
+        "has already been removed",
+        "the server no longer has the WAL to resume from: run 'walvault receive-wal --reset "
+        "{server}' (it records the gap)",
+    ),
+    (
+        "is ahead of the WAL flush position",
+        "walvault's position is past the server's: run 'walvault receive-wal --reset {server}'",
+    ),
+    (
+        "is not in this server's history",
+        "the server's history forked: receive-wal follows the fork at its next start",
+    ),
+    ("No space left on device", "free space for walvault (cron restarts receive-wal)"),
+)
+
+
+def advice(cause: str | None, server_name: str) -> str | None:
+    """What to do about a receiver failure, when its cause is a known one."""
+    for needle, text in _ADVICE:
+        if cause and needle in cause:
+            return text.format(server=server_name)
+    return None
 
 
 def state_path(server: ServerConfig) -> str:
@@ -72,6 +151,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "consecutive_failures": (int,),
     "next_start_after": _NUMBER,
     "counted_start": _NUMBER,
+    "error_line": (str,),
 }
 
 
@@ -118,10 +198,39 @@ def load_state(server: ServerConfig, *, strict: bool = False) -> ReceiverState:
 
 
 def save_state(server: ServerConfig, state: ReceiverState) -> None:
-    """Replace the stored state atomically."""
+    """Replace the stored state atomically (in place, when the disk is full and it fits)."""
     os.makedirs(server.backup_directory, exist_ok=True)
-    payload = json.dumps(asdict(state), indent=2, sort_keys=True) + "\n"
-    durable_replace_bytes(state_path(server), payload.encode())
+    payload = (json.dumps(asdict(state), indent=2, sort_keys=True) + "\n").encode()
+    try:
+        durable_replace_bytes(state_path(server), payload)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _rewrite_in_place(
+            state_path(server), payload
+        ):
+            raise
+
+
+def _rewrite_in_place(path: str, payload: bytes) -> bool:
+    """Overwrite ``path`` within its allocated blocks; False when it would need more space.
+
+    Not atomic: a crash in the middle leaves a torn file, which :func:`load_state` reads as
+    an empty state. Only for a full disk, where the atomic way cannot work at all.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if len(payload) > os.fstat(fd).st_blocks * 512:
+            return False
+        os.pwrite(fd, payload, 0)
+        os.ftruncate(fd, len(payload))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class LineKeeper:

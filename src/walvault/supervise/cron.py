@@ -3,12 +3,15 @@
 A receive-wal that keeps failing is restarted with a growing delay (the first failure is
 retried at once, then 1, 2, 4... minutes, at most 30); every start after the first counts as a
 restart; the failures and the last reason stay in the receiver state for status and check.
+A configuration file changed since the last failure (a conninfo repointed at a promoted
+standby, a typo fixed) ends the wait: the next pass starts receive-wal at once.
 Then, in-process: WAITING_FOR_WALS backups are settled (check-backup) and the retention policy
 is applied (obsolete backups and the WAL only they needed are deleted).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -49,6 +52,16 @@ def account_last_run(state: ReceiverState) -> None:
     state.next_start_after = state.ended_at + delay if delay else 0.0
 
 
+def configuration_changed_since(server: ServerConfig, moment: float | None) -> bool:
+    """True when the file that defines ``server`` was modified after ``moment``."""
+    if moment is None or not server.config_file:
+        return False
+    try:
+        return os.stat(server.config_file).st_mtime > moment
+    except OSError:
+        return False
+
+
 def ensure_receiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
     """Start receive-wal unless it runs or is backing off after repeated failures."""
     if locks.lock_holder(server.lock_directory, server.name, locks.RECEIVE_WAL):
@@ -56,11 +69,20 @@ def ensure_receiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
     state = load_state(server)
     account_last_run(state)
     now = time.time()
+    if now < state.next_start_after and configuration_changed_since(server, state.ended_at):
+        echo(
+            f"The configuration of server {server.name} changed since receive-wal last failed: "
+            "starting it now"
+        )
+        state.next_start_after = 0.0
     if now < state.next_start_after:
         when = time.strftime("%H:%M:%S", time.localtime(state.next_start_after))
+        last = state.exit_reason or "unknown"
+        if state.cause and state.cause not in last:
+            last += f": {state.cause}"
         echo(
             f"receive-wal for server {server.name} failed {state.consecutive_failures} times "
-            f"in a row (last: {state.exit_reason}); next attempt after {when}"
+            f"in a row (last: {last}); next attempt after {when}"
         )
         save_state(server, state)
         return
