@@ -18,13 +18,13 @@ from wvharness import WriteLoad, start_restored, streaming_server, wait_for
 APP = "walvault_receive_wal"
 
 
-def _setup(pg: Any, walvault_factory: Any, synchronous: bool) -> Any:
+def _setup(pg: Any, walvault_factory: Any, synchronous: bool, **options: Any) -> Any:
     pg.sql("CREATE TABLE load (id int PRIMARY KEY, pad text)")
     pg.sql("GRANT INSERT, SELECT ON load TO walvault")
     if synchronous:  # after the DDL: until the receiver runs, commits would wait for it
         pg.configure({"synchronous_standby_names": f"FIRST 1 ({APP})"})
     wv = walvault_factory(
-        {"pg": streaming_server(pg, immediate_checkpoint="true", compression="zstd")}
+        {"pg": streaming_server(pg, immediate_checkpoint="true", compression="zstd", **options)}
     )
     assert wv.run("cron").returncode == 0
     wait_for(
@@ -87,3 +87,38 @@ def test_asynchronous_streaming_reports_what_was_lost(
     print(f"asynchronous: acknowledged {len(load.acknowledged)}, lost {len(lost)}")
     assert rows <= load.attempted
     assert len(lost) <= max(10, len(load.acknowledged) // 100), len(lost)
+
+
+def test_synchronous_streaming_into_a_bucket_loses_no_acknowledged_commit(
+    pg: Any,
+    walvault_factory: Any,
+    tmp_path: Path,
+    moto_server: Any,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The archive in object storage (moto): nothing of it on local disk, the recovered
+    cluster's restore_command reads the bucket, every acknowledged commit is back."""
+    from s3harness import TEST_ENVIRON
+
+    for key, value in TEST_ENVIRON.items():  # for walvault and the recovered PostgreSQL
+        monkeypatch.setenv(key, value)
+    wv = _setup(
+        pg,
+        walvault_factory,
+        synchronous=True,
+        wals_directory=f"s3://{s3_bucket}/rpo",
+        aws_endpoint_url=moto_server.endpoint,
+    )
+    load = _crash_mid_load(pg)
+    wait_for(lambda: wv.run("check", "pg").returncode == 1, what="receiver gone")
+    rows, _ = _recover_and_count(pg, wv, tmp_path, "--get-wal")
+    lost = load.acknowledged - rows
+    print(f"bucket: acknowledged {len(load.acknowledged)}, recovered {len(rows)}, lost {len(lost)}")
+    assert not lost, f"acknowledged commits lost: {sorted(lost)[:20]}"
+    server = wv.server()
+    assert not (Path(server.backup_directory) / "wals").exists()
+    archived = [
+        n for n in Path(server.streaming_wals_directory).iterdir() if n.suffix != ".partial"
+    ]
+    assert archived == [], "everything streamed is in the bucket, not on local disk"

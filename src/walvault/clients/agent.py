@@ -173,6 +173,9 @@ class Agent:
             return 0
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
+        share = getattr(self.source, "share_connection", None)
+        if share is not None and share(os.path.join(self.spool.path, "ssh.sock")):
+            _log("fetching through one shared ssh connection")
         _log(
             f"restore agent for '{self.server}' from {self.source.label}, "
             f"prefetching {self.depth} segments"

@@ -271,17 +271,58 @@ class SshSource(CommandSource):
         self.ssh_command = ssh_command
         self.label = source_label(host, user, port)
 
+    #: how long a shared master connection outlives its last use (seconds)
+    SHARE_PERSIST = 60
+
+    control_path: str | None = None
+
+    def share_connection(self, control_path: str) -> bool:
+        """Make every fetch go through one OpenSSH master connection at ``control_path``
+        (the restore agent does, for the whole recovery); False when the ssh command already
+        chooses its own ControlPath/ControlMaster (the user's choice wins)."""
+        if "controlpath" in self.ssh_command.lower() or "controlmaster" in self.ssh_command.lower():
+            return False
+        self.control_path = control_path
+        return True
+
+    def _ssh(self) -> list[str]:
+        import shlex
+
+        ssh = shlex.split(self.ssh_command)
+        if self.control_path is not None:
+            ssh += [
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                f"ControlPath={self.control_path}",
+                "-o",
+                f"ControlPersist={self.SHARE_PERSIST}",
+            ]
+        return ssh
+
     def command(self, *get_wal_args: str) -> list[str]:
         """The ssh argv; everything after the destination is one remote shell command.
 
         The walvault command is passed as written (it may hold options, ``sudo ...``);
         every other word is quoted for the remote shell.
         """
-        import shlex
-
         words = [quote(arg) for arg in self.walvault_argv(*get_wal_args)[self._skip() :]]
         remote = [self.walvault_command, *words]
-        return ssh_argv(shlex.split(self.ssh_command), self.user, self.host, self.port, remote)
+        return ssh_argv(self._ssh(), self.user, self.host, self.port, remote)
+
+    def close(self) -> None:
+        """Stop the shared master connection, if this source started sharing one."""
+        if self.control_path is None:
+            return
+        import contextlib
+        import subprocess
+
+        argv = [*self._ssh(), "-O", "exit"]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        argv.append(f"{self.user}@{self.host}")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
 
     def _skip(self) -> int:
         """How many words of :meth:`walvault_argv` are the walvault command itself."""
