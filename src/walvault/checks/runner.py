@@ -42,7 +42,15 @@ def run_checks(server: ServerConfig) -> list[CheckResult]:
         results += _receiver(server, facts)
     results.append(L.check_archiver_errors(server))
     results.append(L.check_gaps(server))
+    results.append(_wal_verification(server))
     return results
+
+
+def _wal_verification(server: ServerConfig) -> CheckResult:
+    """The last incremental pass's result (walvault.verify.incremental)."""
+    from walvault.verify.incremental import check_result
+
+    return check_result(server)
 
 
 def _postgres(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:

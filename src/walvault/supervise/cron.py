@@ -4,7 +4,8 @@ A receive-wal that keeps failing is restarted with a growing delay (the first fa
 retried at once, then 1, 2, 4... minutes, at most 30); every start after the first counts as a
 restart; the failures and the last reason stay in the receiver state for status and check.
 Then, in-process: WAITING_FOR_WALS backups are settled (check-backup) and the retention policy
-is applied (obsolete backups and the WAL only they needed are deleted).
+is applied (obsolete backups and the WAL only they needed are deleted). Last, an incremental
+WAL verification pass is started in the background, like archive-wal (walvault.verify).
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def cron_server(
             stop_receiver(server, echo, "has streaming_archiver = off")
         settle_backups(server, echo)
         apply_retention(server, echo)
+        ensure_wal_verification(config_path, server, echo)
     finally:
         lock.release()
 
@@ -154,3 +156,13 @@ def apply_retention(server: ServerConfig, echo: Echo) -> None:
     from walvault.backup.retention import enforce_retention
 
     enforce_retention(server, echo)
+
+
+def ensure_wal_verification(config_path: str, server: ServerConfig, echo: Echo) -> None:
+    """Start an incremental WAL verification pass in the background unless one is running
+    (``verify --incremental``: new segments only, bounded in time; see walvault.verify)."""
+    from walvault.verify.incremental import LOCK_TASK
+
+    if locks.lock_holder(server.lock_directory, server.name, LOCK_TASK):
+        return
+    spawn_walvault(config_path, "verify", "--incremental", server.name)
