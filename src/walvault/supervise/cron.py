@@ -161,8 +161,8 @@ def apply_retention(server: ServerConfig, echo: Echo) -> None:
 def ensure_wal_verification(config_path: str, server: ServerConfig, echo: Echo) -> None:
     """Start an incremental WAL verification pass in the background unless one is running
     (``verify --incremental``: new segments only, bounded in time; see walvault.verify)."""
-    from walvault.verify.incremental import LOCK_TASK
+    from walvault.verify.incremental import LOCK_TASK, needs_pass
 
-    if locks.lock_holder(server.lock_directory, server.name, LOCK_TASK):
+    if locks.lock_holder(server.lock_directory, server.name, LOCK_TASK) or not needs_pass(server):
         return
     spawn_walvault(config_path, "verify", "--incremental", server.name)

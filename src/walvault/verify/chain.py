@@ -60,15 +60,19 @@ class SegmentSource:
         if self.system_identifier is None:  # nothing recorded: the first segment sets it
             with contextlib.suppress(ValueError):
                 self.system_identifier = unpack_long_header(data)[5]
-        return walk_segment(
-            data,
-            name,
-            segment_size=self.segment_size,
-            carry=carry,
-            start_lsn=start_lsn,
-            system_identifier=self.system_identifier,
-            partial=file_name.endswith(".partial"),
-        )
+        try:
+            return walk_segment(
+                data,
+                name,
+                segment_size=self.segment_size,
+                carry=carry,
+                start_lsn=start_lsn,
+                system_identifier=self.system_identifier,
+                partial=file_name.endswith(".partial"),
+            )
+        except ValueError as exc:  # a start LSN that is no record position in this segment
+            start = Segment.from_name(name).to_lsn(self.segment_size)
+            return SegmentWalk(END, start, None, 0, (f"{name}: {exc}",), None, str(exc))
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,23 @@ def _superseding_backup(
     return None
 
 
+def _begin(backup: BackupInfo) -> int | None:
+    return parse_lsn(backup.begin_xlog) if backup.begin_xlog else None
+
+
+def _backup_after_unneeded(
+    legs: list[Leg], backups: list[BackupInfo], segno: int, size: int
+) -> BackupInfo | None:
+    """When no DONE backup on the path needs segment ``segno`` (all begin after it), the
+    oldest of them: where verification goes on after a hole retention made."""
+    on_path = [
+        b for b in backups if b.begin_wal and b.begin_xlog and _on_path(legs, b.begin_wal, size)
+    ]
+    if not on_path or any(_segno(b.begin_wal or "", size) <= segno for b in on_path):
+        return None
+    return min(on_path, key=lambda b: _segno(b.begin_wal or "", size))
+
+
 def _rewound(state: VerifyState, old: list[Leg], new: list[Leg], size: int) -> VerifyState:
     """The state on the path ``new`` (a new timeline appeared): what was verified on ``old``
     up to the first segment the new path reads from another timeline stays verified; the
@@ -295,13 +312,35 @@ def run_pass(
         return _pass(server, seconds, echo or (lambda _text: None))
 
 
+def live_timeline(index: ArchiveIndex) -> int:
+    """The timeline of the newest complete segment (the highest position; the highest
+    timeline among equals): the one the server writes.  Not simply the highest timeline
+    number: a history file can announce a timeline that never got WAL of its own."""
+    newest = max(index.segments, key=lambda name: (name[8:], name[:8]))
+    return int(newest[:8], 16)
+
+
+def needs_pass(server: ServerConfig) -> bool:
+    """Whether a pass has anything to do: cron's cheap test before starting one (a new
+    segment archived since the last pass, a problem to walk again, or no usable state)."""
+    try:
+        state = load_state(server)
+    except StateError:
+        return True
+    if state is None or state.problem is not None:
+        return True
+    from walvault.archive.layout import newest_archived_segment
+
+    return newest_archived_segment(server) != state.last_segment
+
+
 def _pass(server: ServerConfig, seconds: float, echo: Echo) -> VerifyState | None:
     deadline = time.monotonic() + seconds
     index = ArchiveIndex.scan(server)
     if not index.segments:
         return None
     histories, _problems = load_histories(server, index.histories)  # (verify reports them)
-    target = max(index.timelines())
+    target = live_timeline(index)
     legs = chain_of(target, histories)
     backups = [b for b in binfo.iter_backups(server) if b.status == DONE]
     try:
@@ -339,6 +378,10 @@ def _pass(server: ServerConfig, seconds: float, echo: Echo) -> VerifyState | Non
             later = [n for n in index.segments if _on_path(legs, n, size) and n[8:] > name[8:]]
             if not later or _waiting(server, name):
                 break  # the archive's end: the next pass goes on
+            after = _backup_after_unneeded(legs, backups, segno, size)
+            if after is not None:  # removed by retention: no backup needs it any more
+                state = VerifyState(size, target, after.begin_wal or "", _begin(after))
+                continue
             state = replace(
                 state, problem=f"{name} is missing from the archive", problem_segment=name
             )

@@ -139,7 +139,9 @@ def _backup_lines(ctx: _Context, info: BackupInfo, files: bool) -> list[Line]:
                 {"backup_id": info.backup_id, "errors": verdict.error_count},
             )
         )
-    assert info.begin_xlog and info.end_xlog
+    if not (info.begin_xlog and info.end_xlog and (info.timeline or info.begin_wal)):
+        hint = "its backup.info has no begin and end LSN: its WAL cannot be verified"
+        return [*lines, Line(CheckResult(f"{prefix} WAL", False, hint))]
     start, end = parse_lsn(info.begin_xlog), parse_lsn(info.end_xlog)
     start_tli = info.timeline or Segment.from_name(info.begin_wal or "").tli
     seg_size = ctx.source.segment_size

@@ -549,6 +549,8 @@ def _start(
                         f"page says {rem_len}", True, carry.pending_lsn)  # fmt: skip
         return walker.complete(carry)
     if start_lsn is not None:
+        if start_lsn % walker.blcksz == 0:  # a page's start: its first record follows the header
+            start_lsn += LONG_HEADER_SIZE if start_lsn == walker.seg_start else SHORT_HEADER_SIZE
         offset = walker.offset_of(start_lsn)
         if offset is None or start_lsn % _ALIGN:
             raise ValueError(f"{format_lsn(start_lsn)} is not a record position in {name}")

@@ -18,6 +18,7 @@ from walbuilder import MIB, WalBuilder, segment_name
 from walvault.backup import info as binfo
 from walvault.backup.info import DONE, BackupInfo
 from walvault.config import ServerConfig
+from walvault.verify import incremental
 from walvault.verify.incremental import (
     StateError,
     check_result,
@@ -142,27 +143,13 @@ def test_a_backup_after_a_problem_moves_the_start(server: ServerConfig) -> None:
     archive_path(server, built[1][0]).write_bytes(built[1][1][:1000])  # truncated
     state = run_pass(server)
     assert state is not None and state.problem_segment == built[1][0]
-    begin = next(lsn for lsn in builder.starts if lsn // MIB == builder.start_segno + 3)
-    binfo.save(
-        server,
-        BackupInfo(
-            backup_id="20261206T120000",
-            server_name="pg",
-            status=DONE,
-            begin_wal=built[3][0],
-            begin_xlog=format_lsn(begin),
-            end_wal=built[3][0],
-            end_xlog=format_lsn(begin + 100),
-            timeline=1,
-            xlog_segment_size=MIB,
-        ),
-    )
+    begin = done_backup(server, builder, 3)
     messages: list[str] = []
     state = run_pass(server, echo=messages.append)
     assert state is not None and state.problem is None
     assert state.first_segment == built[3][0] and state.start_lsn == begin
     assert state.last_segment == built[4][0]
-    assert messages == ["WAL verification of pg restarts at backup 20261206T120000"]
+    assert messages == ["WAL verification of pg restarts at backup 20261206T120003"]
 
 
 def fork(segments_before: int, fork_index: int) -> tuple[WalBuilder, WalBuilder, int]:
@@ -223,3 +210,69 @@ def test_a_fork_behind_the_verified_end_is_walked_again(server: ServerConfig) ->
 def test_nothing_to_verify(server: ServerConfig) -> None:
     assert run_pass(server) is None
     assert check_result(server).ok and "not run yet" in check_result(server).hint
+
+
+def done_backup(server: ServerConfig, builder: WalBuilder, index: int) -> int:
+    """A DONE backup beginning at a record of segment ``index``; returns its begin LSN."""
+    begin = next(lsn for lsn in builder.starts if lsn // MIB == builder.start_segno + index)
+    name = segment_name(1, builder.start_segno + index)
+    binfo.save(
+        server,
+        BackupInfo(
+            backup_id=f"20261206T12000{index}",
+            server_name="pg",
+            status=DONE,
+            begin_wal=name,
+            begin_xlog=format_lsn(begin),
+            end_wal=name,
+            end_xlog=format_lsn(begin + 100),
+            timeline=1,
+            xlog_segment_size=MIB,
+        ),
+    )
+    return begin
+
+
+def test_wal_that_retention_removed_is_not_a_hole(server: ServerConfig) -> None:
+    builder = filled_builder(6)
+    built = builder.segments()
+    archive(server, built[:2])
+    assert run_pass(server) is not None
+    begin = done_backup(server, builder, 4)
+    archive(server, built[4:6])  # 2 and 3 went with an older backup
+    state = run_pass(server)
+    assert state is not None and state.problem is None
+    assert state.first_segment == built[4][0] and state.start_lsn == begin
+    assert state.last_segment == built[5][0]
+    # but a hole that a kept backup still needs is one
+    done_backup(server, builder, 1)
+    Path(state_path(server)).unlink()
+    state = run_pass(server)
+    assert state is not None and state.problem == f"{built[2][0]} is missing from the archive"
+
+
+def test_a_timeline_announced_without_wal_does_not_stall_the_pass(server: ServerConfig) -> None:
+    one, two, switch_point = fork(3, 3)
+    archive(server, named(one, 1, range(4)))
+    history(server, switch_point)
+    archive(server, named(two, 2, range(3, 5)))
+    # a restored copy promoted once and archived only its history file: timeline 3
+    text = f"1\t{format_lsn(switch_point)}\tx\n2\t{format_lsn(switch_point + 4 * MIB)}\ty\n"
+    Path(server.wals_directory, "00000003.history").write_text(text)
+    state = run_pass(server)
+    assert state is not None and state.problem is None
+    assert state.timeline == 2 and state.last_segment == segment_name(2, 7)
+
+
+def test_cron_starts_a_pass_only_when_there_is_something_to_do(server: ServerConfig) -> None:
+    built = filled_builder(3).segments()
+    archive(server, built[:2])
+    assert incremental.needs_pass(server)  # never run
+    run_pass(server)
+    assert not incremental.needs_pass(server)
+    archive(server, built[2:3])
+    assert incremental.needs_pass(server)
+    run_pass(server)
+    assert not incremental.needs_pass(server)
+    Path(state_path(server)).write_text("{")
+    assert incremental.needs_pass(server)

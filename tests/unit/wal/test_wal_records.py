@@ -313,3 +313,17 @@ def test_any_flipped_bit_inside_a_record_is_caught(sizes: list[int], victim: int
     segments[seg] = (name, flip(data, lsn % MIB, bit))
     damaged = walk_all(segments, partial_last=True)
     assert any(w.problems for w in damaged), (index, lsn)
+
+
+def test_a_start_at_a_page_s_address_means_the_record_after_its_header() -> None:
+    builder = WalBuilder()
+    while builder.pos < builder.base + 3 * BLCKSZ - 200:
+        builder.add(8)
+    builder.add(BLCKSZ - builder.pos % BLCKSZ - 24)  # ends exactly at the page's end
+    first = builder.add(10)  # right after the next page's header
+    builder.add(10)
+    assert first % BLCKSZ == 24
+    (name, data), *_ = builder.segments()
+    from_page = walk_segment(data, name, segment_size=MIB, start_lsn=first - 24, partial=True)
+    from_record = walk_segment(data, name, segment_size=MIB, start_lsn=first, partial=True)
+    assert from_page == from_record and from_page.ok and from_page.records == 2
