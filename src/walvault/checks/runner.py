@@ -99,6 +99,14 @@ def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
     yield from guarded("WAL catalogue", lambda: check_catalogue(server))
     yield from guarded("free space", lambda: check_free_space(server))
     yield from guarded("state files", lambda: check_state_files(server))
+    yield from guarded("WAL verification", lambda: _wal_verification(server))
+
+
+def _wal_verification(server: ServerConfig) -> CheckResult:
+    """The last incremental pass's result (walvault.verify.incremental)."""
+    from walvault.verify.incremental import check_result
+
+    return check_result(server)
 
 
 def _postgres(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:

@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "backup",
     "recover",
     "quickstart",
+    "verify",
 )
 #: Each sub-command (and alias) -> the module registering it.  Running a command imports
 #: only its module: every command module imports what its command needs, and importing
@@ -70,6 +71,8 @@ COMMANDS: dict[str, str] = {
     "recover": "recover",
     "restore": "recover",
     "quickstart": "quickstart",
+    "verify": "verify",
+    "verify-backup": "verify",
 }
 #: Global options that take a value (the next argument unless written ``--opt=value``).
 _VALUED_GLOBALS = ("-c", "--config", "-f", "--format")

@@ -6,7 +6,8 @@ restart; the failures and the last reason stay in the receiver state for status 
 A configuration file changed since the last failure (a conninfo repointed at a promoted
 standby, a typo fixed) ends the wait: the next pass starts receive-wal at once.
 Then, in-process: WAITING_FOR_WALS backups are settled (check-backup) and the retention policy
-is applied (obsolete backups and the WAL only they needed are deleted).
+is applied (obsolete backups and the WAL only they needed are deleted). Last, an incremental
+WAL verification pass is started in the background, like archive-wal (walvault.verify).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def cron_server(
             stop_receiver(server, echo, "has streaming_archiver = off")
         settle_backups(server, echo)
         apply_retention(server, echo)
+        ensure_wal_verification(config_path, server, echo)
     finally:
         lock.release()
 
@@ -177,3 +179,13 @@ def apply_retention(server: ServerConfig, echo: Echo) -> None:
     from walvault.backup.retention import enforce_retention
 
     enforce_retention(server, echo)
+
+
+def ensure_wal_verification(config_path: str, server: ServerConfig, echo: Echo) -> None:
+    """Start an incremental WAL verification pass in the background unless one is running
+    (``verify --incremental``: new segments only, bounded in time; see walvault.verify)."""
+    from walvault.verify.incremental import LOCK_TASK, needs_pass
+
+    if locks.lock_holder(server.lock_directory, server.name, LOCK_TASK) or not needs_pass(server):
+        return
+    spawn_walvault(config_path, "verify", "--incremental", server.name)

@@ -15,9 +15,14 @@ MAX_SEGMENT_SIZE = 1 << 30  # 1 GiB, PostgreSQL's WalSegMaxSize
 MAX_LSN = (1 << 64) - 1
 UINT32_MAX = 0xFFFFFFFF
 
+# xlp_info flags (PostgreSQL's xlog_internal.h).  XLP_FIRST_IS_OVERWRITE_CONTRECORD (a page
+# whose expected continuation was lost in a crash, see CreateOverwriteContrecordRecord) came
+# with the 2021 minor releases of 10 to 14, and with 15.
 XLP_FIRST_IS_CONTRECORD = 0x0001
 XLP_LONG_HEADER = 0x0002
-XLP_ALL_FLAGS = 0x0007
+XLP_BKP_REMOVABLE = 0x0004
+XLP_FIRST_IS_OVERWRITE_CONTRECORD = 0x0008
+XLP_ALL_FLAGS = 0x000F
 _MIN_BLOCK_SIZE = 1024
 _MAX_BLOCK_SIZE = 65536
 

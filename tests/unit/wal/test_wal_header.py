@@ -189,6 +189,15 @@ def test_check_segment_mismatches() -> None:
     assert "flag bits" in problem
 
 
+def test_check_segment_accepts_every_flag_postgresql_15_defines() -> None:
+    # XLP_FIRST_IS_OVERWRITE_CONTRECORD (0x0008): the segment's first page replaces a
+    # continuation lost in a crash; PostgreSQL writes it, so it is not an unknown bit.
+    assert problems(make_header(info=XLP_LONG_HEADER | 0x0008)) == []
+    assert problems(make_header(info=0x000F)) == []
+    (problem,) = problems(make_header(info=XLP_LONG_HEADER | 0x0010))
+    assert "flag bits" in problem
+
+
 def test_check_segment_allows_parent_timeline_at_switch() -> None:
     # The first segment of timeline 2 starts with pages copied from timeline 1.
     assert problems(make_header(tli=1), "000000020000000000000006") == []
