@@ -21,6 +21,14 @@ S3 fixtures (see ``tests/s3harness.py``): ``moto_server`` (session) -- moto's S3
 short timeouts; ``s3_environ`` -- the AWS_* variables (endpoint, keys, region) a walvault
 subprocess needs to reach ``moto_server``.
 
+Barman fixtures (see ``tests/barmanharness.py``): ``barman_install`` (session) -- the Barman
+3.20.1 that ``WALVAULT_BARMAN_BIN`` names, checked once: skipped when the variable is unset,
+an error (never a skip) when it is set and Barman is missing, broken or another version;
+``barman_factory`` (function) -- ``barman_factory(servers, *, name="barman",
+barman_home=None, s3_endpoint=None) -> Barman``: a configuration file under ``tmp_path``;
+``walvault_sshd`` (function) -- a started ``Sshd`` whose sessions find walvault under the
+name ``barman`` first on their PATH (what barman-wal-restore calls).
+
 Tests under ``tests/integration`` get the ``integration`` marker automatically.
 """
 
@@ -38,6 +46,14 @@ _TESTS_DIR = Path(__file__).resolve().parent
 if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 
+from barmanharness import (  # noqa: E402
+    SKIP_REASON,
+    Barman,
+    BarmanBroken,
+    BarmanInstall,
+    barman_named_walvault,
+    find_barman,
+)
 from pgharness import ConfValue, PgCluster, find_pg_bindir  # noqa: E402
 from s3harness import TEST_ENVIRON, MotoServer, make_storage  # noqa: E402
 from sshharness import Sshd, sshd_available  # noqa: E402
@@ -179,3 +195,54 @@ def s3_storage(moto_server: MotoServer, s3_bucket: str) -> Any:
 @pytest.fixture
 def s3_environ(moto_server: MotoServer) -> dict[str, str]:
     return {**TEST_ENVIRON, "AWS_ENDPOINT_URL": moto_server.endpoint}
+
+
+@pytest.fixture(scope="session")
+def barman_install() -> BarmanInstall:
+    broken = None
+    try:
+        install = find_barman()
+    except BarmanBroken as exc:
+        broken = str(exc)
+    if broken is not None:  # set means "Barman is there": a broken one fails, never skips
+        pytest.fail(f"Barman was announced but does not work: {broken}", pytrace=False)
+    if install is None:
+        pytest.skip(SKIP_REASON)
+    return install
+
+
+@pytest.fixture
+def barman_factory(barman_install: BarmanInstall, tmp_path: Path) -> Any:
+    def make(
+        servers: Mapping[str, Mapping[str, Any]],
+        *,
+        name: str = "barman",
+        barman_home: Path | None = None,
+        s3_endpoint: str | None = None,
+    ) -> Barman:
+        return Barman(
+            barman_install,
+            tmp_path / name,
+            servers,
+            barman_home=barman_home,
+            s3_endpoint=s3_endpoint,
+        )
+
+    return make
+
+
+@pytest.fixture
+def walvault_sshd(tmp_path: Path) -> Iterator[Sshd]:
+    why = sshd_available()
+    if why is not None:
+        pytest.skip(why)
+    named = barman_named_walvault(tmp_path / "barman-is-walvault")
+    daemon = Sshd(
+        tmp_path / "sshd",
+        path=f"{named}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+    )
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
