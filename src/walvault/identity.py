@@ -10,12 +10,10 @@ are decimal numbers.  A malformed or unreadable file is a
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from walvault.errors import StateFileError, describe_os_error
 
-# mypy reads this name as typing.TYPE_CHECKING: get-wal's serve path reads identity.json to
-# check every segment's system identifier, and must not import typing or the fs module.
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from walvault.config import ServerConfig
 

@@ -156,6 +156,10 @@ def test_a_full_disk_says_so_in_one_line_and_heals(pg: Any, tmp_path: Path, full
                 result = wv.run(*args, timeout=90)
                 print(f"full disk, walvault {' '.join(args)}: {result.stderr}")
                 errors = one_line_errors(result)
+                if args[-1] == "cron" and result.returncode == 0:
+                    # the receiver's record was saved in place: cron reports the receiver's
+                    # failures through its back-off, which does not change its exit code
+                    continue
                 assert result.returncode == 1, (args, result.stdout, result.stderr)
                 assert any("No space left on device" in e and str(full_fs) in e for e in errors), (
                     args,

@@ -47,9 +47,11 @@ def _bucket_server(pg: Any, bucket: str, endpoint: str, **extra: Any) -> dict[st
 
 
 def _streamed(pg: Any, wv: Any, count: int) -> dict[str, bytes]:
-    """``count`` closed segments, streamed and copied aside before archive-wal takes them."""
+    """``count`` closed segments, streamed and copied aside before archive-wal takes them
+    (one more is closed: archive-wal holds back the newest complete segment when no
+    ``.partial`` follows it)."""
     receiver = start_receiver(wv, pg)
-    closed = make_segments(pg, count)
+    closed = make_segments(pg, count + 1)[:count]
     streaming = Path(wv.server().streaming_wals_directory)
     wait_for(lambda: all((streaming / n).exists() for n in closed), what="segments streamed")
     assert wv.run("receive-wal", "--stop", "pg").returncode == 0

@@ -169,19 +169,20 @@ def test_prefetch_recovery_ignores_a_stale_spool(
     stale = (other.wal_dir / target).read_bytes()
     assert stale[:40] != (streaming / target).read_bytes()[:40]
     spool_dir = tmp_path / "spool"
-    (spool_dir / "pg@local").mkdir(parents=True, mode=0o700)
+    spool = spool_dir / spool_key("pg", "local", str(wv.conf))
+    spool.mkdir(parents=True, mode=0o700)
     spool_dir.chmod(0o700)
-    (spool_dir / "pg@local" / target).write_bytes(stale)
+    (spool / target).write_bytes(stale)
     command = f"{RESTORE} -P -p 4 --spool-dir {spool_dir} -c {wv.conf} local pg %f %p"
     cluster = restore(pg, crashed, "restored", command)
     try:
         check_everything_is_back(cluster, crashed)
-        log = (spool_dir / "pg@local" / "agent.log").read_text()
-        assert "prefetching up to 4 segments" in log
+        log = (spool / "agent.log").read_text()
+        assert "prefetching 4 segments" in log
         assert log.count(" spooled ") >= 4, log
-        assert not (spool_dir / "pg@local" / target).exists()
+        assert not (spool / target).exists()
     finally:
-        lock = spool_dir / "pg@local" / ".prefetch.lock"
+        lock = spool / ".prefetch.lock"
         pid = int(lock.read_text() or 0) if lock.exists() else 0
         if pid:
             os.kill(pid, signal.SIGTERM)
@@ -208,7 +209,7 @@ def test_prefetch_recovery_over_a_shared_ssh_connection(
         f"{RESTORE} -P -p 4 --spool-dir {spool_dir} --ssh-command {shlex.quote(ssh)} "
         f"-U {sshd.user} --port {sshd.port} -c {wv.conf} 127.0.0.1 pg %f %p"
     )
-    key = spool_key("pg", source_label("127.0.0.1", sshd.user, str(sshd.port)))
+    key = spool_key("pg", source_label("127.0.0.1", sshd.user, str(sshd.port)), str(wv.conf))
     try:
         cluster = restore(pg, crashed, "restored", command)
         check_everything_is_back(cluster, crashed)

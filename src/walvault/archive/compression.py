@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING, cast
 
-from walvault.archive.zstdlib import zstandard
 from walvault.errors import WalvaultError
 
-# mypy reads this name as typing.TYPE_CHECKING: the restore client decodes through this
-# module once per WAL segment, and importing typing (with the re it imports) costs ~6 ms.
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import IO, Protocol
@@ -208,8 +205,10 @@ def _new_compressor(algo: str, level: int, size: int | None = None) -> _Compress
         # write_checksum: an XXH64 of the content closes the frame and the decoder checks it;
         # without it (python-zstandard's default, and Barman's files) most bit flips decode
         # into wrong WAL without an error.
-        compressor = zstandard().ZstdCompressor(level=level, write_checksum=True)
-        obj = compressor.compressobj(size=pledged)
+        import zstandard
+
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        obj = cast("_Compressor", compressor.compressobj(size=pledged))
     else:
         obj = _Lz4Compressor(level)
     return obj
@@ -333,7 +332,9 @@ class _ZstdDecoder:
     """zstandard decompressobj: uncapped output, so input is fed in small slices."""
 
     def __init__(self) -> None:
-        self._obj = zstandard().ZstdDecompressor().decompressobj()
+        import zstandard
+
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
         self.eof = False
         self._rest = b""
 
@@ -392,7 +393,9 @@ def _codec_errors(algo: str) -> tuple[type[Exception], ...]:
 
         return (lzma.LZMAError, *_COMMON_ERRORS)
     if algo == "zstd":
-        return (zstandard().ZstdError, *_COMMON_ERRORS)
+        import zstandard
+
+        return (zstandard.ZstdError, *_COMMON_ERRORS)
     return _COMMON_ERRORS
 
 

@@ -19,17 +19,16 @@ written by walvault carry one); a mismatch surfaces as a decoding error before t
 piece.  Every refusal here means "the archive holds something wrong", never "no such file":
 restore_command exits so that PostgreSQL stops instead of ending recovery.
 
-Imports are kept light (the restore client loads this module once per segment): xxhash only
-when a digest is to be checked or made.
+xxhash is imported when a digest is to be checked or made.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from walvault.errors import ArchiveReadError
 from walvault.wal.pagecheck import LONG_HEADER_SIZE, header_problems, unpack_long_header
 
-# mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import BinaryIO

@@ -13,12 +13,10 @@ local-only tools and the tests.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from walvault.wal.names import hash_dir, is_segment, validate_wal_name
 
-# mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module, and
-# must not pay ~6 ms for typing and re).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from walvault.config import ServerConfig
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from walvault.archive.compression import MAGIC_MAX_LEN, frame_checksummed, identify
 from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, IntegrityError, PlainCheck
@@ -33,9 +34,6 @@ from walvault.storage.base import StorageError
 from walvault.wal.names import Segment, WalKind, classify, validate_wal_name
 from walvault.wal.pagecheck import LONG_HEADER_SIZE, unpack_long_header
 
-# mypy reads this name as typing.TYPE_CHECKING: the restore client imports this module once
-# per WAL segment and must not pay ~6 ms for typing (and the re it imports).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import BinaryIO

@@ -26,10 +26,10 @@ digest of the plain content (``walvault-digest``) and its size (``walvault-plain
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from walvault.wal.names import WalKind, classify, hash_dir
 
-# mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from walvault.cli.context import Context
 from walvault.config import ServerConfig
 
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs ~2 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

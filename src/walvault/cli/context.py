@@ -8,12 +8,11 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from walvault.config import Config, ServerConfig, find_config_file, load_config
 from walvault.errors import ServerError
 
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs ~2 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
@@ -21,11 +20,7 @@ log = logging.getLogger("walvault")
 
 
 class Context:
-    """Global options plus the configuration, loaded on first use.
-
-    (A plain class, not a dataclass: importing dataclasses costs every command ~5 ms, and
-    get-wal runs once per WAL segment.)
-    """
+    """Global options plus the configuration, loaded on first use."""
 
     def __init__(
         self,

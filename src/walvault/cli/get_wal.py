@@ -6,13 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from walvault.cli.context import Context
 from walvault.errors import ABORT_RECOVERY, WalvaultError
 from walvault.wal.names import validate_wal_name
 
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs ~2 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

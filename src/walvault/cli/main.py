@@ -9,14 +9,12 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from walvault import __version__
 from walvault.cli.context import Context
 from walvault.errors import WalvaultError, describe_os_error
 
-# mypy reads this name as typing.TYPE_CHECKING (get-wal runs once per WAL segment over ssh;
-# importing typing costs it ~2 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from walvault.cli.context import Context
 from walvault.errors import WalvaultError
 
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs ~2 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

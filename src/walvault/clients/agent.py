@@ -57,6 +57,9 @@ POLL = 0.01
 RETRY_FIRST, RETRY_MAX = 0.25, 4.0
 #: the longest request line a client may send (a name and an absolute path)
 MAX_REQUEST = 8192
+#: the longest ControlPath the agent gives ssh (a Unix socket path, plus ssh's temporary
+#: suffix, must fit in ~107 bytes)
+SSH_CONTROL_PATH_MAX = 90
 
 
 def start(spool: Spool, source: Source, server: str, depth: int) -> None:
@@ -174,7 +177,9 @@ class Agent:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
         share = getattr(self.source, "share_connection", None)
-        if share is not None and share(os.path.join(self.spool.path, "ssh.sock")):
+        control = os.path.join(self.spool.path, "ssh.sock")
+        # ssh adds ~17 bytes to ControlPath while it sets the master up; past ~90 it fails
+        if share is not None and len(control) <= SSH_CONTROL_PATH_MAX and share(control):
             _log("fetching through one shared ssh connection")
         _log(
             f"restore agent for '{self.server}' from {self.source.label}, "
@@ -208,9 +213,13 @@ class Agent:
             os.unlink(path)  # a dead agent's (we hold the lock)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            listener.bind(path)
+            os.chdir(self.spool.path)  # bound by its relative name: no length limit on the
+            listener.bind(SOCKET)  # spool path (a Unix socket path has ~107 bytes)
         finally:
+            os.fchdir(here)
+            os.close(here)
             os.umask(old)
         listener.listen(8)
         return listener

@@ -15,6 +15,18 @@ SOCKET = "agent.sock"
 _CHUNK = 65536
 
 
+def connect(client: _socket.socket, spool_path: str) -> None:
+    """Connect to the socket in ``spool_path`` by its relative name, from inside the directory:
+    a Unix socket's path is limited to ~107 bytes, and a spool path can be longer."""
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(spool_path)
+        client.connect(SOCKET)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
 def ask(spool_path: str, name: str, dest: str, *, partial: bool) -> int | None:
     """Ask the agent of ``spool_path`` for ``name`` into the absolute path ``dest``; return
     its restore_command status, or None when no agent answered (none runs, or it died
@@ -23,7 +35,7 @@ def ask(spool_path: str, name: str, dest: str, *, partial: bool) -> int | None:
     client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            client.connect(os.path.join(spool_path, SOCKET))
+            connect(client, spool_path)
         except OSError:
             return None
         request = f"FETCH {name} {1 if partial else 0} {dest}\n"

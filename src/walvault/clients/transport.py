@@ -11,8 +11,10 @@ are printed as one ``ERROR:`` line on stderr, which PostgreSQL copies into its l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from walvault.clients.common import (
     ABORT,
@@ -29,9 +31,6 @@ from walvault.clients.common import (
 )
 from walvault.errors import WalvaultError
 
-# mypy reads this name as typing.TYPE_CHECKING: the restore client imports this module once
-# per WAL segment, and typing (with the re it imports) would cost it ~6 ms.
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO, Protocol
 
@@ -68,10 +67,8 @@ def open_destination(dest: str) -> int:
 
 def discard(dest: str) -> None:
     """Remove a destination left incomplete by a failure."""
-    try:  # noqa: SIM105 - contextlib would cost the restore client ~1 ms of imports
+    with contextlib.suppress(OSError):
         os.unlink(dest)
-    except OSError:
-        pass
 
 
 def segment_problem(dest: str, name: str) -> str | None:

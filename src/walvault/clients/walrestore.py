@@ -270,9 +270,10 @@ def restore(args: argparse.Namespace) -> int:
     spool = _open_spool(args) if args.agent and _plain_name(name) else None
     if spool is not None:
         if args.parallel > 0 and is_segment_name(name):
-            state = spool.take(name, dest)
-            if state is not None:
-                _note_progress(spool, name, state.system_identifier, state.segment_size)
+            current = spool.read_state()
+            if current is not None:  # first: the agent's window moves past this segment
+                _note_progress(spool, name, current.system_identifier, current.segment_size)
+            if spool.take(name, dest) is not None:
                 return OK
         code = _through_agent(spool, args, name, dest)
         if code is not None:

@@ -8,6 +8,7 @@ problems disable only the server concerned, with every reason kept in ``messages
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, NamedTuple
 
 from walvault.config.ini import IniError, read_ini
 from walvault.config.options import (
@@ -24,10 +25,7 @@ from walvault.config.parsers import is_store_url, parse_abs_path, parse_bool
 from walvault.config.server import ServerConfig
 from walvault.conninfo import mask_conninfo, parse_conninfo
 from walvault.errors import ConfigError
-from walvault.records import NamedTuple
 
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs the restore client ~6 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any

@@ -6,12 +6,11 @@ options resolved before it (plus ``name`` and ``walvault_home``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 from walvault.config import parsers as p
 from walvault.config.server import PUT_WAL_TIMEOUT
-from walvault.records import NamedTuple
 
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs the restore client ~6 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any

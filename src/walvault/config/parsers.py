@@ -6,7 +6,18 @@ option name and the offending value.
 
 from __future__ import annotations
 
-from walvault.records import NamedTuple
+import re
+from typing import NamedTuple
+
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
+def _integer(text: str) -> int:
+    """An ASCII integer (``int`` alone would take Unicode digits and ``_`` separators)."""
+    if _INTEGER.fullmatch(text) is None:
+        raise ValueError(f"not an integer: {text!r}")
+    return int(text)
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -25,7 +36,7 @@ def parse_bool(raw: str) -> bool:
 def parse_non_negative_int(raw: str) -> int:
     """Parse an integer >= 0."""
     try:
-        value = int(raw.strip())
+        value = _integer(raw.strip())
     except ValueError:
         raise ValueError("accepted: an integer >= 0") from None
     if value < 0:
@@ -36,7 +47,7 @@ def parse_non_negative_int(raw: str) -> int:
 def parse_positive_int(raw: str) -> int:
     """Parse an integer >= 1."""
     try:
-        value = int(raw.strip())
+        value = _integer(raw.strip())
     except ValueError:
         raise ValueError("accepted: an integer >= 1") from None
     if value < 1:
@@ -84,71 +95,32 @@ def parse_compression_level(raw: str) -> str | int:
     if value in ("low", "medium", "high"):
         return value
     try:
-        return int(value)
+        return _integer(value)
     except ValueError:
         raise ValueError("accepted: low, medium, high or an integer") from None
 
 
-# The grammars below are matched by hand, not with regular expressions: the restore client
-# loads the configuration once per WAL segment, and ``import re`` costs it ~2 ms.  They
-# accept what the regular expressions they replace accepted (tests/unit/config/
-# test_config_grammar.py compares them): a digit is any Unicode decimal digit
-# (:meth:`str.isdecimal`, as ``\d``), a space any Unicode white space (:meth:`str.isspace`,
-# as ``\s``), and words compare as under ``re.IGNORECASE``, which also matches the Kelvin
-# sign to ``k``, the long s to ``s``, and the dotted capital I and the dotless i to ``i``.
-_CASELESS = {"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"}
-
-
-def _fold(text: str) -> str:
-    """``text`` with every character that ``re.IGNORECASE`` matches to an ASCII letter written
-    as that lower-case letter (other non-ASCII characters are kept: they match no letter)."""
-    if text.isascii():
-        return text.lower()
-    return "".join(char.lower() if char.isascii() else _CASELESS.get(char, char) for char in text)
-
-
-def _word(text: str, start: int, word: str) -> int:
-    """The index after the lower-case ASCII ``word`` at ``text[start:]`` (any case), or -1."""
-    end = start + len(word)
-    return end if _fold(text[start:end]) == word else -1
-
-
-def _spaces(text: str, start: int) -> int:
-    """The index after the white space starting at ``start`` (``start`` if there is none)."""
-    while start < len(text) and text[start].isspace():
-        start += 1
-    return start
-
-
-def _digits(text: str, start: int) -> int:
-    """The index after the decimal digits starting at ``start`` (``start`` if there are none)."""
-    while start < len(text) and text[start].isdecimal():
-        start += 1
-    return start
-
-
-def _unit(rest: str, units: tuple[str, ...]) -> str | None:
-    """The unit ``rest`` names, singular or with an ``s`` (any case), or None."""
-    folded = _fold(rest)
-    if folded in units:
-        return folded
-    if folded.endswith("s") and folded[:-1] in units:
-        return folded[:-1]
-    return None
-
-
+# The grammars below are ASCII: a digit is 0-9 and a space an ASCII white space
+# (re.ASCII), words compare case-insensitively: "REDUNDANCY \u0967\u0968" is not 12.
+_AGE = re.compile(r"(\d+)\s*(hour|day|week|month)s?", re.ASCII | re.IGNORECASE)
 _AGE_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 31 * 86400}
-_AGE_UNITS = tuple(_AGE_SECONDS)
 
 
 def parse_age(raw: str) -> int:
     """``N hours|days|weeks|months`` (a month is 31 days, as in Barman) -> seconds."""
-    text = raw.strip()
-    end = _digits(text, 0)
-    unit = _unit(text[_spaces(text, end) :], _AGE_UNITS) if end else None
-    if unit is None or int(text[:end]) == 0:
+    match = _AGE.fullmatch(raw.strip())
+    count = _count(match[1]) if match is not None else 0
+    if match is None or count == 0:
         raise ValueError("accepted: N HOURS|DAYS|WEEKS|MONTHS with N >= 1 (e.g. '1 hour')")
-    return int(text[:end]) * _AGE_SECONDS[unit]
+    return count * _AGE_SECONDS[match[2].lower()]
+
+
+def _count(digits: str) -> int:
+    """The number ``digits`` (ASCII) spell, 0 when they are too many to convert."""
+    try:
+        return int(digits)
+    except ValueError:  # more digits than int() converts: no sane count anyway
+        return 0
 
 
 class RetentionPolicy(NamedTuple):
@@ -164,53 +136,21 @@ class RetentionPolicy(NamedTuple):
         return f"RECOVERY WINDOW OF {self.value} {self.unit.upper()}"
 
 
-_WINDOW_UNITS = ("day", "week", "month")
-
-
-def _after_words(text: str, words: tuple[str, ...]) -> int:
-    """The index after ``words`` at the start of ``text``, each followed by one or more
-    spaces, or -1."""
-    index = 0
-    for word in words:
-        end = _word(text, index, word)
-        if end < 0:
-            return -1
-        index = _spaces(text, end)
-        if index == end:
-            return -1
-    return index
-
-
-def _redundancy(text: str) -> str | None:
-    """The digits of ``REDUNDANCY <digits>`` (any case), or None."""
-    start = _after_words(text, ("redundancy",))
-    if start < 0 or start == len(text) or _digits(text, start) != len(text):
-        return None
-    return text[start:]
-
-
-def _window(text: str) -> tuple[str, str] | None:
-    """The digits and the singular unit of ``RECOVERY WINDOW OF <digits> <unit>[S]``, or None."""
-    start = _after_words(text, ("recovery", "window", "of"))
-    if start < 0:
-        return None
-    end = _digits(text, start)
-    after = _spaces(text, end)
-    if end == start or after == end:
-        return None
-    unit = _unit(text[after:], _WINDOW_UNITS)
-    return None if unit is None else (text[start:end], unit)
+_REDUNDANCY = re.compile(r"redundancy\s+(\d+)", re.ASCII | re.IGNORECASE)
+_WINDOW = re.compile(
+    r"recovery\s+window\s+of\s+(\d+)\s+(day|week|month)s?", re.ASCII | re.IGNORECASE
+)
 
 
 def parse_retention_policy(raw: str) -> RetentionPolicy:
     """Parse a retention policy."""
     text = raw.strip()
-    digits = _redundancy(text)
-    if digits is not None and int(digits) >= 1:
-        return RetentionPolicy("redundancy", int(digits))
-    window = _window(text)
-    if window is not None and int(window[0]) >= 1:
-        return RetentionPolicy("window", int(window[0]), window[1] + "s")
+    redundancy = _REDUNDANCY.fullmatch(text)
+    if redundancy is not None and _count(redundancy[1]) >= 1:
+        return RetentionPolicy("redundancy", _count(redundancy[1]))
+    window = _WINDOW.fullmatch(text)
+    if window is not None and _count(window[1]) >= 1:
+        return RetentionPolicy("window", _count(window[1]), window[2].lower() + "s")
     raise ValueError("accepted: 'REDUNDANCY n' or 'RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS', n >= 1")
 
 

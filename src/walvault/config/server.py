@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, NamedTuple
 
-from walvault.records import NamedTuple
-
-# mypy reads this name as typing.TYPE_CHECKING (importing typing costs the restore client ~6 ms)
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from walvault.config.parsers import RetentionPolicy
 
@@ -17,9 +14,6 @@ PUT_WAL_TIMEOUT = 60
 
 class ServerConfig(NamedTuple):
     """One server section, resolved: Barman's defaults, interpolation and typed values.
-
-    A NamedTuple rather than a dataclass: the restore client loads the configuration once
-    per WAL segment, and importing dataclasses alone costs it ~5 ms.
 
     ``messages`` lists every fatal problem; a server with messages is *disabled*.
     ``shown`` holds the resolved values as text (secrets masked) for ``show-servers``.

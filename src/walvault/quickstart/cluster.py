@@ -57,9 +57,17 @@ def ensure_user() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(QUICKSTART_USER)
     except KeyError:
+        # root's PATH may lack the sbin directories (su without -, some containers)
+        useradd = shutil.which("useradd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+        if useradd is None:
+            raise WalvaultError(
+                f"cannot create the OS user {QUICKSTART_USER}: useradd was not found (in PATH, "
+                "/usr/sbin or /sbin); create the user yourself or run quickstart as a non-root "
+                "user"
+            ) from None
         subprocess.run(
             [
-                "useradd",
+                useradd,
                 "--system",
                 "--no-create-home",
                 "--shell",

@@ -37,6 +37,7 @@ import errno
 import os
 import stat
 import threading
+from typing import TYPE_CHECKING
 
 from walvault.storage.base import (
     DRIVER_METADATA_PREFIX,
@@ -50,8 +51,6 @@ from walvault.storage.base import (
     check_prefix,
 )
 
-# mypy reads this name as typing.TYPE_CHECKING (the restore client imports this module).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import BinaryIO

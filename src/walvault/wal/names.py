@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 from walvault.errors import InvalidWalName
-from walvault.records import NamedTuple
 from walvault.wal.pagecheck import (
     MAX_LSN,
     MAX_SEGMENT_SIZE,
@@ -46,20 +47,13 @@ _MAX_SHOWN_NAME = 128
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
-# mypy reads this name as typing.TYPE_CHECKING.  Names are checked by exact length and digit
-# set, without re: a trailing newline or any other extra character is never accepted, and
-# the restore client, which checks a name on every call, does not import re (~4 ms).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import ClassVar
 
 
 class WalKind:
-    """The kinds of file that live in a WAL archive: four constants, compared with ``is``.
-
-    (Not an enum.Enum: importing enum costs the restore client ~2 ms.)
-    """
+    """The kinds of file that live in a WAL archive: four constants, compared with ``is``."""
 
     __slots__ = ("value",)
     SEGMENT: ClassVar[WalKind]
@@ -169,7 +163,6 @@ class Segment(_SegmentFields):
     """A WAL segment identified by timeline, log id and segment index within the log id.
 
     An immutable ``(tli, log, seg)`` tuple, so segments compare and sort in WAL order.
-    (A NamedTuple, not a dataclass: importing dataclasses costs the restore client ~5 ms.)
     """
 
     __slots__ = ()

@@ -41,10 +41,10 @@ the walk of the next segment, so the chain is checked across segment boundaries.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from crc32c import crc32c
 
-from walvault.records import NamedTuple
 from walvault.wal.pagecheck import (
     LONG_HEADER_SIZE,
     SHORT_HEADER_SIZE,

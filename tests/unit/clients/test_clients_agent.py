@@ -145,4 +145,31 @@ def test_prefetch_through_the_agent_serves_the_next_calls_from_the_spool(
         result = _restore(prefetching, name, dest)
         assert result.returncode == 0, result.stderr
         assert dest.read_bytes() == fake_segment(name)
-        assert not (spool / name).exists()  # handed over, not copied
+        deadline = time.monotonic() + 5  # handed over (renamed), never kept
+        while (spool / name).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not (spool / name).exists()
+
+
+def test_a_spool_path_longer_than_a_socket_path_still_works(tmp_path: Path) -> None:
+    """A Unix socket's path holds ~107 bytes: the agent binds and the client connects by the
+    socket's relative name, from inside the spool directory."""
+    conf = write_config(tmp_path / "home")
+    server = load_config(str(conf)).servers["pg"]
+    archive_path(server, NAMES[0]).write_bytes(compress_bytes("zstd", fake_segment(NAMES[0])))
+    archive_path(server, NAMES[1]).write_bytes(compress_bytes("zstd", fake_segment(NAMES[1])))
+    spool_root = tmp_path / ("deep-" * 12) / ("deeper-" * 6)
+    spool_root.mkdir(parents=True)
+    spool = spool_root / spool_key("pg", "local", str(conf))
+    assert len(str(spool / SOCKET)) > 110
+    client = [str(BIN / "walvault-wal-restore"), "--spool-dir", str(spool_root), "-c", str(conf)]
+    dest = tmp_path / "RECOVERYXLOG"
+    try:
+        for name in NAMES[:2]:
+            result = _restore([*client, "local", "pg"], name, dest)
+            assert result.returncode == 0, result.stderr
+            assert "did not answer" not in result.stderr
+            assert dest.read_bytes() == fake_segment(name)
+        assert "agent failed" not in (spool / "agent.log").read_text()
+    finally:
+        _kill_agent(spool)

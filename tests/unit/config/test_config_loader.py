@@ -414,3 +414,20 @@ def test_unparsable_file(tmp_path: Path) -> None:
     conf = write(tmp_path / "w.conf", "this is not ini\n")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(conf)
+
+
+def test_every_option_default_is_the_server_config_default() -> None:
+    """One fact, one place: an option's default in the option table (config/options.py),
+    parsed, is what a ServerConfig built without that option holds."""
+    from walvault.config.options import OPTIONS
+    from walvault.config.server import ServerConfig
+
+    defaults = ServerConfig._field_defaults
+    checked = 0
+    for option in OPTIONS:
+        if option.default is None or "%(" in option.default or option.name not in defaults:
+            continue
+        parsed = option.parser(option.default) if option.parser else option.default
+        assert defaults[option.name] == parsed, option.name
+        checked += 1
+    assert checked >= 15
