@@ -1,7 +1,8 @@
-"""Synthetic WAL segments for unit tests: a real long page header followed by filler."""
+"""Synthetic WAL segments for unit tests: real page headers and a valid chain of records."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
@@ -26,14 +27,32 @@ def fake_segment(
     pageaddr: int | None = None,
     seed: int | None = None,
 ) -> bytes:
-    """A segment named ``name``: valid long header (unless overridden), then WAL-ish bytes."""
+    """A segment named ``name``: page headers and a valid chain of records (CRC-32C, xl_prev)
+    filling it, their contents derived from ``seed`` (default: the name); the long header's
+    timeline and page address can be overridden to make it wrong on purpose."""
+    data = _valid_segment(name[:24], sysid, seg_size, name if seed is None else seed)
+    if header_tli is None and pageaddr is None:
+        return data
     segment = Segment.from_name(name[:24])
     address = segment.to_lsn(seg_size) if pageaddr is None else pageaddr
     tli = segment.tli if header_tli is None else header_tli
     header = struct.pack("<HHIQI4xQII", PG15_MAGIC, 0x0002, tli, address, 0, sysid, seg_size, 8192)
-    rng = random.Random(seed if seed is not None else name)
-    body = rng.randbytes(4096) * 8 + b"record" * 1000
-    return (header + body).ljust(seg_size, b"\0")
+    return header + data[len(header) :]
+
+
+@functools.lru_cache(maxsize=64)
+def _valid_segment(name: str, sysid: int, seg_size: int, seed: object) -> bytes:
+    from walbuilder import WalBuilder
+
+    segment = Segment.from_name(name)
+    builder = WalBuilder(
+        tli=segment.tli, seg_size=seg_size, sysid=sysid, start_segno=segment.segno(seg_size)
+    )
+    rng = random.Random(str(seed))
+    end = builder.base + seg_size
+    while builder.pos < end:
+        builder.add(rng.randrange(40, 3000), fill=rng.randrange(256))
+    return builder.segments()[0][1]
 
 
 def make_server(root: Path, name: str = "pg", **overrides: Any) -> ServerConfig:

@@ -419,9 +419,9 @@ def send_fd(
     """
     stored = found.compression
     plain_copy = stored is None and compression is None and found.fd >= 0
-    if plain_copy and found.check.digest is None:
-        # A local uncompressed file: header and size were checked at open, no digest to
-        # compute on the way: the kernel copies it.
+    if plain_copy and found.check.digest is None and not found.check.walks_records:
+        # A local uncompressed file: header and size were checked at open, nothing to
+        # compute on the way (not a segment): the kernel copies it.
         sent = _copy_raw(found.fd, out_fd, found.size)
         if sent != found.size:
             raise WalSendError(f"'{found.path}' shrank while being sent")

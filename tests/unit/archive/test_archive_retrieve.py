@@ -316,3 +316,31 @@ def test_peek_stops_at_a_gap_and_ignores_partials(server: ServerConfig) -> None:
 def test_peek_of_a_history_file_lists_only_itself(server: ServerConfig) -> None:
     (Path(server.wals_directory) / "00000002.history").write_text("1\t0/3000000\treason\n")
     assert retrieve.peek(server, "00000002.history", 5) == ["00000002.history"]
+
+
+@pytest.mark.parametrize("codec", [None, "zstd-no-checksum", "lz4-no-checksum"])
+def test_a_file_without_digest_or_checksum_has_its_records_walked(
+    server: ServerConfig, tmp_path: Path, codec: str | None
+) -> None:
+    """Barman's files carry no integrity data (uncompressed, zstd and lz4 without content
+    checksums) and walvault recorded no digest for them: the records' CRCs are checked."""
+    import lz4.frame
+    import zstandard
+
+    def store(data: bytes) -> bytes:
+        if codec == "zstd-no-checksum":
+            return zstandard.ZstdCompressor(level=4).compress(data)
+        if codec == "lz4-no-checksum":
+            return bytes(lz4.frame.compress(data))
+        return data
+
+    good = fake_segment(NAME)
+    archive_path(server, NAME).write_bytes(store(good))
+    with retrieve.open_wal(server, NAME) as found:
+        assert not found.check.protected and found.check.walks_records
+    assert fetch(server, NAME, tmp_path) == good
+    broken = bytearray(good)
+    broken[MIB // 2 + 1234] ^= 0x10  # inside a record, far from any header
+    archive_path(server, NAME).write_bytes(store(bytes(broken)))
+    with pytest.raises(retrieve.IntegrityError, match="WAL records are damaged"):
+        fetch(server, NAME, tmp_path)
