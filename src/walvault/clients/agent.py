@@ -375,13 +375,16 @@ class Agent:
         return OK
 
     def _drop_passed(self, wanted: str) -> None:
-        """Delete segments recovery no longer needs: older ones and other timelines'."""
+        """Delete segments recovery no longer needs: older ones and other timelines'.
+
+        ``wanted`` itself stays: the client moves the window before it takes ``wanted``
+        from the spool (and checks it then)."""
         current = Segment.from_name(wanted)
         for entry in self._entries():
             if not is_segment(entry):
                 continue
             other = Segment.from_name(entry)
-            if other.tli != current.tli or (other.log, other.seg) <= (current.log, current.seg):
+            if other.tli != current.tli or (other.log, other.seg) < (current.log, current.seg):
                 self.spool.remove(entry)
 
     def _wipe(self) -> None:
