@@ -73,6 +73,20 @@ class Walvault:
         self.procs.append(proc)
         return proc
 
+    def spawn_locked(self, command: str, server: ServerConfig) -> subprocess.Popen[str]:
+        """Start ``walvault COMMAND SERVER`` and return once it holds its lock file (or has
+        already exited): a kill after this lands inside the command's real work."""
+        proc = self.spawn(command, server.name)
+        lock = Path(server.lock_directory, f".{server.name}-{command}.lock")
+        while proc.poll() is None:
+            try:
+                if lock.read_text().strip() == str(proc.pid):
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.0005)
+        return proc
+
     def cleanup(self) -> None:
         """Stop every spawned process."""
         for proc in self.procs:

@@ -24,13 +24,6 @@ SEGMENTS = 20
 COMPRESSIONS = ("zstd", None, "gzip")
 
 
-def _lock_pid(server: ServerConfig) -> str:
-    try:
-        return Path(server.lock_directory, f".{server.name}-archive-wal.lock").read_text().strip()
-    except FileNotFoundError:
-        return ""
-
-
 def _stage(server: ServerConfig, originals: dict[str, bytes], live: str) -> None:
     """A fresh server directory: half the backlog streamed, half shipped (some gzipped)."""
     shutil.rmtree(server.backup_directory, ignore_errors=True)
@@ -53,15 +46,7 @@ def _start_run(
     wv.write({"pg": {**options, "compression": algo or "none"}})
     server = wv.server()
     _stage(server, originals, live)
-    return server, _spawn_locked(wv, server)
-
-
-def _spawn_locked(wv: Any, server: ServerConfig) -> subprocess.Popen[str]:
-    """Start archive-wal and return once it holds its lock (or has already exited)."""
-    proc: subprocess.Popen[str] = wv.spawn("archive-wal", "pg")
-    while _lock_pid(server) != str(proc.pid) and proc.poll() is None:
-        time.sleep(0.0005)
-    return proc
+    return server, wv.spawn_locked("archive-wal", server)
 
 
 def _check(server: ServerConfig, originals: dict[str, bytes], live: str, algo: str | None) -> None:
@@ -151,7 +136,7 @@ def test_two_kills_in_a_row(pg: Any, walvault_factory: Any, tmp_path: Path) -> N
     server = wv.server()
     _stage(server, originals, live)
     for delay in (0.05, 0.02):
-        proc = _spawn_locked(wv, server)
+        proc = wv.spawn_locked("archive-wal", server)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)

@@ -167,3 +167,78 @@ def test_a_store_that_is_down_loses_nothing_and_the_backlog_drains(
     for name, data in originals.items():
         assert decompress_bytes("zstd", objects[f"pg/wals/{name[:16]}/{name}.zst"]) == data
         assert not (streaming / name).exists()
+
+
+def test_the_restore_client_stops_postgresql_when_the_store_does_not_answer(
+    pg: Any, walvault_factory: Any, aws_env: None, tmp_path: Path
+) -> None:
+    """A store that is down is never "not in the archive": 200, so PostgreSQL stops."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    options = _bucket_server(pg, "no-bucket", dead, aws_retries="0", aws_retry_timeout="2")
+    wv = walvault_factory({"pg": options})
+    dest = tmp_path / "RECOVERYXLOG"
+    for agent in ([], ["--no-agent"]):
+        restore = subprocess.run(
+            [
+                str(BIN / "walvault-wal-restore"),
+                *agent,
+                "--spool-dir",
+                str(tmp_path / "spool"),
+                "-c",
+                str(wv.conf),
+                "local",
+                "pg",
+                "000000010000000000000003",
+                str(dest),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert restore.returncode == 200, restore.stderr
+        assert "connection refused" in restore.stderr.lower()
+        assert not dest.exists()
+
+
+def test_archive_wal_killed_at_random_instants_into_the_bucket(
+    pg: Any,
+    walvault_factory: Any,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    s3_storage: Storage,
+    aws_env: None,
+) -> None:
+    """SIGKILL during uploads: the next run uploads what is missing, every segment ends in
+    the bucket exactly once, byte for byte, catalogued once, and nothing stays staged."""
+    import random
+    import signal
+    import time
+
+    wv = walvault_factory({"pg": _bucket_server(pg, s3_bucket, moto_server.endpoint)})
+    originals = _streamed(pg, wv, 10)
+    server = wv.server()
+    streaming = Path(server.streaming_wals_directory)
+    rng = random.Random(int(os.environ.get("WALVAULT_CRASH_SEED", "7")))
+    kills = 0
+    for _ in range(12):
+        proc = wv.spawn_locked("archive-wal", server)
+        time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        kills += proc.returncode == -signal.SIGKILL
+        if not any((streaming / n).exists() for n in originals):
+            break
+        for name, data in originals.items():  # put back what a run removed: a new backlog
+            if not (streaming / name).exists() and rng.random() < 0.3:
+                (streaming / name).write_bytes(data)
+    final = wv.run("archive-wal", "pg")
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert kills >= 1
+    objects = _objects(s3_storage)
+    keys = sorted(k for k in objects if not k.endswith(".partial"))
+    assert keys == sorted(f"pg/wals/{n[:16]}/{n}.zst" for n in originals)
+    for name, data in originals.items():
+        assert decompress_bytes("zstd", objects[f"pg/wals/{name[:16]}/{name}.zst"]) == data
+        assert not (streaming / name).exists()
+    catalogued = [line.split("\t")[0] for line in Path(server.xlogdb_path).read_text().splitlines()]
+    assert sorted(catalogued) == sorted(originals)
