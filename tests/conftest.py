@@ -193,6 +193,15 @@ def s3_storage(moto_server: MotoServer, s3_bucket: str) -> Any:
 
 
 @pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test credentials for walvault's subprocesses (the endpoint is in the config)."""
+    for key, value in TEST_ENVIRON.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
 def s3_environ(moto_server: MotoServer) -> dict[str, str]:
     return {**TEST_ENVIRON, "AWS_ENDPOINT_URL": moto_server.endpoint}
 

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +193,82 @@ def hanging_server() -> Iterator[HangingServer]:
         yield server
     finally:
         server.close()
+
+
+class CuttingProxy:
+    """A loopback TCP proxy in front of a store that can be made to refuse it, mid-stream.
+
+    ``cut_at(marker)``: the first request whose bytes contain ``marker`` (an object name)
+    has its connection closed unanswered, and from then on every connection is closed as
+    soon as it is accepted -- a store that stopped answering halfway through a recovery.
+    ``mend()`` forwards again.  HTTP only (the test store speaks plain HTTP on loopback).
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.marker: bytes | None = None
+        self.cut = threading.Event()
+        self.cut_seen = threading.Event()  # the marked request arrived and was refused
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut_at(self, marker: str) -> None:
+        self.marker = marker.encode()
+
+    def mend(self) -> None:
+        self.marker = None
+        self.cut.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=30)
+        except OSError:
+            client.close()
+            return
+        back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+        back.start()
+        tail = b""
+        try:
+            while data := client.recv(1 << 16):
+                seen, tail = tail + data, data[-256:]
+                if self.cut.is_set() or (self.marker and self.marker in seen):
+                    self.cut.set()
+                    self.cut_seen.set()
+                    break
+                upstream.sendall(data)
+        except OSError:
+            pass
+        for end in (client, upstream):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()

@@ -5,7 +5,9 @@ archived segment in the middle made unreadable to walvault's user. walvault-wal-
 to exit 2, which PostgreSQL takes for "no such file": it promoted with half the rows, on a
 new timeline. Now the client exits 200, PostgreSQL's startup process stops with FATAL, and
 once the segment is readable again a plain restart completes the recovery with every row.
-The same holds when the fault is a dead ssh connection to the backup host.
+The same holds when the fault is a dead ssh connection to the backup host, and when the
+archive is in object storage and the store stops answering halfway (a proxy in front of
+moto's S3 server cuts the connection at the middle segment's request).
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from s3harness import CuttingProxy, MotoServer
 from sshharness import Sshd
-from wvharness import restored_cluster, segment_names, streaming_server, wait_for
+from walvault.archive.walstore import WalArchive
+from wvharness import restored_cluster, streaming_server, wait_for
 
 ROWS, BATCHES = 6000, 6
 BIN = Path(sys.executable).parent
+
+
+def _archived_segments(wv: Any) -> set[str]:
+    return {name for name, _, _ in WalArchive(wv.server()).files() if len(name) == 24}
 
 
 def _backup_then_rows(pg: Any, wv: Any) -> list[str]:
@@ -30,8 +38,7 @@ def _backup_then_rows(pg: Any, wv: Any) -> list[str]:
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, pad text)")
     backup = wv.run("backup", "--wait", "pg", timeout=180)
     assert backup.returncode == 0, backup.stdout + backup.stderr
-    wals = Path(wv.server().wals_directory)
-    before = {n for d in wals.iterdir() if d.is_dir() for n in segment_names(d)}
+    before = _archived_segments(wv)
     per = ROWS // BATCHES
     for batch in range(BATCHES):
         pg.sql(
@@ -43,11 +50,10 @@ def _backup_then_rows(pg: Any, wv: Any) -> list[str]:
 
     def archived() -> bool:
         wv.run("archive-wal", "pg")
-        return (wals / closed[:16] / closed).exists()
+        return closed in _archived_segments(wv)
 
     wait_for(archived, what="every segment archived")
-    after = {n for d in wals.iterdir() if d.is_dir() for n in segment_names(d)}
-    return sorted(after - before)
+    return sorted(_archived_segments(wv) - before)
 
 
 def _start_expecting_a_stop(cluster: Any) -> str:
@@ -115,3 +121,40 @@ def test_a_dead_ssh_connection_stops_recovery_and_a_restart_completes_it(
     _check_stopped_not_promoted(_start_expecting_a_stop(restored))
     sshd.start()
     assert _recovered_rows(restored) == ROWS
+
+
+def test_a_store_that_stops_answering_stops_recovery_and_a_restart_completes_it(
+    pg: Any,
+    walvault_factory: Any,
+    tmp_path: Path,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    aws_env: None,
+) -> None:
+    proxy = CuttingProxy(moto_server.port)
+    try:
+        wv = walvault_factory(
+            {
+                "pg": streaming_server(
+                    pg,
+                    immediate_checkpoint="true",
+                    wals_directory=f"s3://{s3_bucket}/walvault-test",
+                    aws_endpoint_url=proxy.endpoint,
+                    aws_retries="1",
+                    aws_retry_timeout="3",
+                )
+            }
+        )
+        written = _backup_then_rows(pg, wv)
+        assert len(written) >= BATCHES
+        target = tmp_path / "restored"
+        result = wv.run("recover", "pg", "latest", str(target / "data"), "--get-wal")
+        assert result.returncode == 0, result.stdout + result.stderr
+        proxy.cut_at(written[len(written) // 2])
+        restored = restored_cluster(pg, target, "restored")
+        _check_stopped_not_promoted(_start_expecting_a_stop(restored))
+        assert proxy.cut_seen.is_set(), "the store was never asked for the middle segment"
+        proxy.mend()
+        assert _recovered_rows(restored) == ROWS
+    finally:
+        proxy.close()

@@ -17,23 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from s3harness import TEST_ENVIRON, MotoServer, free_port
+from s3harness import MotoServer, free_port
 from walvault.archive.compression import decompress_bytes
 from walvault.storage.base import Storage
 from wvharness import WALVAULT, make_segments, start_receiver, streaming_server, wait_for
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test credentials for walvault's subprocesses (the endpoint is in the config)."""
-    for key, value in TEST_ENVIRON.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
 
 
 def _bucket_server(pg: Any, bucket: str, endpoint: str, **extra: Any) -> dict[str, Any]:
