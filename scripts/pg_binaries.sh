@@ -108,6 +108,12 @@ usable() {
         say "$major: $ROOT/$major/share/postgres.bki is missing (initdb needs it)"
         return 1
     fi
+    # built --with-system-tzdata=/usr/share/zoneinfo: without it initdb and the server
+    # cannot resolve any time zone
+    if [[ ! -f /usr/share/zoneinfo/UTC ]]; then
+        say "$major: /usr/share/zoneinfo/UTC is missing (install Debian's tzdata)"
+        return 1
+    fi
     return 0
 }
 

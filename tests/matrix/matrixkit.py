@@ -108,10 +108,29 @@ def backup(wv: Any) -> str:
     return match.group(1)
 
 
-def archive_everything(wv: Any) -> None:
-    """Close the current segment and wait until it is archived (``switch-wal --archive``)."""
-    result = wv.run("switch-wal", "--archive", "--archive-timeout", "120", "pg", timeout=180)
+def archive_everything(wv: Any, pg: Any) -> None:
+    """Close the current segment (``switch-wal``) and wait until archive-wal archived it.
+
+    archive-wal holds the newest complete segment back until pg_receivewal has opened the
+    next ``.partial`` (Barman's rule), which an idle server makes it do only at its next WAL
+    record, up to 15 s later: a commit right after the switch writes one (and one before it
+    makes sure there is something to switch).
+    """
+    pg.sql("SELECT txid_current()")
+    result = wv.run("switch-wal", "pg")
     assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"The WAL file ([0-9A-F]{24}) has been closed", result.stdout)
+    assert match, result.stdout
+    closed = match.group(1)
+    pg.sql("SELECT txid_current()")
+    wals = Path(wv.server().wals_directory) / closed[:16]
+
+    def archived() -> bool:
+        ran = wv.run("archive-wal", "pg")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        return wals.is_dir() and any(n.startswith(closed) for n in os.listdir(wals))
+
+    wait_for(archived, what=f"{closed} archived")
 
 
 def recover_and_start(pg: Any, wv: Any, backup_id: str, target: Path, name: str) -> Any:

@@ -140,7 +140,7 @@ def test_wal_summarizer_on_streams_backs_up_and_recovers(
     add_rows(pg, 1, 3000)
     backup_id = backup(wv)
     add_rows(pg, 3001, 6000)
-    archive_everything(wv)
+    archive_everything(wv, pg)
     expected = fingerprint(pg)
     [info] = list(binfo.iter_backups(wv.server()))
     begin = parse_lsn(str(info.begin_xlog))

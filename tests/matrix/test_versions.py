@@ -81,7 +81,7 @@ def test_stream_backup_recover_with_own_and_latest_clients(
     assert_check_ok(wv)
     add_rows(pg, 2001, 4000)
     _switch_wal_force(pg, wv)
-    archive_everything(wv)
+    archive_everything(wv, pg)
 
     # the same archive carried on by the newest client programs
     receiver.stop()
@@ -94,7 +94,7 @@ def test_stream_backup_recover_with_own_and_latest_clients(
     pg.sql("UPDATE t SET pad = 'changed' WHERE id % 97 = 0")
     pg.sql("DELETE FROM t WHERE id % 101 = 0")
     _status_and_replication(pg, wv)
-    archive_everything(wv)
+    archive_everything(wv, pg)
     expected = fingerprint(pg)
     assert expected[0] == 8000 - 8000 // 101
 
