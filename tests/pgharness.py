@@ -179,7 +179,11 @@ class PgCluster:
         return major
 
     def __repr__(self) -> str:
-        return f"<PgCluster {self.name} pg{self.major} port={self.port} data={self.data_dir}>"
+        try:
+            major = str(self.major)
+        except HarnessError:
+            major = "?"
+        return f"<PgCluster {self.name} pg{major} port={self.port} data={self.data_dir}>"
 
     # ---------------------------------------------------------------- creation
 
