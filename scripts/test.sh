@@ -24,6 +24,12 @@
 #   WALVAULT_SKIP_LINT=1   skip ruff and mypy (quick local runs), pytest only
 #   WALVAULT_SKIP_PG=1     skip the tests that need a real PostgreSQL
 #   WALVAULT_PG_BINDIR     PostgreSQL server binaries to use (default: version 15)
+#   WALVAULT_PG_BINARIES   where scripts/pg_binaries.sh put PostgreSQL 14, 16, 17, 18 for
+#                          the version matrix (tests/matrix; default
+#                          /var/cache/walvault/postgresql); a major not found there, in
+#                          /usr/lib/postgresql/<major>/bin or WALVAULT_PG_BINDIR is skipped
+#   WALVAULT_PG_MAJORS     the majors of the matrix, e.g. "14 18" (default: 14 to 18);
+#                          when set, a major whose binaries are missing fails (.ci/run sets it)
 #   WALVAULT_VENV          venv location for non-root runs
 #   WALVAULT_TEST_WORK     as root: the test user's copy, venv and lock (default
 #                          /var/tmp/walvault-test); give each checkout its own to run

@@ -2,14 +2,25 @@
 
 PostgreSQL fixtures (see ``tests/pgharness.py`` for the cluster API):
 
-* ``pg_bindir``  (session) -- ``Path`` of the PostgreSQL 15 server binaries.
-  Tests using it are skipped only when ``WALVAULT_SKIP_PG=1``; otherwise missing
-  binaries are an error.
+* ``pg_bindir``  (session) -- ``Path`` of the default server binaries (PostgreSQL 15, or
+  ``$WALVAULT_PG_BINDIR``). Tests using it are skipped only when ``WALVAULT_SKIP_PG=1``;
+  otherwise missing binaries are an error.
 * ``pg_factory`` (function) -- ``PgFactory``: ``pg_factory(name=None, *,
-  wal_segsize_mb=1, extra_conf=None, start=True) -> PgCluster``.  Every cluster it
+  wal_segsize_mb=1, extra_conf=None, start=True, major=None) -> PgCluster``.  ``major``
+  asks for the binaries of that PostgreSQL major (see ``pg_bindir_of``).  Every cluster it
   made (and every standby made from those with ``make_standby``) is destroyed at
   teardown, whether the test passed or not.
 * ``pg``         (function) -- a started primary named ``primary``.
+
+The version matrix (PostgreSQL 14 to 18: Debian's 15, the others from the cache that
+``scripts/pg_binaries.sh`` fills; ``pgcluster_util.find_pg_bindir``):
+
+* ``pg_bindir_of`` (session) -- ``pg_bindir_of(major) -> Path`` of that major's binaries, or
+  the test is skipped (a major missing while ``WALVAULT_PG_MAJORS`` names it: an error, so
+  CI cannot pass without it).
+* ``pg_major`` (function) -- parametrised over every major of the matrix (ids ``pg14`` to
+  ``pg18``; ``WALVAULT_PG_MAJORS="14 17"`` narrows it): the major, its binaries checked as
+  ``pg_bindir_of`` does.
 
 ``sshd`` (function) -- a started :class:`sshharness.Sshd` (skipped where no sshd is
 installed); remote commands run with this interpreter's ``bin`` first on PATH.
@@ -29,7 +40,8 @@ barman_home=None, s3_endpoint=None) -> Barman``: a configuration file under ``tm
 ``walvault_sshd`` (function) -- a started ``Sshd`` whose sessions find walvault under the
 name ``barman`` first on their PATH (what barman-wal-restore calls).
 
-Tests under ``tests/integration`` get the ``integration`` marker automatically.
+Tests under ``tests/integration`` get the ``integration`` marker automatically; those under
+``tests/matrix`` get ``integration`` and ``matrix``.
 """
 
 from __future__ import annotations
@@ -54,35 +66,88 @@ from barmanharness import (  # noqa: E402
     barman_named_walvault,
     find_barman,
 )
-from pgharness import ConfValue, PgCluster, find_pg_bindir  # noqa: E402
+from pgharness import (  # noqa: E402
+    ConfValue,
+    HarnessError,
+    PgCluster,
+    find_pg_bindir,
+    requested_majors,
+)
 from s3harness import TEST_ENVIRON, MotoServer, make_storage  # noqa: E402
 from sshharness import Sshd, sshd_available  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real PostgreSQL binaries")
+    config.addinivalue_line("markers", "matrix: runs against every PostgreSQL major (14 to 18)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     integration_dir = _TESTS_DIR / "integration"
+    matrix_dir = _TESTS_DIR / "matrix"
     for item in items:
-        if integration_dir in Path(str(item.path)).parents:
+        parents = Path(str(item.path)).parents
+        if integration_dir in parents:
             item.add_marker(pytest.mark.integration)
+        if matrix_dir in parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.matrix)
 
 
 @pytest.fixture(scope="session")
 def pg_bindir() -> Path:
     if os.environ.get("WALVAULT_SKIP_PG") == "1":
         pytest.skip("WALVAULT_SKIP_PG=1: tests needing a real PostgreSQL are skipped")
-    return find_pg_bindir(15)
+    return find_pg_bindir()
+
+
+class BindirOf:
+    """``bindir_of(major)``: the binaries of a major, found once per session; skip or fail."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, Path | HarnessError] = {}
+
+    def __call__(self, major: int) -> Path:
+        if os.environ.get("WALVAULT_SKIP_PG") == "1":
+            pytest.skip("WALVAULT_SKIP_PG=1: tests needing a real PostgreSQL are skipped")
+        if major not in self.found:
+            try:
+                self.found[major] = find_pg_bindir(major)
+            except HarnessError as exc:
+                self.found[major] = exc
+        found = self.found[major]
+        if isinstance(found, Path):
+            return found
+        majors, required = requested_majors()
+        if required and major in majors:
+            raise found  # WALVAULT_PG_MAJORS names it (CI): missing binaries fail the test
+        pytest.skip(f"PostgreSQL {major}: {found}")
+
+
+@pytest.fixture(scope="session")
+def pg_bindir_of() -> BindirOf:
+    return BindirOf()
+
+
+def _matrix_params() -> list[Any]:
+    majors, _required = requested_majors()
+    return [pytest.param(major, id=f"pg{major}") for major in majors]
+
+
+@pytest.fixture(params=_matrix_params())
+def pg_major(request: pytest.FixtureRequest, pg_bindir_of: BindirOf) -> int:
+    major: int = request.param
+    pg_bindir_of(major)
+    return major
 
 
 class PgFactory:
     """Creates throwaway clusters under ``base_dir`` and destroys them all at teardown."""
 
-    def __init__(self, base_dir: Path, bindir: Path) -> None:
+    def __init__(self, base_dir: Path, bindir: Path, bindir_of: BindirOf | None = None) -> None:
         self.base_dir = base_dir
         self.bindir = bindir
+        self.bindir_of = bindir_of or BindirOf()
         self.clusters: list[PgCluster] = []
 
     def __call__(
@@ -92,6 +157,7 @@ class PgFactory:
         wal_segsize_mb: int = 1,
         extra_conf: Mapping[str, ConfValue] | None = None,
         start: bool = True,
+        major: int | None = None,
     ) -> PgCluster:
         if name is None:
             name = f"pg{len(self.clusters) + 1}"
@@ -100,7 +166,7 @@ class PgFactory:
             name=name,
             wal_segsize_mb=wal_segsize_mb,
             extra_conf=extra_conf,
-            bindir=self.bindir,
+            bindir=self.bindir if major is None else self.bindir_of(major),
             start=start,
         )
         self.clusters.append(cluster)
@@ -119,10 +185,10 @@ class PgFactory:
 
 
 @pytest.fixture
-def pg_factory(pg_bindir: Path, tmp_path: Path) -> Iterator[PgFactory]:
+def pg_factory(pg_bindir: Path, pg_bindir_of: BindirOf, tmp_path: Path) -> Iterator[PgFactory]:
     base_dir = tmp_path / "pg"
     base_dir.mkdir()
-    factory = PgFactory(base_dir, pg_bindir)
+    factory = PgFactory(base_dir, pg_bindir, pg_bindir_of)
     try:
         yield factory
     finally:

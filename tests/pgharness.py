@@ -17,6 +17,12 @@ Every cluster has these roles (passwords are random, kept on the object):
 * ``streaming_walvault`` LOGIN REPLICATION
 * ``nomonitor``          LOGIN and nothing else
 
+(``pg_checkpoint`` exists from PostgreSQL 15: on 14 ``walvault`` has ``pg_monitor`` only.)
+
+A cluster may be of any major (``PgCluster.create(..., major=17)``, or ``bindir=``): its
+binaries are found by :func:`pgcluster_util.find_pg_bindir` and every copy of it (restored
+backups, standbys) runs the same binaries.
+
 The helpers (roles, binaries, ports, conninfo strings, :func:`wait_until`) live in
 ``pgcluster_util.py`` and the copies (restored backups, standbys) in
 ``pgcluster_copies.py``; everything is importable from here.
@@ -25,6 +31,7 @@ The helpers (roles, binaries, ports, conninfo strings, :func:`wait_until`) live 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -41,7 +48,10 @@ from psycopg import sql as pgsql
 
 import pgcluster_copies
 from pgcluster_util import (
+    DEFAULT_MAJOR,
     DEFAULT_TIMEOUT,
+    LATEST_MAJOR,
+    MATRIX_MAJORS,
     MONITOR_USER,
     NOMONITOR_USER,
     STREAMING_USER,
@@ -54,12 +64,18 @@ from pgcluster_util import (
     free_port,
     fresh_cluster_dir,
     make_conninfo,
+    pg_binaries_root,
+    postgres_major,
+    requested_majors,
     tail,
     wait_until,
 )
 
 __all__ = [
+    "DEFAULT_MAJOR",
     "DEFAULT_TIMEOUT",
+    "LATEST_MAJOR",
+    "MATRIX_MAJORS",
     "MONITOR_USER",
     "NOMONITOR_USER",
     "STREAMING_USER",
@@ -70,6 +86,9 @@ __all__ = [
     "find_pg_bindir",
     "free_port",
     "make_conninfo",
+    "pg_binaries_root",
+    "postgres_major",
+    "requested_majors",
     "wait_until",
 ]
 
@@ -151,8 +170,20 @@ class PgCluster:
     def nomonitor_password(self) -> str:
         return self.passwords[NOMONITOR_USER]
 
+    @functools.cached_property
+    def major(self) -> int:
+        """The PostgreSQL major of this cluster's binaries (15, 18...)."""
+        major = postgres_major(self.bindir)
+        if major is None:
+            raise HarnessError(f"{self.bindir}/postgres does not run")
+        return major
+
     def __repr__(self) -> str:
-        return f"<PgCluster {self.name} port={self.port} data={self.data_dir}>"
+        try:
+            major = str(self.major)
+        except HarnessError:
+            major = "?"
+        return f"<PgCluster {self.name} pg{major} port={self.port} data={self.data_dir}>"
 
     # ---------------------------------------------------------------- creation
 
@@ -165,15 +196,17 @@ class PgCluster:
         wal_segsize_mb: int = 1,
         extra_conf: Mapping[str, ConfValue] | None = None,
         bindir: str | os.PathLike[str] | None = None,
+        major: int | None = None,
         start: bool = True,
     ) -> PgCluster:
         """``initdb`` a new cluster under ``base_dir/name``; start it and add roles.
 
-        With ``start=False`` the cluster is only initialised; the roles are then
-        created on the first :meth:`start`.
+        The binaries are ``bindir``, else those of ``major`` (:func:`find_pg_bindir`), else
+        the default ones. With ``start=False`` the cluster is only initialised; the roles
+        are then created on the first :meth:`start`.
         """
         ensure_not_root()
-        bin_path = Path(bindir) if bindir is not None else find_pg_bindir()
+        bin_path = Path(bindir) if bindir is not None else find_pg_bindir(major)
         cluster_dir = fresh_cluster_dir(Path(base_dir).resolve() / name)
 
         passwords = {
@@ -294,10 +327,9 @@ class PgCluster:
                         pgsql.Identifier(role), pgsql.Literal(self.passwords[role])
                     )
                 )
+            roles = "pg_monitor, pg_checkpoint" if self.major >= 15 else "pg_monitor"
             conn.execute(
-                pgsql.SQL("GRANT pg_monitor, pg_checkpoint TO {}").format(
-                    pgsql.Identifier(MONITOR_USER)
-                )
+                pgsql.SQL("GRANT " + roles + " TO {}").format(pgsql.Identifier(MONITOR_USER))
             )
             # what walvault's documentation asks of a non-superuser backup user
             for function in ("pg_switch_wal()", "pg_create_restore_point(text)"):

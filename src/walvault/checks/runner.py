@@ -24,7 +24,9 @@ from walvault.receiver.binary import (
     RECEIVEWAL_NAMES,
     find_program,
     major_name,
+    served_range,
     server_major_num,
+    serves,
 )
 from walvault.receiver.state import load_state
 from walvault.wal.names import format_lsn
@@ -244,13 +246,14 @@ def _receiver(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:
         )
         results.append(CheckResult("pg_receivexlog compatible", False, hint))
     else:
-        ok = program.version.major_num >= server_major_num(server_version)
+        ok = serves("pg_receivewal", program.version, server_version)
         hint = (
             ""
             if ok
             else (
                 f"PostgreSQL version: {major_name(server_major_num(server_version))}, "
-                f"pg_receivexlog version: {program.version.full}"
+                f"pg_receivexlog version: {program.version.full} (it streams servers from "
+                f"{served_range('pg_receivewal', program.version)})"
             )
         )
         results.append(CheckResult("pg_receivexlog compatible", ok, hint))

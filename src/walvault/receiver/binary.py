@@ -1,4 +1,14 @@
-"""Finding PostgreSQL client programs (pg_receivewal, pg_basebackup) and parsing their versions."""
+"""Finding PostgreSQL client programs (pg_receivewal, pg_basebackup) and parsing their versions.
+
+Which client may serve which server is PostgreSQL's own rule, not ours: pg_receivewal and
+pg_basebackup check the server's major as soon as they connect and refuse one newer than
+themselves ("it might work, but we don't know, so err on the safe side") or older than the
+protocol they speak: pg_receivewal streams from 9.3 on (the streaming messages changed in
+9.3), pg_basebackup copies from 9.1 on (``BASE_BACKUP``). So the newest client serves every
+supported server, and a client older than the server never does. :func:`serves` states that
+rule once; receive-wal, backup and check all ask it. ``tests/matrix/test_client_rule.py``
+runs the real programs of PostgreSQL 14 to 18 against servers of 14 to 18 and compares.
+"""
 
 from __future__ import annotations
 
@@ -105,14 +115,36 @@ def find_program(names: tuple[str, ...], search_path: str) -> ClientProgram | No
 RECEIVEWAL_NAMES = ("pg_receivewal", "pg_receivexlog")
 
 
+#: The oldest server major each client program works with (see the module docstring).
+OLDEST_SERVER = {"pg_receivewal": 90300, "pg_receivexlog": 90300, "pg_basebackup": 90100}
+
+
+def serves(name: str, client: ClientVersion, server_version_num: int) -> bool:
+    """Whether the client program ``name`` of version ``client`` works with a server of
+    ``server_version_num``: ``OLDEST_SERVER[name] <= server major <= client major``."""
+    server_major = server_major_num(server_version_num)
+    return OLDEST_SERVER[name] <= server_major <= client.major_num
+
+
+def served_range(name: str, client: ClientVersion) -> str:
+    """The servers ``name`` of version ``client`` works with, in words: ``9.3 to 15``."""
+    return f"{major_name(OLDEST_SERVER[name])} to {client.major}"
+
+
 def require_compatible(program: ClientProgram | None, name: str, server_version_num: int) -> None:
-    """Refuse a missing program, or one whose major is older than the server's."""
+    """Refuse a missing program, or one that does not serve the server (:func:`serves`)."""
     if program is None:
         raise WalvaultError(f"{name} not present in path_prefix or $PATH")
+    if serves(name, program.version, server_version_num):
+        return
     server_major = server_major_num(server_version_num)
-    if program.version.major_num < server_major:
-        raise WalvaultError(
-            f"{name} version not compatible with PostgreSQL server version: {program.path} is "
-            f"{program.version.major}, the server is {major_name(server_major)} (the client "
-            "must be the same major version as the server or newer)"
-        )
+    if server_major > program.version.major_num:
+        advice = f"use the {name} of PostgreSQL {major_name(server_major)} or newer"
+    else:
+        advice = f"PostgreSQL {major_name(server_major)} is too old for it"
+    raise WalvaultError(
+        f"{name} version not compatible with PostgreSQL server version: {program.path} is "
+        f"{program.version.major}, the server is {major_name(server_major)} ({name} "
+        f"{program.version.major} works with servers from {served_range(name, program.version)}"
+        f": {advice}, e.g. through path_prefix)"
+    )

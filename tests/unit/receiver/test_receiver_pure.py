@@ -10,7 +10,13 @@ import pytest
 
 from walvault.config.server import ServerConfig
 from walvault.errors import WalvaultError
-from walvault.receiver.binary import find_program, parse_version, require_compatible
+from walvault.receiver.binary import (
+    ClientProgram,
+    find_program,
+    parse_version,
+    require_compatible,
+    serves,
+)
 from walvault.receiver.command import build_receiver_command
 from walvault.receiver.sync import parse_sync_standby_names
 
@@ -66,10 +72,51 @@ def test_require_compatible() -> None:
         pytest.skip("no PostgreSQL 15 client here")
     require_compatible(found, "pg_receivewal", 150018)
     require_compatible(found, "pg_receivewal", 140005)
-    with pytest.raises(WalvaultError, match=r"is 15, the server is 16"):
+    with pytest.raises(WalvaultError, match=r"is 15, the server is 16 \(pg_receivewal 15 works"):
         require_compatible(found, "pg_receivewal", 160002)
     with pytest.raises(WalvaultError, match="not present"):
         require_compatible(None, "pg_receivewal", 150000)
+
+
+@pytest.mark.parametrize(
+    ("name", "client", "server", "ok"),
+    [
+        # the newest client serves every older server, down to its protocol's oldest
+        ("pg_receivewal", "18.6", 140023, True),
+        ("pg_receivewal", "18.6", 180006, True),
+        ("pg_receivewal", "18.6", 90300, True),
+        ("pg_receivewal", "18.6", 90224, False),  # streaming messages changed in 9.3
+        ("pg_receivexlog", "9.6.24", 90300, True),
+        ("pg_basebackup", "18.6", 90100, True),  # BASE_BACKUP exists from 9.1
+        ("pg_basebackup", "18.6", 90024, False),
+        # never a server newer than the client, not even by a minor-looking step
+        ("pg_receivewal", "17.11", 180000, False),
+        ("pg_receivewal", "14.23", 150001, False),
+        ("pg_basebackup", "16.15", 170000, False),
+        ("pg_receivexlog", "9.6.24", 100000, False),
+        # a development client counts as its major
+        ("pg_receivewal", "19devel", 180006, True),
+        ("pg_receivewal", "18beta1", 180000, True),
+    ],
+)
+def test_serves_is_postgresqls_rule(name: str, client: str, server: int, ok: bool) -> None:
+    assert serves(name, parse_version(client), server) is ok
+
+
+def test_require_compatible_says_what_to_do() -> None:
+    old = ClientProgram("/opt/pg14/bin/pg_receivewal", parse_version("14.23"))
+    with pytest.raises(WalvaultError) as newer:
+        require_compatible(old, "pg_receivewal", 180006)
+    assert str(newer.value) == (
+        "pg_receivewal version not compatible with PostgreSQL server version: "
+        "/opt/pg14/bin/pg_receivewal is 14, the server is 18 (pg_receivewal 14 works with "
+        "servers from 9.3 to 14: use the pg_receivewal of PostgreSQL 18 or newer, e.g. "
+        "through path_prefix)"
+    )
+    new = ClientProgram("/opt/pg18/bin/pg_basebackup", parse_version("18.6"))
+    with pytest.raises(WalvaultError, match=r"the server is 9.0 .*PostgreSQL 9.0 is too old"):
+        require_compatible(new, "pg_basebackup", 90024)
+    require_compatible(new, "pg_basebackup", 140023)
 
 
 @pytest.mark.parametrize(
