@@ -53,9 +53,7 @@ def _backup_then_rows(pg: Any, wv: Any) -> list[str]:
 def _start_expecting_a_stop(cluster: Any) -> str:
     """Start ``cluster`` without waiting; return its log once the postmaster has exited."""
     offset = cluster.log_path.stat().st_size if cluster.log_path.exists() else 0
-    cluster._run(
-        "pg_ctl", "start", "-W", "-D", str(cluster.data_dir), "-l", str(cluster.log_path)
-    )
+    cluster._run("pg_ctl", "start", "-W", "-D", str(cluster.data_dir), "-l", str(cluster.log_path))
     time.sleep(1)
     wait_for(lambda: cluster.postmaster_pid() is None, what="the startup process to stop")
     with cluster.log_path.open(errors="replace") as log:
