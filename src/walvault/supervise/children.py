@@ -52,6 +52,7 @@ log = logging.getLogger("walvault.serve")
 
 #: Signals the service handles; a child gets their defaults back.
 SERVICE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGALRM)
+PR_SET_NAME = 15
 Emit = Callable[[dict[str, Any]], None]
 Target = Callable[[Emit], int]
 
@@ -128,7 +129,7 @@ def fork_child(name: str, target: Target, *, sockets: Iterable[socket.socket] = 
         code = 70
         try:
             os.close(read_fd)
-            _child_setup(parent, sockets)
+            _child_setup(name, parent, sockets)
             code = target(_emitter(write_fd))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -146,7 +147,18 @@ def fork_child(name: str, target: Target, *, sockets: Iterable[socket.socket] = 
     return Child(name, pid, pidfd, read_fd)
 
 
-def _child_setup(parent: int, sockets: Iterable[socket.socket]) -> None:
+def _set_name(name: str) -> None:
+    """The worker's name in ``top``, ``ps -o comm`` and ``/proc/PID/comm`` (15 bytes)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, f"wv {name}".encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_setup(name: str, parent: int, sockets: Iterable[socket.socket]) -> None:
     for signum in SERVICE_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
@@ -155,6 +167,7 @@ def _child_setup(parent: int, sockets: Iterable[socket.socket]) -> None:
     if os.getppid() != parent:  # the service died before the line above
         os._exit(1)
     os.setpgid(0, 0)
+    _set_name(name)
     for sock in sockets:
         with contextlib.suppress(OSError):
             os.close(sock.detach())

@@ -96,7 +96,12 @@ def _host_allowed(host_header: str | None, loopback_only: bool) -> bool:
         name = name[: name.find("]") + 1]
     else:
         name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-    return name in LOOPBACK_NAMES or name.startswith("127.")
+    if name in LOOPBACK_NAMES:
+        return True
+    try:  # an address literal, never a name that merely starts like one
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _plain(status: int, text: str) -> Response:
