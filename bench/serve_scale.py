@@ -305,12 +305,26 @@ def memory_breakdown(main: int, pids: list[int]) -> dict[str, Any]:
             if command_name(pid) == "pg_receivewal"
             else "workers"
         )
-        entry = groups.setdefault(kind, {"count": 0, "rss": 0, "pss": 0, "uss": 0})
-        entry["count"] += 1
-        for key, value in memory_kib(pid).items():
-            entry[key] += value
-    groups["total_pss"] = {"kib": sum(g["pss"] for g in groups.values())}
+        usage = memory_kib(pid)
+        kinds = [kind]
+        if kind == "workers":  # and by the worker's name ("wv receive-wal", "wv probe"...)
+            kinds.append("workers: " + " ".join(worker_name(pid).split()[:2]))
+        for key_ in kinds:
+            entry = groups.setdefault(key_, {"count": 0, "rss": 0, "pss": 0, "uss": 0})
+            entry["count"] += 1
+            for key, value in usage.items():
+                entry[key] += value
+    groups["total_pss"] = {
+        "kib": sum(g["pss"] for k, g in groups.items() if not k.startswith("workers: "))
+    }
     return groups
+
+
+def worker_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def measure_cron(setup: Setup, count: int) -> dict[str, Any]:
@@ -399,6 +413,14 @@ def report(results: dict[str, Any]) -> str:
             f"({mib(parents['rss'])}) MiB "
             f"| {rec['count']}: {mib(rec['pss'])} ({mib(rec['rss'])}) MiB |"
         )
+    lines.append("")
+    for run in results["serve"]:
+        for key, entry in sorted(run["memory_kib"].items()):
+            if key.startswith("workers: "):
+                lines.append(
+                    f"- {run['servers']} servers, {key[9:]}: {entry['count']} processes, PSS "
+                    f"{mib(entry['pss'])} MiB, private {mib(entry['uss'])} MiB"
+                )
     return "\n".join(lines)
 
 

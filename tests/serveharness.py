@@ -7,12 +7,18 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from wvharness import WALVAULT, Walvault, wait_for
+
+
+def _drain(stream: Any, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
 
 
 class Serve:
@@ -36,6 +42,11 @@ class Serve:
             raise AssertionError(f"walvault serve did not start: {first!r} {err}")
         self.port = int(found.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
+        # keep reading what it prints, so that a full pipe never blocks the service
+        self.output: list[str] = [first]
+        self.errors: list[str] = []
+        for stream, lines in ((self.proc.stdout, self.output), (self.proc.stderr, self.errors)):
+            threading.Thread(target=_drain, args=(stream, lines), daemon=True).start()
 
     def get(self, path: str, *, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
         """GET ``path``: status, headers (lower-case names), body."""

@@ -287,3 +287,10 @@ def test_no_secret_on_any_page_and_loopback_only(pg: Any, walvault_factory: Any)
     assert serve.get("/nothing")[0] == 404
     assert serve.get("/", host="attacker.example:80")[0] == 421  # DNS rebinding
     assert serve.get("/", host=f"localhost:{serve.port}")[0] == 200
+    # a second service on the same address: one ERROR line, exit 1
+    taken = wv.run("serve", "--listen", f"127.0.0.1:{serve.port}", timeout=60)
+    assert taken.returncode == 1
+    assert f"ERROR: cannot listen on 127.0.0.1:{serve.port}" in taken.stderr
+    assert "Traceback" not in taken.stderr
+    bad = wv.run("serve", "--listen", "localhost:9781")
+    assert bad.returncode == 1 and "is not an IP address" in bad.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from serveharness import Serve, streaming_pid
 from wvharness import slot_active, streaming_server, wait_for
 
@@ -81,9 +82,11 @@ def test_status_page_renders_plots_and_shows_a_dead_receiver(
     assert wv.run("backup", "--wait", "pg").returncode == 0
     pg.sql("INSERT INTO t VALUES (1)")
     wait_for(
-        lambda: len(serve.server()["lag"]["samples"]) >= 5
-        and serve.server()["coverage"]["timelines"]
-        and serve.server()["checks"]["at"],
+        lambda: (
+            len(serve.server()["lag"]["samples"]) >= 5
+            and serve.server()["coverage"]["timelines"]
+            and serve.server()["checks"]["at"]
+        ),
         what="samples, archive and checks",
     )
 

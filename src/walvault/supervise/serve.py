@@ -239,23 +239,36 @@ class Service:
                 if not rt.children() and not rt.receiver_starting:
                     del self.runtimes[name]
                 continue
-            if rt.receiver is not None and not rt.wants_receiver:
-                self._stop_receiver(rt)
-            if (
-                rt.wants_receiver
-                and rt.receiver is None
-                and not rt.receiver_starting
-                and now >= rt.next_receiver_start
-            ):
-                self._spawn(self._start_receiver(rt))
-            idle = rt.archives and rt.archiver is None and now >= rt.next_archive
-            if idle and self._has_work(rt.server):
-                self._start_archiver(rt)
-            if not rt.server.disabled and rt.maintenance is None and now >= rt.next_maintenance:
-                rt.next_maintenance = now + MAINTENANCE_EVERY
-                self._start_maintenance(rt)
+            try:
+                self._tick_server(rt, now)
+            except Exception as exc:  # (a fork that fails: no memory, no process slot)
+                log.exception("serve: pass over server %s failed", name)
+                rt.error("serve", f"{type(exc).__name__}: {exc}; retrying in 30 s")
+                rt.next_archive = rt.next_maintenance = now + 30.0
         if self.prober is None and now >= self.next_prober:
-            self._start_prober()
+            try:
+                self._start_prober()
+            except Exception as exc:
+                self._service_error(f"cannot start the probe worker: {exc}; retrying in 30 s")
+                self.next_prober = now + 30.0
+
+    def _tick_server(self, rt: ServerRuntime, now: float) -> None:
+        if rt.receiver is not None and not rt.wants_receiver:
+            self._stop_receiver(rt)
+        if (
+            rt.wants_receiver
+            and rt.receiver is None
+            and not rt.receiver_starting
+            and now >= rt.next_receiver_start
+        ):
+            rt.receiver_starting = True  # before the task runs: never two starts at once
+            self._spawn(self._start_receiver(rt))
+        idle = rt.archives and rt.archiver is None and now >= rt.next_archive
+        if idle and self._has_work(rt.server):
+            self._start_archiver(rt)
+        if not rt.server.disabled and rt.maintenance is None and now >= rt.next_maintenance:
+            rt.next_maintenance = now + MAINTENANCE_EVERY
+            self._start_maintenance(rt)
 
     # ---------------------------------------------------------------- workers
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -331,6 +344,10 @@ class Service:
                 lock.release()
         except WalvaultError as exc:
             rt.error("receiver", exc.message)
+            rt.next_receiver_start = time.time() + 30.0
+        except Exception as exc:  # a fork that fails
+            log.exception("serve: starting the receiver of %s failed", server.name)
+            rt.error("receiver", f"cannot start receive-wal: {exc}; retrying in 30 s")
             rt.next_receiver_start = time.time() + 30.0
         finally:
             rt.receiver_starting = False

@@ -93,4 +93,6 @@ def test_label_escaping_and_values() -> None:
     odd = server("pg")
     odd["checks"]["results"] = [{"name": 'a "quoted"\\ check\nname', "ok": True, "hint": ""}]
     got = parsed({"service": {"version": "x"}, "servers": [odd]})
-    assert got[("walvault_check_ok", (("check", 'a "quoted"\\ check\nname'), ("server", "pg")))] == 1
+    assert (
+        got[("walvault_check_ok", (("check", 'a "quoted"\\ check\nname'), ("server", "pg")))] == 1
+    )
