@@ -36,6 +36,8 @@ class ServerRuntime:
     archiver: Child | None = None
     next_archive: float = 0.0
     archive_failures: int = 0
+    #: staging directory -> (mtime_ns, when) of its last listing
+    listed: dict[str, tuple[int, float]] = field(default_factory=dict)
     maintenance: Child | None = None
     next_maintenance: float = 0.0
     removed: bool = False

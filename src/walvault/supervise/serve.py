@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import time
@@ -76,6 +77,7 @@ MAINTENANCE_EVERY = 60.0
 STOPPED_PAUSE = 60.0
 LOCK_WAIT = 15.0
 ARCHIVE_GRACE = 10.0
+RELIST_EVERY = 30.0
 STOP_TIMEOUT = 25.0
 
 
@@ -264,7 +266,7 @@ class Service:
             rt.receiver_starting = True  # before the task runs: never two starts at once
             self._spawn(self._start_receiver(rt))
         idle = rt.archives and rt.archiver is None and now >= rt.next_archive
-        if idle and self._has_work(rt.server):
+        if idle and self._has_work(rt, now):
             self._start_archiver(rt)
         if not rt.server.disabled and rt.maintenance is None and now >= rt.next_maintenance:
             rt.next_maintenance = now + MAINTENANCE_EVERY
@@ -315,18 +317,36 @@ class Service:
         on_exit(child, code)
         self.kick()
 
-    def _has_work(self, server: ServerConfig) -> bool:
+    def _has_work(self, rt: ServerRuntime, now: float) -> bool:
         """Whether archive-wal would take a file now (the same selection, names only)."""
+        server = rt.server
         if server.streaming_archiver:
             directory = server.streaming_wals_directory
-            batch = select_streaming(directory, list_names(directory), 1)
-            if batch.size:
+            changed = self._changed(rt, directory, now)
+            if changed and select_streaming(directory, list_names(directory), 1).size:
                 return True
         if server.archiver:
             directory = server.incoming_wals_directory
-            if select_incoming(directory, list_names(directory), 1).size:
+            changed = self._changed(rt, directory, now)
+            if changed and select_incoming(directory, list_names(directory), 1).size:
                 return True
         return False
+
+    @staticmethod
+    def _changed(rt: ServerRuntime, directory: str, now: float) -> bool:
+        """Whether ``directory`` may have changed since it was last listed: its mtime moved,
+        or is too recent to trust (file system timestamps are coarse), or the last listing
+        is :data:`RELIST_EVERY` seconds old.  A stat costs a few microseconds, a listing and
+        selection some 50: most polls of an idle directory are a stat."""
+        try:
+            mtime = os.stat(directory).st_mtime_ns
+        except OSError:
+            return True
+        seen = rt.listed.get(directory)
+        if seen and seen[0] == mtime and now - mtime / 1e9 > 1.0 and now - seen[1] < RELIST_EVERY:
+            return False
+        rt.listed[directory] = (mtime, now)
+        return True
 
     async def _start_receiver(self, rt: ServerRuntime) -> None:
         server = rt.server
@@ -436,6 +456,7 @@ class Service:
 
     def _archiver_exited(self, rt: ServerRuntime, code: int) -> None:
         rt.archiver = None
+        rt.listed.clear()  # list again: files left behind (busy, failed, batch size) wait
         now = time.time()
         if code == 0:
             rt.archive_failures = 0
