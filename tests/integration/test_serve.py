@@ -261,10 +261,19 @@ def test_stop_on_request_pauses_and_sighup_adds_and_removes_servers(
     dir2 = wv.server("pg2").streaming_wals_directory
     assert len(receivers_for(dir2)) == 1
 
+    # SIGHUP: a changed server's receiver is restarted with its new settings
+    before = streaming_pid(serve, "pg2")
+    wv.write({"pg": streaming_server(pg), "pg2": {**second, "streaming_status_interval": 2}})
+    serve.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (pids := receivers_for(dir2)) and pids[0] != before, what="pg2 restarted")
+    argv = Path(f"/proc/{receivers_for(dir2)[0]}/cmdline").read_bytes().split(b"\0")
+    assert b"--status-interval=2" in argv
+
     # SIGHUP: a removed server's receiver is stopped
     wv.write({"pg": streaming_server(pg)})
     serve.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: receivers_for(dir2) == [], what="pg2 stopped")
+    assert serve.proc.poll() is None  # reloads never stop the service
     wait_for(lambda: [s["name"] for s in serve.status()["servers"]] == ["pg"], what="pg2 gone")
     assert serve.stop() == 0
 

@@ -84,7 +84,7 @@ class ServerRuntime:
     def add_lag(self, at: float, lag: int | None, error: str | None) -> None:
         """A lag sample (None: could not be measured, with why)."""
         self.lag_bytes, self.lag_at, self.lag_error = lag, at, error
-        self.lag_samples.append((at, lag))
+        self.lag_samples.append((round(at, 1), lag))
         while self.lag_samples and self.lag_samples[0][0] < at - LAG_WINDOW:
             self.lag_samples.popleft()
 

@@ -1,7 +1,8 @@
 """``walvault serve``: cron's work for every server, continuously, in one service.
 
 One asyncio loop in one thread does the supervising; everything that can block runs in a
-forked worker (:mod:`walvault.supervise.children`):
+forked worker (:mod:`walvault.supervise.children`; what each runs:
+:mod:`walvault.supervise.workers`):
 
 * **receivers** -- a worker per streamed server runs :func:`walvault.receiver.service.
   receive_wal`, exactly what ``walvault receive-wal`` runs (preflight, slot, gap-safe
@@ -48,21 +49,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from walvault import counters, locks
+from walvault import locks
 from walvault.archive.batch import list_names, select_incoming, select_streaming
 from walvault.config import Config, ServerConfig, load_config
 from walvault.errors import ConfigError, LockBusy, WalvaultError
 from walvault.receiver.state import load_state
 from walvault.supervise.children import Child, Emit, fork_child
-from walvault.supervise.cron import (
-    apply_retention,
-    prepare_directories,
-    receiver_start_due,
-    settle_backups,
-    stop_receiver,
-)
+from walvault.supervise.cron import prepare_directories, receiver_start_due
 from walvault.supervise.notify import notify
 from walvault.supervise.runtime import ServerRuntime
+from walvault.supervise.workers import archive_target, maintenance_target, preload, receiver_target
 from walvault.web.coverage import CoverageReader
 from walvault.web.http import HttpServer, Response, listening_socket
 from walvault.web.metrics import CONTENT_TYPE, metrics_text
@@ -79,75 +75,6 @@ LOCK_WAIT = 15.0
 ARCHIVE_GRACE = 10.0
 RELIST_EVERY = 30.0
 STOP_TIMEOUT = 25.0
-
-
-def _receiver_target(server: ServerConfig) -> Callable[[Emit], int]:
-    def run(_emit: Emit) -> int:
-        from walvault.receiver.service import receive_wal
-
-        already_logged = f"{server.name}: "  # run_receiver logs pg_receivewal's lines itself
-
-        def echo(text: str) -> None:
-            if not text.startswith(already_logged):
-                log.info("%s", text)
-
-        try:
-            return receive_wal(server, echo, log.warning)
-        except WalvaultError as exc:
-            log.error("receive-wal for server %s: %s", server.name, exc.message)
-            return exc.exit_code
-
-    return run
-
-
-def _archive_target(server: ServerConfig, settle: bool) -> Callable[[Emit], int]:
-    def run(emit: Emit) -> int:
-        from walvault.archive.archiver import archive_wal
-
-        try:
-            result = archive_wal(server, log.info, verbose=False, warn=log.warning)
-            if result.archived and settle:
-                settle_backups(server, log.info)
-        except WalvaultError as exc:
-            emit({"error": exc.message, "storage": counters.drain()})
-            return exc.exit_code
-        emit(
-            {
-                "archived": result.archived,
-                "busy": result.busy,
-                "errors": result.errors,
-                "failed": [list(item) for item in result.failed],
-                "storage": counters.drain(),
-            }
-        )
-        return result.exit_code
-
-    return run
-
-
-def _maintenance_target(server: ServerConfig) -> Callable[[Emit], int]:
-    def run(emit: Emit) -> int:
-        lock = locks.ServerLock(server.lock_directory, server.name, locks.CRON)
-        try:
-            lock.acquire()
-        except LockBusy:
-            return 0  # a cron pass is doing the same right now
-        try:
-            if not server.active:
-                stop_receiver(server, log.info, "is inactive")
-                return 0
-            if not server.streaming_archiver:
-                stop_receiver(server, log.info, "has streaming_archiver = off")
-            settle_backups(server, log.info)
-            apply_retention(server, log.info)
-        except WalvaultError as exc:
-            emit({"error": exc.message})
-            return exc.exit_code
-        finally:
-            lock.release()
-        return 0
-
-    return run
 
 
 class Service:
@@ -393,7 +320,7 @@ class Service:
         rt.receiver_stop_requested = False
         child = self._fork(
             f"receive-wal {server.name}",
-            _receiver_target(server),
+            receiver_target(server),
             lambda _line: None,
             lambda child, code: self._receiver_exited(rt, child, code),
         )
@@ -438,7 +365,7 @@ class Service:
         settle = not rt.server.disabled
         rt.archiver = self._fork(
             f"archive-wal {rt.name}",
-            _archive_target(rt.server, settle),
+            archive_target(rt.server, settle),
             lambda data: self._archive_report(rt, data),
             lambda child, code: self._archiver_exited(rt, code),
         )
@@ -470,7 +397,7 @@ class Service:
     def _start_maintenance(self, rt: ServerRuntime) -> None:
         rt.maintenance = self._fork(
             f"maintenance {rt.name}",
-            _maintenance_target(rt.server),
+            maintenance_target(rt.server),
             lambda data: self._report_error(rt, "maintenance", data),
             lambda child, code: self._maintenance_exited(rt, code),
         )
@@ -654,20 +581,6 @@ def _shown_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _preload() -> None:
-    """Import what the workers run before the first fork, so that every worker shares these
-    modules' pages instead of importing them again (each import costs CPU and memory)."""
-    import psycopg  # noqa: F401
-
-    import walvault.archive.archiver
-    import walvault.backup.delete
-    import walvault.backup.retention
-    import walvault.backup.walcheck
-    import walvault.checks.runner
-    import walvault.receiver.service
-    import walvault.supervise.probe  # noqa: F401
-
-
 def run_service(
     config: Config,
     listen: tuple[str, int],
@@ -678,7 +591,7 @@ def run_service(
     warn: Echo,
 ) -> int:
     """Run the service in the foreground until it is stopped."""
-    _preload()
+    preload()
     service = Service(
         config,
         listen,

@@ -27,9 +27,14 @@ from walvault.wal.names import Segment
 STOPPED_BY_REQUEST = "stopped on request (SIGINT/SIGTERM)"
 
 
-def scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every password of ``secrets`` (conninfos) masked."""
-    return mask_text(text, secrets) if secrets else text
+def scrub_all(texts: list[str], secrets: list[str]) -> list[str]:
+    """``texts`` with every password of ``secrets`` (conninfos) masked, in one pass: the
+    texts are joined by NUL (which no password and no message contains), masked by
+    :func:`walvault.conninfo.mask_text` and split again."""
+    if not secrets or not texts:
+        return texts
+    joined = "\0".join(text.replace("\0", " ") for text in texts)
+    return mask_text(joined, secrets).split("\0")
 
 
 def receiver_view(rt: ServerRuntime, now: float) -> dict[str, Any]:
@@ -154,27 +159,43 @@ def _error_files(directory: str) -> int:
 def server_view(rt: ServerRuntime, now: float) -> dict[str, Any]:
     """Everything the page, the API and the metrics say about one server."""
     server = rt.server
-    secrets = server.secrets()
     coverage = coverage_view(rt)
     streaming, incoming = staged_count(server)
     receiver = receiver_view(rt, now)
-    receiver["exit_reason"] = scrub(receiver["exit_reason"] or "", secrets) or None
-    receiver["last_lines"] = [scrub(line, secrets) for line in receiver["last_lines"]]
     assert rt.coverage is not None
     last = rt.coverage.coverage
+    # every free text of the server, masked in one pass (one parse of each conninfo)
+    texts = [
+        receiver["exit_reason"] or "",
+        rt.lag_error or "",
+        *receiver["last_lines"],
+        *server.messages,
+        *(str(r.get("hint", "")) for r in rt.checks),
+        *(message for _, _, message in reversed(rt.errors)),
+    ]
+    masked = iter(scrub_all(texts, server.secrets()))
+    receiver["exit_reason"] = next(masked) or None
+    lag_error = next(masked) or None
+    receiver["last_lines"] = [next(masked) for _ in receiver["last_lines"]]
+    messages = [next(masked) for _ in server.messages]
+    checks = [{**r, "hint": next(masked)} for r in rt.checks]
+    errors = [
+        {"at": at, "source": source, "message": next(masked)}
+        for at, source, _ in reversed(rt.errors)
+    ]
     return {
         "name": server.name,
         "description": server.description or "",
         "active": server.active,
         "disabled": server.disabled,
         "archive_only": rt.archive_only,
-        "messages": [scrub(m, secrets) for m in server.messages],
+        "messages": messages,
         "receiver": receiver,
         "lag": {
             "bytes": rt.lag_bytes,
             "at": rt.lag_at,
-            "error": scrub(rt.lag_error, secrets) if rt.lag_error else None,
-            "samples": [[round(t, 1), v] for t, v in rt.lag_samples],
+            "error": lag_error,
+            "samples": [list(sample) for sample in rt.lag_samples],
         },
         "archive": {
             "last_name": last.last_name,
@@ -184,14 +205,8 @@ def server_view(rt: ServerRuntime, now: float) -> dict[str, Any]:
             "archiving": rt.archiver is not None,
         },
         "coverage": coverage,
-        "checks": {
-            "at": rt.checks_at,
-            "results": [{**r, "hint": scrub(str(r.get("hint", "")), secrets)} for r in rt.checks],
-        },
-        "errors": [
-            {"at": at, "source": source, "message": scrub(message, secrets)}
-            for at, source, message in reversed(rt.errors)
-        ],
+        "checks": {"at": rt.checks_at, "results": checks},
+        "errors": errors,
         "storage": [[d, o, c, f] for (d, o), (c, f) in sorted(rt.storage.items())],
     }
 
