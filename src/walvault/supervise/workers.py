@@ -27,6 +27,7 @@ log = logging.getLogger("walvault.serve")
 
 def receiver_target(server: ServerConfig) -> Callable[[Emit], int]:
     """receive-wal for ``server`` until pg_receivewal ends (its exit code)."""
+
     def run(_emit: Emit) -> int:
         from walvault.receiver.service import receive_wal
 
@@ -47,6 +48,7 @@ def receiver_target(server: ServerConfig) -> Callable[[Emit], int]:
 
 def archive_target(server: ServerConfig, settle: bool) -> Callable[[Emit], int]:
     """One archive-wal run for ``server`` (then, with ``settle``, the backups' settling)."""
+
     def run(emit: Emit) -> int:
         from walvault.archive.archiver import archive_wal
 
@@ -73,6 +75,7 @@ def archive_target(server: ServerConfig, settle: bool) -> Callable[[Emit], int]:
 
 def maintenance_target(server: ServerConfig) -> Callable[[Emit], int]:
     """cron's maintenance steps for ``server``, skipped while a cron pass holds its lock."""
+
     def run(emit: Emit) -> int:
         lock = locks.ServerLock(server.lock_directory, server.name, locks.CRON)
         try:
