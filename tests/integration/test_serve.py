@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -185,12 +186,12 @@ def test_metrics_follow_lag_backlog_and_receiver_death(pg: Any, walvault_factory
             (s := parse_metrics(serve.metrics()))
             and metric(s, "walvault_receiver_up", server="pg") == 0
             and metric(s, "walvault_check_ok", server="pg", check="receive-wal running") == 0
+            and (metric(s, "walvault_receiver_restarts_total", server="pg") or 0) >= 1
+            and metric(s, "walvault_streaming_lag_bytes", server="pg") is None  # unknown now
             and s
         ),
-        what="receiver down",
+        what="receiver down, restarted in vain",
     )
-    assert (metric(samples, "walvault_receiver_restarts_total", server="pg") or 0) >= 1
-    assert metric(samples, "walvault_streaming_lag_bytes", server="pg") is None
     assert metric(samples, "walvault_check_ok", server="pg", check="PostgreSQL") == 0
 
 
@@ -198,13 +199,25 @@ def test_sigterm_stops_every_receiver(pg: Any, walvault_factory: Any) -> None:
     wv = walvault_factory({"pg": streaming_server(pg)})
     serve = Serve(wv)
     streaming_pid(serve)
+    wait_for(lambda: slot_active(pg), what="streaming")
     directory = wv.server().streaming_wals_directory
+    pg.sql("CREATE TABLE t (i int)")  # something to stream: pg_receivewal opens its .partial
+
+    def partials() -> list[str]:
+        return [n for n in os.listdir(directory) if n.endswith(".partial")]
+
+    streamed = wait_for(partials, what="a .partial")
     assert serve.stop(signal.SIGTERM) == 0
     assert receivers_for(directory) == []
     wait_for(lambda: not slot_active(pg), what="slot released")
-    assert any(n.endswith(".partial") for n in os.listdir(directory))  # left for the next run
+    assert partials() == streamed  # left in place for the next run
     state = wv.server()
     assert locks.lock_holder(state.lock_directory, "pg", locks.RECEIVE_WAL) is None
+    assert "stopped on request" in str(
+        json.loads(Path(state.backup_directory, "walvault-receiver.json").read_text())[
+            "exit_reason"
+        ]
+    )
 
 
 def test_cron_and_serve_start_one_receiver(pg: Any, walvault_factory: Any) -> None:
@@ -229,8 +242,12 @@ def test_cron_and_serve_start_one_receiver(pg: Any, walvault_factory: Any) -> No
 
     # cron's receiver dies: serve takes over, and cron no longer starts one of its own
     os.kill(cron_receiver[0], signal.SIGKILL)
-    taken = streaming_pid(serve)
-    assert serve.server()["receiver"]["managed_by_serve"]
+    receiver = wait_for(
+        lambda: (r := serve.server()["receiver"])["managed_by_serve"] and r["up"] and r,
+        what="serve's own receiver",
+    )
+    taken = receiver["pg_receivewal_pid"]
+    assert taken != cron_receiver[0]
     for _ in range(3):
         assert wv.run("cron").returncode == 0
         assert receivers_for(directory) == [taken]
@@ -303,3 +320,32 @@ def test_no_secret_on_any_page_and_loopback_only(pg: Any, walvault_factory: Any)
     assert "Traceback" not in taken.stderr
     bad = wv.run("serve", "--listen", "localhost:9781")
     assert bad.returncode == 1 and "is not an IP address" in bad.stderr
+
+
+def test_serve_settles_a_waiting_backup(pg: Any, walvault_factory: Any) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    serve = Serve(wv, "--sample-interval", "1")
+    streaming_pid(serve)
+    wait_for(lambda: slot_active(pg), what="streaming")
+    taken = wv.run("backup", "pg")  # no --wait: WAITING_FOR_WALS until its WAL is archived
+    assert taken.returncode == 0, taken.stderr
+    pg.sql("CREATE TABLE t (i int)")  # the server writes on, so the last segment is complete
+    wait_for(
+        lambda: (
+            "WAITING_FOR_WALS" not in (out := wv.run("list-backups", "pg").stdout)
+            and "FAILED" not in out
+        ),
+        timeout=30,
+        what="backup settled by serve",
+    )
+    done = wait_for(
+        lambda: metric(
+            parse_metrics(serve.metrics()),
+            "walvault_backup_last_completed_timestamp_seconds",
+            server="pg",
+        ),
+        what="backup in the metrics",
+    )
+    assert time.time() - 300 < done <= time.time()
+    coverage = serve.server()["coverage"]
+    assert [b["status"] for b in coverage["backups"]] == ["DONE"]

@@ -10,11 +10,12 @@ forked worker (:mod:`walvault.supervise.children`; what each runs:
   the next start follows cron's rules (:func:`walvault.supervise.cron.receiver_start_due`:
   at once after one failure, then 1, 2, 4... minutes while it keeps failing, every start
   after the first counted as a restart), so a killed pg_receivewal streams again within a
-  second.  A receiver stopped by someone else (``receive-wal --stop``, ``terminate-process``)
-  is started again after :data:`STOPPED_PAUSE` seconds, as cron would at its next pass:
-  that leaves room for ``receive-wal --reset``;
-* **archiving** -- every :data:`POLL` seconds the staging directories are listed (names
-  only) and the batch archive-wal would take is computed (:mod:`walvault.archive.batch`);
+  second.  A receiver of ours stopped by someone else (``receive-wal --stop``,
+  ``terminate-process``) is started again after :data:`STOPPED_PAUSE` seconds, as cron
+  would at its next pass: that leaves room for ``receive-wal --reset``;
+* **archiving** -- every :data:`POLL` seconds the staging directories are looked at (a
+  stat, and a listing of names when they may have changed: :meth:`Service._changed`) and the
+  batch archive-wal would take is computed (:mod:`walvault.archive.batch`);
   when there is one, a worker runs :func:`walvault.archive.archiver.archive_wal` and then
   settles WAITING_FOR_WALS backups.  A segment pg_receivewal completes or put-wal lands is
   in the archive within about a second;
