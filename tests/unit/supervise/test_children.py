@@ -6,9 +6,20 @@ import asyncio
 import os
 import select
 import signal
+import threading
 import time
 
+import pytest
+
+from walvault.supervise import children
 from walvault.supervise.children import Child, fork_child
+
+
+@pytest.fixture(autouse=True)
+def single_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service forks only while it has one thread; the test process may have more
+    (servers other tests left running), which these children never touch."""
+    monkeypatch.setattr(children.threading, "active_count", lambda: 1)
 
 
 def wait_exit(child: Child, timeout: float = 10) -> int:
@@ -86,3 +97,16 @@ def test_the_child_has_its_own_process_group_and_dies_with_the_parent() -> None:
     lines, _ = child.read_lines()
     assert lines[0]["pgid"] == lines[0]["pid"] == child.pid
     child.close()
+
+
+def test_no_fork_while_the_service_has_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real thread count
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        with pytest.raises(RuntimeError, match="several threads"):
+            fork_child("unsafe", lambda _emit: 0)
+    finally:
+        stop.set()
+        helper.join()
