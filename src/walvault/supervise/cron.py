@@ -63,10 +63,14 @@ def configuration_changed_since(server: ServerConfig, moment: float | None) -> b
         return False
 
 
-def ensure_receiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
-    """Start receive-wal unless it runs or is backing off after repeated failures."""
-    if locks.lock_holder(server.lock_directory, server.name, locks.RECEIVE_WAL):
-        return
+def receiver_start_due(server: ServerConfig, echo: Echo) -> float | None:
+    """Fold the last run into the failure count and decide whether to start receive-wal now.
+
+    None when a start is due now: a start after the first is counted as a restart and the
+    state is saved, so the caller must start the receiver.  Otherwise (backing off after
+    repeated failures, said through ``echo``) the time of the next attempt.  The caller
+    holds the server's cron lock and has seen no receive-wal running (cron and serve).
+    """
     state = load_state(server)
     account_last_run(state)
     now = time.time()
@@ -86,10 +90,19 @@ def ensure_receiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
             f"in a row (last: {last}); next attempt after {when}"
         )
         save_state(server, state)
-        return
+        return state.next_start_after
     if state.started_at is not None:
         state.restarts += 1
     save_state(server, state)
+    return None
+
+
+def ensure_receiver(config_path: str, server: ServerConfig, echo: Echo) -> None:
+    """Start receive-wal unless it runs or is backing off after repeated failures."""
+    if locks.lock_holder(server.lock_directory, server.name, locks.RECEIVE_WAL):
+        return
+    if receiver_start_due(server, echo) is not None:
+        return
     echo(f"Starting streaming archiver for server {server.name}")
     proc = spawn_walvault(config_path, "receive-wal", server.name)
     wait_for_lock_or_exit(proc, server.lock_directory, server.name, locks.RECEIVE_WAL)

@@ -1,0 +1,1 @@
+"""walvault serve's HTTP side: /metrics, /api/status and the status page."""
