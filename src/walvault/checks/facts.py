@@ -70,7 +70,7 @@ def _sql_endpoint(conninfo: str | None, server: ServerConfig, timeout: int) -> E
             endpoint.info = server_info(conn)
             if server.slot_name:
                 endpoint.slot = get_slot(conn, server.slot_name)
-            endpoint.receiver = _receiver_row(conn, server)
+            endpoint.receiver = receiver_row(conn, server)
     except WalvaultError as exc:
         endpoint.error = exc.message
     except Exception as exc:  # a query failing: report, keep checking
@@ -78,7 +78,7 @@ def _sql_endpoint(conninfo: str | None, server: ServerConfig, timeout: int) -> E
     return endpoint
 
 
-def _receiver_row(conn: object, server: ServerConfig) -> ReceiverRow | None:
+def receiver_row(conn: object, server: ServerConfig) -> ReceiverRow | None:
     from psycopg import Connection
 
     from walvault.wal.names import parse_lsn

@@ -258,7 +258,7 @@ def _receiver(server: ServerConfig, facts: RemoteFacts) -> list[CheckResult]:
         )
         results.append(CheckResult("pg_receivexlog compatible", ok, hint))
     results += guarded("receive-wal running", lambda: _receiver_running(server, wal))
-    results += guarded("streaming lag", lambda: _lag(server, facts))
+    results += guarded("streaming lag", lambda: streaming_lag_result(server, facts))
     return results
 
 
@@ -291,7 +291,7 @@ def _disk_note(server: ServerConfig) -> str:
     )
 
 
-def _lag(server: ServerConfig, facts: RemoteFacts) -> CheckResult:
+def streaming_lag_result(server: ServerConfig, facts: RemoteFacts) -> CheckResult:
     """How far the receiver's written position is behind the server's current one.
 
     FAILED when no client with the receiver's name is connected, or above

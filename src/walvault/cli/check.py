@@ -32,7 +32,7 @@ class CheckTimeout(BaseException):
 
 
 @contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
+def check_deadline(seconds: int) -> Iterator[None]:
     def expire(_signum: int, _frame: FrameType | None) -> None:
         raise CheckTimeout
 
@@ -56,7 +56,7 @@ def results_for(server: ServerConfig, timeout: int | None) -> list[CheckResult]:
     limit = timeout if timeout is not None else server.check_timeout
     results: list[CheckResult] = []
     try:
-        with _deadline(limit):
+        with check_deadline(limit):
             for result in iter_checks(server):
                 results.append(result)
     except CheckTimeout:

@@ -23,9 +23,9 @@ import logging
 import time
 from typing import Any
 
-from walvault.checks.facts import Endpoint, RemoteFacts, _receiver_row
-from walvault.checks.runner import _lag
-from walvault.cli.check import _deadline, _Timeout, results_for
+from walvault.checks.facts import Endpoint, RemoteFacts, receiver_row
+from walvault.checks.runner import streaming_lag_result
+from walvault.cli.check import CheckTimeout, check_deadline, results_for
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.postgres.connection import connect, describe_error
@@ -55,14 +55,14 @@ class _Sampler:
         conninfo = server.wal_monitoring_conninfo or ""
         timeout = max(2, min(server.check_timeout or SAMPLE_TIMEOUT, SAMPLE_TIMEOUT))
         try:
-            with _deadline(timeout):
+            with check_deadline(timeout):
                 conn = self.connections.get(server.name)
                 if conn is None or conn.closed:
                     conn = connect(conninfo, application_name=APPLICATION_NAME, timeout=timeout)
                     conn.execute(f"SET statement_timeout = {timeout * 1000}")
                     self.connections[server.name] = conn
-                endpoint = Endpoint(info=server_info(conn), receiver=_receiver_row(conn, server))
-        except _Timeout:
+                endpoint = Endpoint(info=server_info(conn), receiver=receiver_row(conn, server))
+        except CheckTimeout:
             self.close(server.name)
             return {"lag": None, "error": f"no answer within {timeout} s"}
         except WalvaultError as exc:
@@ -71,7 +71,7 @@ class _Sampler:
         except Exception as exc:
             self.close(server.name)
             return {"lag": None, "error": describe_error(exc, conninfo)}
-        result = _lag(server, RemoteFacts(main=endpoint))
+        result = streaming_lag_result(server, RemoteFacts(main=endpoint))
         lag = dict(result.perfdata).get("lag")
         return {
             "lag": lag,

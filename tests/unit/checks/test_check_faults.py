@@ -143,7 +143,7 @@ def test_free_space_fails_with_no_inode_left(
 def test_a_timeout_keeps_the_lines_done_and_names_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: 'FAILED (_Timeout)' (a query's 'except Exception' caught the alarm) and no
+    """Before: 'FAILED (CheckTimeout)' (a query's 'except Exception' caught the alarm) and no
     'check timeout' line."""
     server = make_server(tmp_path)
 
@@ -166,7 +166,7 @@ def test_a_timeout_keeps_the_lines_done_and_names_itself(
 def test_a_hanging_postgresql_connection_ends_in_a_check_timeout_line(tmp_path: Path) -> None:
     """A real psycopg connection to a listener that never answers: the alarm must end the
     checks with 'check timeout', not be swallowed by the connection's error handling (which
-    printed 'FAILED (_Timeout)')."""
+    printed 'FAILED (CheckTimeout)')."""
     import socket
     import threading
 
