@@ -198,6 +198,8 @@ def _one(
     what: str,
     on_bytes: Callable[[int], None] | None,
 ) -> None:
+    if member.isdir() and member.name.rstrip("/") in (".", ""):
+        return  # the archive's root (barman-cloud's tars have one): the destination itself
     try:
         name = _safe_name(member.name)
     except TarError as exc:
