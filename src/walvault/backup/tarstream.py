@@ -21,8 +21,10 @@ every member is checked *before it is written*:
 * a file is created, never overwritten (a second member with the same name is refused),
   with its permissions (at most 0o777, and readable and writable by the owner) and mtime.
 
-A refused member stops the unpack with one ``ERROR:`` line naming it; the caller removes
-what it had unpacked into the new (or empty) destination it was given.
+The stream is also walked by a :class:`TarWatcher`, so an archive that stops before its
+end-of-archive blocks (or has anything but zeros after them) is refused too: tarfile alone
+would accept it.  A refused member stops the unpack with one ``ERROR:`` line naming it;
+the caller removes what it had unpacked into the new (or empty) destination it was given.
 """
 
 from __future__ import annotations
@@ -179,14 +181,37 @@ def unpack(
     links = dict(tablespace_links or {})
     unpacked_files: set[str] = set()
     count = 0
+    watched = _Watched(stream)
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=watched, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
                 count += 1
                 _one(tar, member, root, links, unpacked_files, what, on_bytes)
+        while watched.read(_COPY_CHUNK):  # the end-of-archive blocks tarfile did not read
+            pass
+        watched.watcher.finish()
     except tarfile.TarError as exc:
         raise TarError(f"{what}: not a valid tar archive: {exc}") from None
+    except TarError as exc:
+        if exc.message.startswith(what):
+            raise
+        raise TarError(f"{what}: {exc.message}") from None
     return count
+
+
+class _Watched:
+    """The stream tarfile reads, also walked by a :class:`TarWatcher`: tarfile accepts an
+    archive that just stops, the watcher does not (a truncated tar is refused)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.watcher = TarWatcher()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self.watcher.feed(data)
+        return data
 
 
 def _one(
@@ -245,11 +270,14 @@ def _one(
         handle = open(path, "xb")  # noqa: SIM115 - closed by the with below
     except FileExistsError:
         raise TarError(f"{what}: member {name!r} appears twice") from None
+    written = 0
     with handle:
         os.fchmod(handle.fileno(), mode)
         while chunk := source.read(_COPY_CHUNK):
-            handle.write(chunk)
+            written += handle.write(chunk)
             if on_bytes is not None:
                 on_bytes(len(chunk))
+    if written != member.size:
+        raise TarError(f"{what}: member {name!r} is truncated ({written} of {member.size} bytes)")
     os.utime(path, (member.mtime, member.mtime))
     unpacked.add(name)
