@@ -164,7 +164,7 @@ def test_unpack_refuses_a_truncated_or_corrupt_stream_in_one_line(tmp_path: Path
     for number, cut in enumerate((3000, end, end + 200)):
         dest = tmp_path / str(number)
         dest.mkdir()
-        with pytest.raises(TarError, match="truncated|unexpected end of data") as caught:
+        with pytest.raises(TarError, match=r"truncated|unexpected end of data") as caught:
             unpack(io.BytesIO(data[:cut]), str(dest), what="t.tar")
         assert "\n" not in caught.value.message and caught.value.message.startswith("t.tar: ")
     broken = bytearray(data)
