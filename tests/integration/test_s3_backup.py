@@ -254,3 +254,102 @@ def test_delete_killed_anywhere_is_finished_by_the_next_one(
     assert keys(s3_storage, f"pg/base/{ids[1]}/")
     cron = wv.run("cron")
     assert cron.returncode == 0, cron.stderr
+
+
+def _tar(*members: tuple[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            entry = tarfile.TarInfo(name)
+            entry.size, entry.mode = len(data), 0o600
+            tar.addfile(entry, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_recover_from_the_bucket_to_a_restore_point_without_get_wal_and_unsafe_tars(
+    pg: Any,
+    walvault_factory: Any,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    s3_storage: Storage,
+    aws_env: None,
+    tmp_path: Path,
+) -> None:
+    wv = walvault_factory({"pg": bucket_server(pg, s3_bucket, moto_server.endpoint)})
+    streaming(pg, wv)
+    pg.sql("CREATE TABLE marks (v text)")
+    result = wv.run("backup", "--wait", "pg", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bid = backup_id(result)
+    pg.sql("INSERT INTO marks VALUES ('a'), ('b')")
+    pg.sql("SELECT pg_create_restore_point('after_b')")
+    pg.sql("INSERT INTO marks VALUES ('c')")
+    closed = pg.switch_wal()
+
+    def archived() -> bool:
+        wv.run("archive-wal", "pg")
+        return any(k.startswith(f"pg/wals/{closed[:16]}/{closed}") for k in keys(s3_storage, ""))
+
+    wait_for(archived, what="the last segment archived", timeout=90)
+    dest = tmp_path / "pitr" / "data"
+    recovered = wv.run(
+        "-q", "recover", "pg", bid, str(dest), "--no-get-wal", "--target-name", "after_b"
+    )
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert recovered.stdout == "" and recovered.stderr == ""  # -q: no progress, no chatter
+    assert (dest / "walvault_wal").is_dir()  # --no-get-wal: the WAL came along from the bucket
+    cluster = start_restored(pg, tmp_path / "pitr", "pitr")
+    wait_for(
+        lambda: cluster.scalar("SELECT pg_is_wal_replay_paused()"),
+        what="recovery paused at the restore point",
+        timeout=120,
+    )
+    assert [r[0] for r in cluster.sql("SELECT v FROM marks ORDER BY v")] == ["a", "b"]
+    cluster.stop()
+
+    # a backup whose tar would write outside the destination: refused before that member
+    # is written, the destination left as it was (not created), nothing escapes
+    evil = "20200101T000000"
+    reader = s3_storage.open(f"pg/base/{bid}/backup.info")
+    assert reader is not None
+    with reader:
+        text = reader.read().decode().replace(bid, evil)
+    s3_storage.put(
+        f"pg/base/{evil}/data.tar", _tar(("PG_VERSION", b"15\n"), ("../escaped", b"gotcha"))
+    )
+    s3_storage.put(f"pg/base/{evil}/backup.info", text.encode())
+    target = tmp_path / "evil" / "data"
+    refused = wv.run("recover", "pg", evil, str(target))
+    assert refused.returncode == 1
+    assert "ERROR: " in refused.stderr and "unsafe member name '../escaped'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not target.exists() and not (tmp_path / "evil" / "escaped").exists()
+    # a backup whose data.tar is missing (a delete killed half-way): refused, nothing written
+    s3_storage.delete([f"pg/base/{evil}/data.tar"])
+    missing = wv.run("recover", "pg", evil, str(target))
+    assert missing.returncode == 1 and "has no data.tar" in missing.stderr, missing.stderr
+    assert not target.exists()
+
+
+def test_a_cluster_with_tablespaces_is_refused_before_copying(
+    pg: Any,
+    walvault_factory: Any,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    s3_storage: Storage,
+    aws_env: None,
+    tmp_path: Path,
+) -> None:
+    wv = walvault_factory({"pg": bucket_server(pg, s3_bucket, moto_server.endpoint)})
+    location = tmp_path / "spc"
+    location.mkdir()
+    pg.sql(f"CREATE TABLESPACE spc LOCATION '{location}'")
+    result = wv.run("backup", "pg", timeout=120)
+    assert result.returncode == 1
+    assert "has tablespaces (spc): walvault cannot stream them into object storage" in (
+        result.stderr
+    )
+    assert not keys(s3_storage, "pg/base/")
