@@ -3,8 +3,9 @@
 * barman-cloud-backup-list lists a walvault backup; barman-cloud-restore restores it into a
   directory from which PostgreSQL starts, replaying WAL through walvault-wal-restore, with
   every row written after the backup.
-* walvault lists a barman-cloud-backup backup of the same cluster in the same bucket and
-  recovers it, every row back.
+* walvault lists a barman-cloud-backup backup of the same cluster (with a tablespace) in
+  the same bucket and recovers it, ``--tablespace`` relocating the tablespace, every row
+  back.
 
 Barman is where ``WALVAULT_BARMAN_BIN`` says (``.ci/install-barman`` makes it): unset, the
 tests skip saying so; set, a missing or broken command fails them.
@@ -125,7 +126,12 @@ def test_walvault_lists_and_recovers_a_barman_cloud_backup(
 ) -> None:
     wv = walvault_factory({"pg": bucket_server(pg, s3_bucket, moto_server.endpoint)})
     streaming(pg, wv)
+    location = tmp_path / "spc"
+    location.mkdir()
+    pg.sql(f"CREATE TABLESPACE spc LOCATION '{location}'")
     pg.sql("CREATE TABLE t AS SELECT generate_series(1, 25000) AS i")
+    pg.sql("CREATE TABLE in_spc TABLESPACE spc AS SELECT generate_series(1, 777) AS i")
+    oid = pg.scalar("SELECT oid FROM pg_tablespace WHERE spcname = 'spc'")
     url = f"s3://{s3_bucket}/{PATH}"
     host, port, user = _pg_address(pg)
     made = cloud(
@@ -148,6 +154,7 @@ def test_walvault_lists_and_recovers_a_barman_cloud_backup(
     assert made.returncode == 0, made.stdout + made.stderr
     [barman_id] = {k.split("/")[2] for k in keys(s3_storage, "pg/base/")}
     assert keys(s3_storage, f"pg/base/{barman_id}/") == [
+        f"pg/base/{barman_id}/{oid}.tar.zst",
         f"pg/base/{barman_id}/backup.info",
         f"pg/base/{barman_id}/data.tar.zst",
     ]
@@ -165,12 +172,20 @@ def test_walvault_lists_and_recovers_a_barman_cloud_backup(
     [found] = list(binfo.iter_backups(wv.server()))
     assert found.status == "DONE" and found.begin_wal
     dest = tmp_path / "frombarman" / "data"
-    recovered = wv.run("recover", "pg", barman_id, str(dest), "--get-wal")
+    relocated = tmp_path / "relocated-spc"
+    recovered = wv.run(
+        "recover", "pg", barman_id, str(dest), "--get-wal", "--tablespace", f"spc:{relocated}"
+    )
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert f"Tablespace {oid} restored to {relocated}" in recovered.stdout
+    assert os.readlink(dest / "pg_tblspc" / str(oid)) == str(relocated)
     cluster = restored_cluster(pg, tmp_path / "frombarman", "frombarman")
     cluster.start()
     wait_for(lambda: not cluster.is_in_recovery(), what="recovery to the end", timeout=120)
     assert cluster.scalar("SELECT count(*) FROM t") == 30000
+    assert cluster.scalar("SELECT count(*) FROM in_spc") == 777
+    query = "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'spc'"
+    assert cluster.scalar(query) == str(relocated)  # the copy's own, not the original's
 
 
 def _pg_address(pg: Any) -> tuple[str, int, str]:

@@ -173,6 +173,7 @@ def unpack_backup(
             _unpack_one(storage, item, target, links, jobs, progress)
             if item.name != "data":
                 echo(f"Tablespace {item.name} restored to {target}")
+        _link_tablespaces(destination, links)
     except BaseException:
         progress.close()
         for path in created:
@@ -209,6 +210,20 @@ def _unpack_one(
         raise WalvaultError(f"{where}: {exc.message}") from None
     finally:
         source.close()
+
+
+def _link_tablespaces(destination: str, links: dict[str, str]) -> None:
+    """``pg_tblspc/<oid>`` -> the tablespace's location, for every tablespace: pg_basebackup's
+    tar carries the links (re-pointed while unpacking), barman-cloud's does not."""
+    directory = os.path.join(destination, "pg_tblspc")
+    for oid, location in links.items():
+        link = os.path.join(directory, oid)
+        if os.path.lexists(link):
+            if not os.path.islink(link) or os.readlink(link) != location:
+                raise WalvaultError(f"{link} is not a link to {location}: refused")
+            continue
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.symlink(location, link)
 
 
 def _remove_contents(path: str, *, keep: bool) -> None:

@@ -64,7 +64,7 @@ class BackupInfo:
     config_file: str | None = None
     hba_file: str | None = None
     ident_file: str | None = None
-    tablespaces: str | None = None  # Barman's repr: [Tablespace(name='t', oid=1, location='/x')]
+    tablespaces: str | None = None  # Barman's repr: [('t', 16385, '/x')]
     size: int | None = None
     error: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -93,25 +93,34 @@ _TABLESPACE_RE = re.compile(rf"Tablespace\(name={_QUOTED}, oid=(\d+), location={
 
 
 def format_tablespaces(items: list[Tablespace]) -> str | None:
-    """Barman's ``tablespaces=`` value (a Python repr of namedtuples), None when there are none."""
+    """Barman's ``tablespaces=`` value, None when there are none: the repr of a list of
+    ``(name, oid, location)`` tuples, which Barman reads back with ``ast.literal_eval``."""
     if not items:
         return None
-    inner = ", ".join(
-        f"Tablespace(name={t.name!r}, oid={t.oid}, location={t.location!r})" for t in items
-    )
-    return f"[{inner}]"
+    return repr([(t.name, t.oid, t.location) for t in items])
 
 
 def parse_tablespaces(text: str | None) -> list[Tablespace]:
-    """The tablespaces recorded by :func:`format_tablespaces` (or by Barman)."""
+    """The tablespaces recorded by :func:`format_tablespaces` or by Barman -- and the
+    ``[Tablespace(name=..., oid=..., location=...)]`` spelling older walvault wrote."""
     import ast
 
-    if not text:
+    if not text or text == "None":
         return []
-    return [
-        Tablespace(ast.literal_eval(m.group(1)), int(m.group(2)), ast.literal_eval(m.group(3)))
-        for m in _TABLESPACE_RE.finditer(text)
-    ]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return [
+            Tablespace(ast.literal_eval(m.group(1)), int(m.group(2)), ast.literal_eval(m.group(3)))
+            for m in _TABLESPACE_RE.finditer(text)
+        ]
+    spaces = []
+    for item in value if isinstance(value, list | tuple) else ():
+        if isinstance(item, list | tuple) and len(item) >= 3:
+            name, oid, location = item[0], item[1], item[2]
+            if isinstance(name, str) and isinstance(oid, int) and isinstance(location, str):
+                spaces.append(Tablespace(name, oid, location))
+    return spaces
 
 
 def info_path(server: ServerConfig, backup_id: str) -> str:
