@@ -183,7 +183,8 @@ def unpack(
     count = 0
     watched = _Watched(stream)
     try:
-        with tarfile.open(fileobj=watched, mode="r|") as tar:  # type: ignore[call-overload]
+        # bufsize: tarfile's stream reads are that large (10 KiB by default: slow)
+        with tarfile.open(fileobj=watched, mode="r|", bufsize=_COPY_CHUNK) as tar:  # type: ignore[call-overload]
             for member in tar:
                 count += 1
                 _one(tar, member, root, links, unpacked_files, what, on_bytes)
