@@ -334,7 +334,7 @@ def test_recover_from_the_bucket_to_a_restore_point_without_get_wal_and_unsafe_t
     assert not target.exists()
 
 
-def test_a_cluster_with_tablespaces_is_refused_before_copying(
+def test_tablespaces_go_through_the_spool_and_come_back_relocated(
     pg: Any,
     walvault_factory: Any,
     moto_server: MotoServer,
@@ -344,12 +344,46 @@ def test_a_cluster_with_tablespaces_is_refused_before_copying(
     tmp_path: Path,
 ) -> None:
     wv = walvault_factory({"pg": bucket_server(pg, s3_bucket, moto_server.endpoint)})
-    location = tmp_path / "spc"
-    location.mkdir()
-    pg.sql(f"CREATE TABLESPACE spc LOCATION '{location}'")
-    result = wv.run("backup", "pg", timeout=120)
-    assert result.returncode == 1
-    assert "has tablespaces (spc): walvault cannot stream them into object storage" in (
-        result.stderr
+    streaming(pg, wv)
+    locations = {}
+    for name in ("one", "two"):
+        locations[name] = tmp_path / f"spc-{name}"
+        locations[name].mkdir()
+        pg.sql(f"CREATE TABLESPACE {name} LOCATION '{locations[name]}'")
+        pg.sql(f"CREATE TABLE t_{name} TABLESPACE {name} AS SELECT generate_series(1, 3000) i")
+    pg.sql("CREATE TABLE t_main AS SELECT generate_series(1, 5000) AS i")
+    oids = {
+        name: pg.scalar("SELECT oid FROM pg_tablespace WHERE spcname = %s", (name,))
+        for name in locations
+    }
+    result = wv.run("backup", "--wait", "pg", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bid = backup_id(result)
+    assert sorted(keys(s3_storage, f"pg/base/{bid}/")) == sorted(
+        [f"pg/base/{bid}/backup.info", f"pg/base/{bid}/data.tar.zst"]
+        + [f"pg/base/{bid}/{oid}.tar.zst" for oid in oids.values()]
     )
-    assert not keys(s3_storage, "pg/base/")
+    server = wv.server()
+    assert not os.path.exists(os.path.join(server.backup_directory, "spool", bid))
+    [done] = list(binfo.iter_backups(server))
+    assert {t.name for t in binfo.parse_tablespaces(done.tablespaces)} == {"one", "two"}
+    pg.sql("INSERT INTO t_one SELECT generate_series(3001, 3500)")
+    closed = pg.switch_wal()
+
+    def archived() -> bool:
+        wv.run("archive-wal", "pg")
+        return any(k.startswith(f"pg/wals/{closed[:16]}/{closed}") for k in keys(s3_storage, ""))
+
+    wait_for(archived, what="the last segment archived", timeout=90)
+    dest = tmp_path / "restored" / "data"
+    moved = tmp_path / "moved-one"
+    recovered = wv.run("recover", "pg", bid, str(dest), "--get-wal", "--tablespace", f"one:{moved}")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    default_two = f"{dest}_tablespaces/{oids['two']}"
+    assert os.readlink(dest / "pg_tblspc" / str(oids["one"])) == str(moved)
+    assert os.readlink(dest / "pg_tblspc" / str(oids["two"])) == default_two
+    cluster = start_restored(pg, tmp_path / "restored", "restored")
+    wait_for(lambda: not cluster.is_in_recovery(), what="recovery to the end", timeout=120)
+    assert cluster.scalar("SELECT count(*) FROM t_one") == 3500
+    assert cluster.scalar("SELECT count(*) FROM t_two") == 3000
+    assert cluster.scalar("SELECT count(*) FROM t_main") == 5000

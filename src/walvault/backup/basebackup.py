@@ -317,9 +317,17 @@ def _copy_to_bucket(
     started = time.monotonic()
     command = cloudbackup.stream_command(server, program)
     try:
-        watcher, run, stored = cloudbackup.stream_to_bucket(
-            server, info.backup_id, command, debug, progress
-        )
+        if facts.tablespaces:  # one tar per tablespace: through a bounded local spool
+            from walvault.backup.tarspool import spool_to_bucket
+
+            watcher, run, stored, manifest = spool_to_bucket(
+                server, info.backup_id, command, debug, progress
+            )
+        else:
+            watcher, run, stored = cloudbackup.stream_to_bucket(
+                server, info.backup_id, command, debug, progress
+            )
+            manifest = None
     except cloudbackup.CopyFailed as exc:
         raise _Failed(exc.message) from None
     finally:
@@ -330,7 +338,8 @@ def _copy_to_bucket(
         f"Copy done (time: {pretty_duration(elapsed)}, {pretty_size(watcher.size)} read, "
         f"{pretty_size(stored)} stored, {rate}/s)"
     )
-    label, manifest, control = cloudbackup.backup_position_texts(watcher)
+    label, streamed_manifest, control = cloudbackup.backup_position_texts(watcher)
+    manifest = manifest or streamed_manifest
     copied = str(struct.unpack("=Q", control[:8])[0]) if control and len(control) >= 8 else None
     try:
         done = position_info(
@@ -392,14 +401,7 @@ def copy_backup(
 
     progress = progress or Progress("Backup", None, enabled=False)
     facts = inspect_source(server)
-    if server.basebackups_in_object_storage and facts.tablespaces:
-        raise WalvaultError(
-            f"server '{server.name}' has tablespaces ("
-            + ", ".join(t.name for t in facts.tablespaces)
-            + "): walvault cannot stream them into object storage yet (pg_basebackup "
-            "writes one tablespace to its standard output); nothing was copied (use a local "
-            "basebackups_directory for this server)"
-        )
+
     program = find_program(BASEBACKUP_NAMES, server.search_path)
     require_compatible(program, "pg_basebackup", facts.info.version_num)
     assert program is not None

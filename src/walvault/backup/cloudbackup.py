@@ -23,7 +23,8 @@ whose tar is not whole.  A process killed meanwhile leaves a local STARTED recor
 incomplete upload, which cron aborts (:mod:`walvault.backup.cloudstore`).
 
 pg_basebackup writes only one tablespace to its standard output: a cluster with
-tablespaces is refused before anything is copied (see the README: not done yet).
+tablespaces goes through a bounded local spool instead (:mod:`walvault.backup.tarspool`),
+with the same upload (:func:`upload_tar`) for each of its tars.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def stream_command(server: ServerConfig, program_path: str) -> BaseBackupCommand
     return BaseBackupCommand(tuple(argv), env)
 
 
-class _Stderr:
+class Stderr:
     """pg_basebackup's messages, read in a thread: masked, logged, the last ones kept."""
 
     def __init__(
@@ -162,39 +163,31 @@ class _Checked:
         self._pipe.close()
 
 
-def stream_to_bucket(
+def upload_tar(
     server: ServerConfig,
-    backup_id: str,
-    command: BaseBackupCommand,
-    debug: Echo,
+    key: str,
+    source: IO[bytes],
+    watcher: TarWatcher,
     progress: Progress,
-) -> tuple[TarWatcher, BaseBackupRun, int]:
-    """Run pg_basebackup into ``data.tar[.ext]`` of ``backup_id``; return what the watcher
-    saw, how pg_basebackup ended and the stored size.  Raises :class:`CopyFailed`."""
+    final_check: Callable[[], None],
+    on_failure: Callable[[], None],
+) -> int:
+    """Compress the tar read from ``source`` into the object ``key``; return the stored size.
+
+    The upload is completed only if, at the end of ``source``, the compressor finished,
+    ``final_check()`` passed and the watcher saw the whole archive; otherwise it is aborted
+    and :class:`CopyFailed` raised (``on_failure()`` runs first: stop the producer).
+    """
     cloud = CloudBackups(server)
     codec = backup_compression(server)
-    key = cloud.tar_key(backup_id, "data", codec)
-    log.info("%s: running %s", server.name, command.shown())
-    proc = subprocess.Popen(
-        list(command.argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **command.env},
-        preexec_fn=die_with_parent,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr = _Stderr(server, proc.stderr, debug, progress)
-    watcher = TarWatcher()
     read_end, write_end = os.pipe()
     failure: list[BaseException] = []
 
     def compress() -> None:
-        assert proc.stdout is not None
         try:
             with open(write_end, "wb", buffering=_READ) as out:
-                source = _Watching(proc.stdout, watcher, progress)
-                compress_stream(codec, server.compression_level, source, out)  # type: ignore[arg-type]
+                watched = _Watching(source, watcher, progress)
+                compress_stream(codec, server.compression_level, watched, out)  # type: ignore[arg-type]
         except BaseException as exc:  # handed to the reading side
             failure.append(exc)
 
@@ -205,10 +198,7 @@ def stream_to_bucket(
             if isinstance(exc, WalvaultError):
                 raise CopyFailed(exc.message)
             raise CopyFailed(f"compressing the tar stream failed: {exc}")
-        code = proc.wait()
-        stderr.join()
-        if code != 0:
-            raise CopyFailed(BaseBackupRun(code, tuple(stderr.lines), None).failure())
+        final_check()
         try:
             watcher.finish()
         except TarError as exc:
@@ -216,25 +206,67 @@ def stream_to_bucket(
 
     worker = threading.Thread(target=compress, name="backup-compress", daemon=True)
     worker.start()
-    source = _Checked(open(read_end, "rb", buffering=_READ), check)  # noqa: SIM115
+    stream = _Checked(open(read_end, "rb", buffering=_READ), check)  # noqa: SIM115
     try:
-        cloud.storage.put(key, source, metadata={"walvault-backup-id": backup_id})  # type: ignore[arg-type]
+        cloud.storage.put(key, stream)  # type: ignore[arg-type]
     except BaseException as exc:
-        source.close()  # a compressor blocked on the full pipe gets EPIPE and ends
-        _stop(proc)
+        stream.close()  # a compressor blocked on the full pipe gets EPIPE and ends
+        on_failure()
         worker.join(timeout=30)
-        stderr.join()
         if isinstance(exc, CopyFailed):
             raise
         if isinstance(exc, WalvaultError):
             raise CopyFailed(f"upload to {cloud.storage.url(key)} failed: {exc.message}") from None
         raise
-    source.close()
+    stream.close()
+    return stream.size
+
+
+def start_basebackup(command: BaseBackupCommand, **popen: Any) -> subprocess.Popen[bytes]:
+    """pg_basebackup with its environment, no stdin, stderr piped, dying with walvault."""
+    return subprocess.Popen(
+        list(command.argv),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **command.env},
+        **{"preexec_fn": die_with_parent, **popen},
+    )
+
+
+def stream_to_bucket(
+    server: ServerConfig,
+    backup_id: str,
+    command: BaseBackupCommand,
+    debug: Echo,
+    progress: Progress,
+) -> tuple[TarWatcher, BaseBackupRun, int]:
+    """Run pg_basebackup into ``data.tar[.ext]`` of ``backup_id``; return what the watcher
+    saw, how pg_basebackup ended and the stored size.  Raises :class:`CopyFailed`."""
+    cloud = CloudBackups(server)
+    key = cloud.tar_key(backup_id, "data", backup_compression(server))
+    log.info("%s: running %s", server.name, command.shown())
+    proc = start_basebackup(command, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = Stderr(server, proc.stderr, debug, progress)
+    watcher = TarWatcher()
+
+    def exited() -> None:
+        code = proc.wait()
+        stderr.join()
+        if code != 0:
+            raise CopyFailed(BaseBackupRun(code, tuple(stderr.lines), None).failure())
+
+    def stop() -> None:
+        stop_process(proc)
+        stderr.join()
+
+    stored = upload_tar(server, key, proc.stdout, watcher, progress, exited, stop)
     run = BaseBackupRun(proc.returncode or 0, tuple(stderr.lines), stderr.end_lsn)
-    return watcher, run, source.size
+    return watcher, run, stored
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Terminate (then kill) ``proc`` if it still runs, and close its pipes."""
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -9,12 +9,14 @@ into its tablespace's location) flows
         | decompression (the codec its extension names)
         | :func:`walvault.backup.tarstream.unpack` (every member checked before it is written)
 
-Memory stays near ``jobs`` x part size.  A small object (below two parts) is one streaming
-GET, checked against the digest recorded at upload.  Before anything is written, the
-backup's objects are listed and checked: a ``data`` tar, a tar for every tablespace
-``backup.info`` names and none for another, readable extensions, and every target directory
-new or empty.  An unpack that fails (a refused member, a corrupt stream, the store) removes
-what it wrote and raises one line.
+Memory stays near ``jobs`` x part size.  A small object (below two parts), and any object
+with ``jobs`` = 1, is one streaming GET, checked against the digest recorded at upload
+when there is one.  (Ranged GETs are how S3 itself is read fast; a test server may make
+each range cost as much as the whole object -- moto does -- which ``--jobs 1`` avoids.)
+Before anything is written, the backup's objects are listed and checked: a ``data`` tar,
+a tar for every tablespace ``backup.info`` names and none for another, readable
+extensions, and every target directory new or empty.  An unpack that fails (a refused
+member, a corrupt stream, the store) removes what it wrote and raises one line.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def _unpack_one(
     progress: Progress,
 ) -> None:
     where = storage.url(item.key)
-    if item.size >= 2 * PART_SIZE and hasattr(storage, "read_range"):
+    if jobs > 1 and item.size >= 2 * PART_SIZE and hasattr(storage, "read_range"):
         source: RangedReader | _Counted = RangedReader(storage, item.key, item.size, jobs, progress)
     else:
         reader = storage.open(item.key)

@@ -167,10 +167,14 @@ def test_cron_fails_an_abandoned_upload_and_cleans_it(
 ) -> None:
     binfo.save(server, info(STARTED))
     store.put(f"pg/base/{ID}/data.tar.zst", b"half")  # what a killed backup left complete
+    spool = Path(server.backup_directory, "spool", ID)
+    spool.mkdir(parents=True)
+    (spool / "16385.tar").write_bytes(b"left by a killed backup with tablespaces")
     lines: list[Any] = []
     check_waiting_backups(server, lines.append)
     assert binfo.load(server, ID).status == FAILED
     assert store.aborted == [f"pg/base/{ID}/"] and not list(store.list(""))
+    assert not spool.exists()
     assert lines == [
         f"Backup {ID} of server pg is FAILED: the backup process ended before the backup "
         "was complete"
