@@ -6,7 +6,7 @@ is staged on local disk: each tar (``data.tar[.ext]`` into the destination, ``<o
 into its tablespace's location) flows
 
     ranged GETs, ``jobs`` parts of 16 MiB in flight (:class:`RangedReader`)
-        | decompression (the codec its extension names)
+        | decompression (the codec its extension names), in a thread of its own
         | :func:`walvault.backup.tarstream.unpack` (every member checked before it is written)
 
 Memory stays near ``jobs`` x part size.  A small object (below two parts), and any object
@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO
 
 from walvault.archive.compression import CompressionError, open_decompressed
 from walvault.backup.cloudstore import BackupFile, CloudBackups
@@ -38,6 +41,7 @@ from walvault.storage.base import Storage
 
 Echo = Callable[[str], None]
 PART_SIZE = 16 << 20
+_PIECE = 1 << 20
 DEFAULT_JOBS = 4
 
 
@@ -200,10 +204,10 @@ def _unpack_one(
         if reader is None:
             raise WalvaultError(f"{where} disappeared while recovering")
         source = _Counted(reader, progress)
+    decoded = _Decoded(open_decompressed(item.compression, source))  # type: ignore[arg-type]
     try:
-        stream = open_decompressed(item.compression, source)  # type: ignore[arg-type]
         unpack(
-            stream,
+            decoded,  # type: ignore[arg-type]
             target,
             what=where,
             tablespace_links=links if item.name == "data" else None,
@@ -211,7 +215,61 @@ def _unpack_one(
     except CompressionError as exc:
         raise WalvaultError(f"{where}: {exc.message}") from None
     finally:
+        decoded.close()
         source.close()
+
+
+class _Decoded:
+    """The decompressed stream, produced by a thread of its own: decompression (which
+    releases the GIL) overlaps with unpacking and writing, at most :data:`AHEAD` pieces of
+    1 MiB ahead.  An error of the producer is raised by the ``read`` that reaches it."""
+
+    AHEAD = 8
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.AHEAD)
+        self._stop = threading.Event()
+        self._buffer = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._produce, name="recover-decode", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                piece = self._stream.read(_PIECE)
+                self._put(piece)
+                if not piece:
+                    return
+        except BaseException as exc:  # handed to the reading side
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer and not self._ended:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if not item:
+                self._ended = True
+            self._buffer = memoryview(item)
+        take = len(self._buffer) if size is None or size < 0 else min(size, len(self._buffer))
+        data = bytes(self._buffer[:take])
+        self._buffer = self._buffer[take:]
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _link_tablespaces(destination: str, links: dict[str, str]) -> None:

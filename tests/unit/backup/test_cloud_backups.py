@@ -179,3 +179,23 @@ def test_cron_fails_an_abandoned_upload_and_cleans_it(
         f"Backup {ID} of server pg is FAILED: the backup process ended before the backup "
         "was complete"
     ]
+
+
+def test_retention_deletes_obsolete_backups_from_the_bucket(
+    server: ServerConfig, store: Recording
+) -> None:
+    from walvault.backup.retention import enforce_retention
+    from walvault.config.parsers import parse_retention_policy
+
+    policy = server._replace(retention_policy=parse_retention_policy("REDUNDANCY 1"))
+    ids = ["20261206T100000", "20261206T110000"]
+    for backup_id in ids:
+        store.put(f"pg/base/{backup_id}/data.tar.zst", b"x")
+        binfo.save(policy, info(DONE, backup_id))
+    result = enforce_retention(policy, lambda _line: None)
+    assert result.deleted == [ids[0]]
+    assert [i.key for i in store.list("")] == [
+        f"pg/base/{ids[1]}/backup.info",
+        f"pg/base/{ids[1]}/data.tar.zst",
+    ]
+    assert [b.backup_id for b in binfo.iter_backups(policy)] == [ids[1]]
