@@ -5,8 +5,10 @@ Steps, under the server's ``.<server>-backup.lock``:
 1. check the source: ``conninfo`` and ``streaming_conninfo`` reach one cluster, the one in
    ``identity.json`` (recorded on first contact); find a compatible pg_basebackup;
 2. pick the id (local time ``%Y%m%dT%H%M%S``), take ``.<server>-<id>.lock``, record STARTED;
-3. run pg_basebackup into ``base/<id>/data`` (without WAL: streaming archives it); on failure
-   record FAILED with the reason and remove the partial copy;
+3. run pg_basebackup into ``base/<id>/data`` (without WAL: streaming archives it) -- or, with
+   ``basebackups_directory = s3://...``, stream its tar output into the bucket
+   (:mod:`walvault.backup.cloudbackup`); on failure record FAILED with the reason and remove
+   the partial copy (aborting the incomplete upload);
 4. read begin/end LSN and timeline from ``backup_label`` and ``backup_manifest``; record
    WAITING_FOR_WALS with every field;
 5. ``pg_create_restore_point('walvault_<id>')`` and ``pg_switch_wal()``, so the last WAL the
@@ -41,6 +43,7 @@ from walvault.backup.info import (
 )
 from walvault.backup.label import backup_position, parse_backup_label, parse_manifest_ranges
 from walvault.backup.pgbasebackup import BASEBACKUP_NAMES, build_basebackup_command, run_basebackup
+from walvault.backup.progress import Progress
 from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
@@ -160,9 +163,13 @@ def _new_backup(server: ServerConfig) -> tuple[str, locks.ServerLock]:
     """A fresh id (waiting a second while the current one is taken) and its held lock."""
     while True:
         backup_id = time.strftime("%Y%m%dT%H%M%S")
-        taken = os.path.exists(binfo.info_path(server, backup_id)) or os.path.lexists(
-            os.path.dirname(binfo.data_dir(server, backup_id))
-        )
+        taken = os.path.exists(binfo.info_path(server, backup_id))
+        if not taken and server.basebackups_in_object_storage:
+            from walvault.backup.cloudstore import CloudBackups
+
+            taken = CloudBackups(server).exists(backup_id)
+        elif not taken:
+            taken = os.path.lexists(os.path.dirname(binfo.data_dir(server, backup_id)))
         if not taken:
             lock = id_lock(server, backup_id)
             try:
@@ -196,18 +203,41 @@ def _finish_info(
 ) -> BackupInfo:
     """Fill begin/end WAL and LSN from the copied ``backup_label`` and ``backup_manifest``."""
     data = os.path.join(backup_dir, "data")
-    copied = copied_system_identifier(data)
-    if copied != info.systemid:
+    return position_info(
+        info,
+        copied_id=copied_system_identifier(data),
+        label_text=_read(os.path.join(data, "backup_label")),
+        manifest_text=_read(os.path.join(data, "backup_manifest")),
+        seg_size=seg_size,
+        end_hint=end_hint,
+        size=_tree_size(backup_dir),
+        where=data,
+    )
+
+
+def position_info(
+    info: BackupInfo,
+    *,
+    copied_id: str | None,
+    label_text: str | None,
+    manifest_text: str | None,
+    seg_size: int,
+    end_hint: int | None,
+    size: int,
+    where: str,
+) -> BackupInfo:
+    """``info`` with the copy's positions, from its ``backup_label`` and ``backup_manifest``
+    (files of a plain copy, or members of the tar stream), after checking that the copy's
+    ``pg_control`` is of the expected system."""
+    if copied_id != info.systemid:
         raise WalvaultError(
-            f"the copy is of system {copied}, not of system {info.systemid} (conninfo): "
+            f"the copy is of system {copied_id}, not of system {info.systemid} (conninfo): "
             "conninfo and streaming_conninfo must reach the same cluster"
         )
-    label_text = _read(os.path.join(data, "backup_label"))
     if label_text is None:
-        raise WalvaultError(f"pg_basebackup left no backup_label in {data}")
+        raise WalvaultError(f"pg_basebackup left no backup_label in {where}")
     label = parse_backup_label(label_text)
-    manifest = _read(os.path.join(data, "backup_manifest"))
-    ranges = parse_manifest_ranges(manifest) if manifest else None
+    ranges = parse_manifest_ranges(manifest_text) if manifest_text else None
     pos = backup_position(label, ranges, seg_size, end_hint)
     return info.with_(
         end_time=datetime.now().astimezone(),
@@ -218,7 +248,7 @@ def _finish_info(
         begin_offset=pos.begin_offset,
         end_offset=pos.end_offset,
         timeline=pos.begin_timeline,
-        size=_tree_size(backup_dir),
+        size=size,
     )
 
 
@@ -268,6 +298,65 @@ def _fail(server: ServerConfig, info: BackupInfo, reason: str) -> None:
     log.error("backup %s of server %s FAILED: %s", info.backup_id, server.name, reason)
 
 
+def _copy_to_bucket(
+    server: ServerConfig,
+    info: BackupInfo,
+    facts: SourceFacts,
+    program: str,
+    echo: Echo,
+    debug: Echo,
+    progress: Progress,
+) -> BackupInfo:
+    """Stream pg_basebackup's tar into the bucket (:mod:`walvault.backup.cloudbackup`)."""
+    from walvault.backup import cloudbackup
+    from walvault.backup.cloudstore import CloudBackups, backup_compression
+
+    where = CloudBackups(server).url(info.backup_id)
+    echo(f"Starting backup using postgres method for server {server.name} in {where}")
+    echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
+    started = time.monotonic()
+    command = cloudbackup.stream_command(server, program)
+    try:
+        if facts.tablespaces:  # one tar per tablespace: through a bounded local spool
+            from walvault.backup.tarspool import spool_to_bucket
+
+            watcher, run, stored, manifest = spool_to_bucket(
+                server, info.backup_id, command, debug, progress
+            )
+        else:
+            watcher, run, stored = cloudbackup.stream_to_bucket(
+                server, info.backup_id, command, debug, progress
+            )
+            manifest = None
+    except cloudbackup.CopyFailed as exc:
+        raise _Failed(exc.message) from None
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - started
+    rate = pretty_size(int(watcher.size / elapsed)) if elapsed > 0 else "-"
+    echo(
+        f"Copy done (time: {pretty_duration(elapsed)}, {pretty_size(watcher.size)} read, "
+        f"{pretty_size(stored)} stored, {rate}/s)"
+    )
+    label, streamed_manifest, control = cloudbackup.backup_position_texts(watcher)
+    manifest = manifest or streamed_manifest
+    copied = str(struct.unpack("=Q", control[:8])[0]) if control and len(control) >= 8 else None
+    try:
+        done = position_info(
+            info,
+            copied_id=copied,
+            label_text=label,
+            manifest_text=manifest,
+            seg_size=facts.info.wal_segment_size,
+            end_hint=run.end_lsn,
+            size=stored,
+            where=where,
+        )
+    except ValueError as exc:
+        raise _Failed(f"cannot read the backup's WAL position: {exc}") from None
+    return cloudbackup.cloud_info_fields(done, backup_compression(server))
+
+
 def _copy(
     server: ServerConfig,
     info: BackupInfo,
@@ -275,8 +364,11 @@ def _copy(
     program: str,
     echo: Echo,
     debug: Echo,
+    progress: Progress,
 ) -> BackupInfo:
     """Run pg_basebackup and read where the copy starts and ends (raises on failure)."""
+    if server.basebackups_in_object_storage:
+        return _copy_to_bucket(server, info, facts, program, echo, debug, progress)
     backup_dir = os.path.dirname(binfo.data_dir(server, info.backup_id))
     echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
     command = build_basebackup_command(server, program, backup_dir, facts.tablespaces)
@@ -297,11 +389,19 @@ class _Failed(WalvaultError):
     """The copy failed: the reason recorded in backup.info."""
 
 
-def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo) -> BackupInfo:
+def copy_backup(
+    server: ServerConfig,
+    name: str | None,
+    echo: Echo,
+    debug: Echo,
+    progress: Progress | None = None,
+) -> BackupInfo:
     """Steps 1-4 (see the module docstring); the caller holds the server's backup lock."""
     from walvault.receiver.binary import find_program, require_compatible
 
+    progress = progress or Progress("Backup", None, enabled=False)
     facts = inspect_source(server)
+
     program = find_program(BASEBACKUP_NAMES, server.search_path)
     require_compatible(program, "pg_basebackup", facts.info.version_num)
     assert program is not None
@@ -325,7 +425,7 @@ def copy_backup(server: ServerConfig, name: str | None, echo: Echo, debug: Echo)
         )
         binfo.save(server, info)
         try:
-            info = _copy(server, info, facts, program.path, echo, debug)
+            info = _copy(server, info, facts, program.path, echo, debug, progress)
         except WalvaultError as exc:
             _fail(server, info, exc.message)
             raise WalvaultError(
@@ -386,6 +486,7 @@ def take_backup(
     name: str | None = None,
     wait: bool = False,
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    progress: Progress | None = None,
 ) -> BackupInfo:
     """The whole ``backup`` command for one server; returns the final metadata.
 
@@ -411,7 +512,7 @@ def take_backup(
         ) from None
     try:
         started = time.monotonic()
-        info = copy_backup(server, name, echo, debug)
+        info = copy_backup(server, name, echo, debug, progress)
         mark_end(server, info.backup_id, warn)
         warn_without_receiver(server, warn)
         info = check_backup(server, info.backup_id, wait=30)

@@ -1,6 +1,7 @@
 """``delete``: remove a backup (data, then metadata), then the WAL no remaining backup needs.
 
-Order, for crash safety: ``base/<id>`` goes first (a crash leaves metadata without data,
+Order, for crash safety: ``base/<id>`` goes first (in object storage, the tars and then
+``backup.info``: :mod:`walvault.backup.cloudstore`) (a crash leaves metadata without data,
 which a second ``delete`` finishes), then ``meta/<id>-backup.info``, then the WAL older than
 the oldest remaining backup.  The WAL of a kept backup is never touched, ``.history`` files
 are always kept, and with no backup left no WAL is removed at all (unlike Barman).  While
@@ -21,7 +22,6 @@ from walvault.backup.info import DONE, STARTED, WAITING_FOR_WALS, BackupInfo
 from walvault.backup.walcheck import id_lock, remove_backup_data
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
-from walvault.fs import remove_durably
 from walvault.humanize import pretty_duration
 
 Echo = Callable[[str], None]
@@ -131,7 +131,7 @@ def delete_backup(
         _refuse_if_needed(server, info, check_redundancy)
         echo(f"Deleting backup {backup_id} for server {server.name}")
         remove_backup_data(server, backup_id)
-        remove_durably(binfo.info_path(server, backup_id), missing_ok=True)
+        binfo.remove(server, backup_id)
     if purge_wal:
         result.wal = purge_unneeded_wal(server, echo, lock_wait=lock_wait)
     elapsed = pretty_duration(time.monotonic() - started)

@@ -18,11 +18,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from walvault.config import ServerConfig
-from walvault.errors import StateFileError, describe_os_error
-from walvault.fs import durable_replace_bytes
+from walvault.errors import StateFileError, WalvaultError, describe_os_error
+from walvault.fs import durable_replace_bytes, remove_durably
 from walvault.wal.names import is_segment
+
+if TYPE_CHECKING:
+    from walvault.backup.cloudstore import CloudBackups
 
 STARTED = "STARTED"
 WAITING_FOR_WALS = "WAITING_FOR_WALS"
@@ -60,7 +64,7 @@ class BackupInfo:
     config_file: str | None = None
     hba_file: str | None = None
     ident_file: str | None = None
-    tablespaces: str | None = None  # Barman's repr: [Tablespace(name='t', oid=1, location='/x')]
+    tablespaces: str | None = None  # Barman's repr: [('t', 16385, '/x')]
     size: int | None = None
     error: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -89,25 +93,34 @@ _TABLESPACE_RE = re.compile(rf"Tablespace\(name={_QUOTED}, oid=(\d+), location={
 
 
 def format_tablespaces(items: list[Tablespace]) -> str | None:
-    """Barman's ``tablespaces=`` value (a Python repr of namedtuples), None when there are none."""
+    """Barman's ``tablespaces=`` value, None when there are none: the repr of a list of
+    ``(name, oid, location)`` tuples, which Barman reads back with ``ast.literal_eval``."""
     if not items:
         return None
-    inner = ", ".join(
-        f"Tablespace(name={t.name!r}, oid={t.oid}, location={t.location!r})" for t in items
-    )
-    return f"[{inner}]"
+    return repr([(t.name, t.oid, t.location) for t in items])
 
 
 def parse_tablespaces(text: str | None) -> list[Tablespace]:
-    """The tablespaces recorded by :func:`format_tablespaces` (or by Barman)."""
+    """The tablespaces recorded by :func:`format_tablespaces` or by Barman -- and the
+    ``[Tablespace(name=..., oid=..., location=...)]`` spelling older walvault wrote."""
     import ast
 
-    if not text:
+    if not text or text == "None":
         return []
-    return [
-        Tablespace(ast.literal_eval(m.group(1)), int(m.group(2)), ast.literal_eval(m.group(3)))
-        for m in _TABLESPACE_RE.finditer(text)
-    ]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return [
+            Tablespace(ast.literal_eval(m.group(1)), int(m.group(2)), ast.literal_eval(m.group(3)))
+            for m in _TABLESPACE_RE.finditer(text)
+        ]
+    spaces = []
+    for item in value if isinstance(value, list | tuple) else ():
+        if isinstance(item, list | tuple) and len(item) >= 3:
+            name, oid, location = item[0], item[1], item[2]
+            if isinstance(name, str) and isinstance(oid, int) and isinstance(location, str):
+                spaces.append(Tablespace(name, oid, location))
+    return spaces
 
 
 def info_path(server: ServerConfig, backup_id: str) -> str:
@@ -118,7 +131,7 @@ def info_path(server: ServerConfig, backup_id: str) -> str:
 
 
 def data_dir(server: ServerConfig, backup_id: str) -> str:
-    """``<basebackups_directory>/<id>/data``: the copy of PGDATA."""
+    """``<basebackups_directory>/<id>/data``: the copy of PGDATA (local backups only)."""
     if not BACKUP_ID_RE.fullmatch(backup_id):
         raise ValueError(f"'{backup_id}' is not a backup id (YYYYMMDDTHHMMSS)")
     return os.path.join(server.basebackups_directory, backup_id, "data")
@@ -185,16 +198,65 @@ def loads(text: str, backup_id: str, server_name: str) -> BackupInfo:
     return BackupInfo(**values, extra=tuple(extra))  # type: ignore[arg-type]
 
 
+def _cloud(server: ServerConfig) -> CloudBackups | None:
+    """The bucket holding the server's backups, None when they are on local disk."""
+    if not server.basebackups_in_object_storage:
+        return None
+    from walvault.backup.cloudstore import CloudBackups
+
+    return CloudBackups(server)
+
+
 def save(server: ServerConfig, info: BackupInfo) -> None:
-    """Write the metadata durably (temp file, fsync, rename, fsync directory)."""
+    """Write the metadata durably (temp file, fsync, rename, fsync directory).
+
+    Backups in object storage (:mod:`walvault.backup.cloudstore`): a STARTED backup, and a
+    FAILED one whose record is still local, are recorded locally; every other state goes to
+    the bucket's ``backup.info`` (a single PUT, durable when acknowledged), and then the
+    local record is removed.
+    """
+    path = info_path(server, info.backup_id)
+    cloud = _cloud(server)
+    if cloud is not None and not (
+        info.status == STARTED or (info.status == FAILED and os.path.exists(path))
+    ):
+        cloud.write_info(info.backup_id, dumps(info))
+        remove_durably(path, missing_ok=True)
+        return
     os.makedirs(server.meta_directory, exist_ok=True)
-    durable_replace_bytes(info_path(server, info.backup_id), dumps(info).encode())
+    durable_replace_bytes(path, dumps(info).encode())
+
+
+def remove(server: ServerConfig, backup_id: str) -> None:
+    """Remove the backup's metadata, local and (object storage) in the bucket.
+
+    For a backup in object storage this is part of :meth:`CloudBackups.remove`, which
+    deletes ``backup.info`` after the tars; here only the local record is left.
+    """
+    remove_durably(info_path(server, backup_id), missing_ok=True)
+
+
+def _load_cloud(server: ServerConfig, cloud: CloudBackups, backup_id: str) -> BackupInfo:
+    where = cloud.storage.url(cloud.info_key(backup_id))
+    try:
+        text = cloud.read_info(backup_id)
+    except WalvaultError as exc:
+        raise StateFileError(where, exc.message) from None
+    if text is None:
+        raise FileNotFoundError(where)
+    try:
+        return loads(text, backup_id, server.name)
+    except ValueError as exc:
+        raise StateFileError(where, f"malformed: {exc}") from None
 
 
 def load(server: ServerConfig, backup_id: str) -> BackupInfo:
     """Read one backup's metadata (FileNotFoundError when there is none, StateFileError when
     it cannot be read or is malformed)."""
     path = info_path(server, backup_id)
+    cloud = _cloud(server)
+    if cloud is not None and not os.path.exists(path):
+        return _load_cloud(server, cloud, backup_id)
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -213,12 +275,22 @@ def load(server: ServerConfig, backup_id: str) -> BackupInfo:
 def scan_backups(server: ServerConfig) -> tuple[list[BackupInfo], list[StateFileError]]:
     """Every backup of the server, oldest first (ids sort by time), and every
     ``*-backup.info`` that cannot be used.  A ``meta/`` that cannot be listed raises."""
+    good: list[BackupInfo] = []
+    bad: list[StateFileError] = []
+    cloud = _cloud(server)
+    if cloud is not None:
+        for backup_id in cloud.listed_ids():
+            try:
+                good.append(_load_cloud(server, cloud, backup_id))
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            except StateFileError as exc:
+                bad.append(exc)
     try:
         names = sorted(os.listdir(server.meta_directory))
     except FileNotFoundError:
-        return [], []
-    good: list[BackupInfo] = []
-    bad: list[StateFileError] = []
+        return good, bad
+    in_bucket = {b.backup_id for b in good}
     for name in names:
         if not name.endswith("-backup.info"):
             continue
@@ -227,12 +299,15 @@ def scan_backups(server: ServerConfig) -> tuple[list[BackupInfo], list[StateFile
             path = os.path.join(server.meta_directory, name)
             bad.append(StateFileError(path, "malformed: not named <YYYYMMDDTHHMMSS>-backup.info"))
             continue
+        if backup_id in in_bucket:
+            continue  # the bucket's record is the backup's (the local one is a leftover)
         try:
             good.append(load(server, backup_id))
         except FileNotFoundError:
             continue  # deleted meanwhile
         except StateFileError as exc:
             bad.append(exc)
+    good.sort(key=lambda b: b.backup_id)
     return good, bad
 
 
@@ -244,8 +319,6 @@ def iter_backups(server: ServerConfig) -> Iterator[BackupInfo]:
 
 def resolve_backup_id(server: ServerConfig, wanted: str) -> BackupInfo:
     """``latest``/``last``, ``oldest``/``first``, a backup id or a backup name -> its info."""
-    from walvault.errors import WalvaultError
-
     done = [b for b in iter_backups(server) if b.status == DONE]
     if wanted in ("latest", "last"):
         if not done:

@@ -1,5 +1,8 @@
 """``recover``: a backup copied to a local directory, configured to replay WAL from walvault.
 
+A backup in object storage is downloaded and unpacked in a stream instead of copied
+(:mod:`walvault.backup.cloudrecover`); everything else here is the same for both.
+
 PostgreSQL 12+ style: ``recovery.signal`` (or ``standby.signal``) and settings appended to
 ``postgresql.auto.conf``. With get-wal, ``restore_command`` names absolute paths (command and
 configuration file) so it works from the postmaster's environment; without it, the WAL —
@@ -26,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 from walvault.backup.info import DONE, BackupInfo, data_dir, parse_tablespaces
 from walvault.backup.targets import RecoveryTarget, conf_quote
@@ -52,6 +56,10 @@ class RecoverOptions:
     tablespaces: tuple[str, ...] = ()
     #: walvault's own directories (home, locks, every server's): never recovered into
     protected: tuple[str, ...] = ()
+    #: parallel downloads of a backup in object storage
+    jobs: int = 4
+    #: where the progress display goes (a terminal only; None: nowhere)
+    progress_stream: TextIO | None = None
 
 
 def _check_destination(path: str) -> None:
@@ -224,7 +232,8 @@ def tablespace_locations(
                 f"invalid --tablespace '{rule}': LOCATION and the destination must not "
                 "contain each other"
             )
-        if _inside(location, server.basebackups_directory):
+        local_backups = not server.basebackups_in_object_storage
+        if local_backups and _inside(location, server.basebackups_directory):
             raise WalvaultError(
                 f"invalid --tablespace '{rule}': LOCATION is inside the server's backups"
             )
@@ -274,9 +283,14 @@ def recover(
     locations = tablespace_locations(
         server, backup, destination, options.tablespaces, options.protected
     )
-    source = data_dir(server, backup.backup_id)
-    if not os.path.isdir(source):
+    cloud = server.basebackups_in_object_storage
+    source = "" if cloud else data_dir(server, backup.backup_id)
+    if not cloud and not os.path.isdir(source):
         raise WalvaultError(f"the data of backup {backup.backup_id} is missing: {source}")
+    if cloud:
+        from walvault.backup.cloudrecover import plan
+
+        plan(server, backup, destination, locations)  # every check before anything is written
     echo(f"Starting local restore for server {server.name} using backup {backup.backup_id}")
     echo(f"Destination directory: {destination}")
     if options.target.is_pitr:
@@ -287,11 +301,21 @@ def recover(
         archive_wal(server, lambda _line: None, verbose=False)
     except WalvaultError as exc:
         warn(f"archive-wal before the restore failed ({exc}); using what is archived")
-    echo("Copying the base backup.")
     os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-    shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
+    if cloud:
+        from walvault.backup.cloudrecover import unpack_backup
+        from walvault.backup.progress import Progress
+
+        echo(f"Downloading and unpacking the base backup ({options.jobs} parallel downloads).")
+        progress = Progress("Recover", options.progress_stream)
+        unpack_backup(
+            server, backup, destination, locations, echo, jobs=options.jobs, progress=progress
+        )
+    else:
+        echo("Copying the base backup.")
+        shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
+        _copy_tablespaces(destination, echo, locations)
     os.chmod(destination, 0o700)
-    _copy_tablespaces(destination, echo, locations)
     for stale in ("postmaster.pid", "postmaster.opts"):
         if os.path.exists(os.path.join(destination, stale)):
             os.unlink(os.path.join(destination, stale))

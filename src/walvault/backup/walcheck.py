@@ -114,7 +114,18 @@ def check_backup(server: ServerConfig, backup_id: str, *, wait: float | None = N
 
 
 def remove_backup_data(server: ServerConfig, backup_id: str) -> bool:
-    """Remove ``base/<id>`` (a partial or obsolete copy) durably; True if it existed."""
+    """Remove ``base/<id>`` (a partial or obsolete copy) durably; True if it existed.
+
+    In object storage: remove its local spool (a backup with tablespaces), abort its
+    incomplete uploads, delete its tars and its ``backup.info``
+    (:meth:`walvault.backup.cloudstore.CloudBackups.remove`).
+    """
+    if server.basebackups_in_object_storage:
+        from walvault.backup.cloudstore import CloudBackups
+        from walvault.backup.tarspool import spool_directory
+
+        shutil.rmtree(spool_directory(server, backup_id), ignore_errors=True)
+        return CloudBackups(server).remove(backup_id) > 0
     directory = os.path.dirname(binfo.data_dir(server, backup_id))
     if not os.path.lexists(directory):
         return False

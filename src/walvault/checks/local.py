@@ -114,7 +114,9 @@ def check_directories(server: ServerConfig) -> CheckResult:
             problems.append(f"{path}: does not exist (created by 'walvault cron')")
         elif not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             problems.append(f"{path}: {_denied(path, os.R_OK | os.W_OK | os.X_OK)}")
-    optional = [server.meta_directory, server.basebackups_directory]
+    optional = [server.meta_directory]
+    if not server.basebackups_in_object_storage:
+        optional.append(server.basebackups_directory)
     local_wals = not server.wals_in_object_storage
     if local_wals and os.access(server.wals_directory, os.R_OK | os.X_OK):
         optional += [os.path.join(server.wals_directory, d) for d in hash_dirs(server)]

@@ -56,6 +56,7 @@ def register(sub: Any) -> None:
 def backup(ctx: Context, args: argparse.Namespace) -> int:
     """Back up each named server in turn; any failure makes the exit code 1."""
     from walvault.backup.basebackup import take_backup
+    from walvault.backup.progress import Progress
 
     def debug(line: str) -> None:
         if ctx.debug:
@@ -75,6 +76,7 @@ def backup(ctx: Context, args: argparse.Namespace) -> int:
                 name=args.name,
                 wait=args.wait,
                 wait_timeout=args.wait_timeout,
+                progress=Progress("Backup", ctx.err, enabled=not ctx.quiet),
             )
             if args.wait:
                 ctx.info(f"Backup {info.backup_id} of server {server.name}: {info.status}")

@@ -49,6 +49,14 @@ def register(sub: Any) -> None:
         help="restore tablespace NAME to LOCATION (repeatable; default: "
         "<destination>_tablespaces/<oid>)",
     )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=4,
+        metavar="N",
+        help="parallel downloads of a backup in object storage (default: 4)",
+    )
     p.set_defaults(func=recover)
 
 
@@ -61,7 +69,8 @@ def walvault_directories(ctx: Context) -> tuple[str, ...]:
     for server in config.servers.values():
         found += [getattr(server, option) for option in DIRECTORY_OPTIONS]
         found += [server.xlogdb_directory, server.meta_directory]
-    return tuple(dict.fromkeys(path for path in found if path))
+    local = (path for path in found if path and path[:5].lower() != "s3://")
+    return tuple(dict.fromkeys(local))
 
 
 def recover(ctx: Context, args: argparse.Namespace) -> int:
@@ -87,6 +96,8 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         ctx.warn(warning)
     if args.port is not None and not 1 <= args.port <= 65535:
         raise WalvaultError(f"invalid --port {args.port}: accepted: 1-65535")
+    if not 1 <= args.jobs <= 64:
+        raise WalvaultError(f"invalid --jobs {args.jobs}: accepted: 1-64")
     get_wal = args.get_wal if args.get_wal is not None else "get-wal" in server.recovery_options
     backup = resolve_backup_id(server, args.backup_id)
     options = RecoverOptions(
@@ -98,5 +109,7 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         config_file=ctx.config.path,
         tablespaces=tuple(args.tablespace),
         protected=walvault_directories(ctx),
+        jobs=args.jobs,
+        progress_stream=None if ctx.quiet else ctx.err,
     )
     return do_recover(server, backup, options, ctx.info, ctx.warn)

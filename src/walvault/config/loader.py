@@ -435,6 +435,8 @@ def _server_problems(
         if not path:
             continue
         real = path if is_store_url(path) else os.path.realpath(path)
+        if is_store_url(path) and {option, seen.get(real)} == _SHARED_STORE_OPTIONS:
+            continue  # barman-cloud's layout: <PATH>/<server>/wals and <PATH>/<server>/base
         if real in seen:
             messages.append(
                 f"Conflicting path: {option}={path} conflicts with '{seen[real]}' "
@@ -443,6 +445,10 @@ def _server_problems(
         else:
             seen[real] = option
     return messages
+
+
+#: the options that may name one object-store location (their keys differ below it)
+_SHARED_STORE_OPTIONS = {"wals_directory", "basebackups_directory"}
 
 
 def _check_cross_server_paths(servers: dict[str, ServerConfig]) -> dict[str, ServerConfig]:

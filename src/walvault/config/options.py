@@ -22,6 +22,17 @@ def _compression(raw: str) -> str | None:
     return canonical_algorithm(raw.strip())
 
 
+def _backup_compression(raw: str) -> str:
+    """Barman's ``backup_compression`` (gzip, lz4, zstd, none) plus bzip2 and xz."""
+    value = raw.strip().lower()
+    if value == "none":
+        return "none"
+    algorithm = _compression(value)
+    if algorithm is None:
+        raise ValueError("accepted: gzip, bzip2, xz, zstd, lz4, none")
+    return algorithm
+
+
 class Option(NamedTuple):
     """One server option."""
 
@@ -52,7 +63,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("create_slot", "manual", p.choice("manual", "auto")),
     Option("path_prefix", None, p.parse_path_list),
     Option("backup_directory", "%(walvault_home)s/%(name)s", p.parse_abs_path, global_ok=False),
-    Option("basebackups_directory", "%(backup_directory)s/base", p.parse_abs_path, False),
+    # an absolute path (Barman's local layout) or s3://BUCKET[/PATH] (barman-cloud's layout,
+    # <PATH>/<server>/base/<backup id>/: see walvault.backup.cloudstore)
+    Option("basebackups_directory", "%(backup_directory)s/base", p.parse_store_location, False),
     Option("wals_directory", "%(backup_directory)s/wals", p.parse_store_location, False),
     Option("incoming_wals_directory", "%(backup_directory)s/incoming", p.parse_abs_path, False),
     Option("streaming_wals_directory", "%(backup_directory)s/streaming", p.parse_abs_path, False),
@@ -62,6 +75,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("xlogdb_directory", "%(wals_directory)s", p.parse_abs_path),
     Option("compression", None, _compression),
     Option("compression_level", "medium", p.parse_compression_level),
+    # the compression of a backup's tar files in object storage (default: ``compression``)
+    Option("backup_compression", None, _backup_compression),
     Option(
         "backup_method",
         "postgres",
@@ -132,7 +147,6 @@ GLOBAL_ALIASES = {
 BARMAN_ONLY = frozenset(
     {
         "backup_options",
-        "backup_compression",
         "backup_compression_format",
         "backup_compression_level",
         "backup_compression_location",

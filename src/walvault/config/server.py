@@ -49,6 +49,8 @@ class ServerConfig(NamedTuple):
     xlogdb_directory: str = ""
     compression: str | None = None
     compression_level: str | int = "medium"
+    #: the codec of backup tar files in object storage ("none", a codec, None: compression)
+    backup_compression: str | None = None
     backup_method: str = "postgres"
     immediate_checkpoint: bool = False
     minimum_redundancy: int = 0
@@ -94,6 +96,11 @@ class ServerConfig(NamedTuple):
     def wals_in_object_storage(self) -> bool:
         """True when ``wals_directory`` is an object-store URL, not a local directory."""
         return self.wals_directory[:5].lower() == "s3://"
+
+    @property
+    def basebackups_in_object_storage(self) -> bool:
+        """True when ``basebackups_directory`` is an object-store URL (barman-cloud's layout)."""
+        return self.basebackups_directory[:5].lower() == "s3://"
 
     @property
     def wal_meta_directory(self) -> str:

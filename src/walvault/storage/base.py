@@ -30,6 +30,11 @@ Operations:
   puts at once and ``commit`` has nothing left to do.  Objects of a batch are visible only
   after ``commit`` on posix, at once on S3: callers must not depend on either.
 
+* :meth:`Storage.abort_incomplete` -- remove the invisible leftovers of writes that never
+  finished under a prefix (S3: abort its incomplete multipart uploads, whose parts are
+  billed until aborted; posix: the temporary files of dead writers); returns how many.  The
+  caller makes sure no live writer is working under that prefix.
+
 Metadata keys are lower-case (S3 folds them; HTTP headers are case-insensitive) and checked
 by :func:`check_metadata`; keys starting with :data:`DRIVER_METADATA_PREFIX` belong to the
 drivers (S3: the SHA-256 of the stored bytes, verified on read) and are refused from callers
@@ -252,6 +257,11 @@ class Storage(Protocol):
 
     def batch(self) -> WriteBatch:
         """A group of create-only writes committed together (see the module docstring)."""
+        ...
+
+    def abort_incomplete(self, prefix: str) -> int:
+        """Remove what unfinished writes left under ``prefix``; return how many (see the
+        module docstring)."""
         ...
 
 

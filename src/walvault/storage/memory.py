@@ -121,6 +121,11 @@ class MemoryStorage:
         """Every put is durable on its own: a batch writes at once (see ImmediateBatch)."""
         return ImmediateBatch(self)
 
+    def abort_incomplete(self, prefix: str) -> int:
+        """Every write is whole or absent in memory: nothing is ever left over."""
+        check_prefix(prefix)
+        return 0
+
     def open(self, key: str) -> MemoryReader | None:
         check_key(key)
         with self._lock:

@@ -299,6 +299,18 @@ class PosixStorage:
     def batch(self) -> PosixBatch:
         return PosixBatch(self)
 
+    def abort_incomplete(self, prefix: str) -> int:
+        """Remove dead writers' temporary files in the directories under ``prefix``."""
+        from walvault.fs import cleanup_stale_temps
+
+        check_prefix(prefix)
+        start = os.path.join(self.root, prefix.rstrip("/")) if prefix else self.root
+        removed = 0
+        if os.path.isdir(start):  # a directory prefix (the only kind callers use here)
+            for directory, _dirs, _files in os.walk(start):
+                removed += len(cleanup_stale_temps(directory, older_than=0))
+        return removed
+
     # ---------------------------------------------------------------- deleting
 
     def delete(self, keys: Iterable[str]) -> None:

@@ -35,6 +35,11 @@ How each operation maps to requests (what a user pays for, in AWS's request clas
   end in ``/`` is still a plain string prefix (``wals/0000000100000001`` finds ``...01.gz``):
   the listing starts just before it with ``start-after`` and stops after the last match.
 * ``delete``: DeleteObjects, ``cloud_delete_batch_size`` (1,000) keys per request.
+* ``abort_incomplete``: ListMultipartUploads of the prefix (1,000 per page) and one
+  AbortMultipartUpload per upload found.  obstore has no API for either, so these two go
+  through boto3 (imported only here, configured from the same settings); obstore itself
+  aborts an upload whose source fails, so only a killed writer leaves uploads behind.
+* ``read_range``: one ranged GET (``Range: bytes=start-end``): parallel downloads.
 
 Every request has bounded timeouts (connect, no-progress, whole request) and is retried by
 obstore with exponential back-off and jitter on 5xx, connection errors and (for GET, HEAD,
@@ -227,7 +232,73 @@ class S3Storage:
                 what = batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} keys)"
                 raise self._fail("DELETE", what, exc) from None
 
+    def abort_incomplete(self, prefix: str) -> int:
+        """Abort every incomplete multipart upload under ``prefix``; return how many."""
+        check_prefix(prefix)
+        full = f"{self.location.prefix}/{prefix}" if self.location.prefix else prefix
+        try:
+            client = self._boto_client()
+            aborted = 0
+            pages = client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=full
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    client.abort_multipart_upload(
+                        Bucket=self.location.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        except StorageError:
+            raise
+        except Exception as exc:  # botocore's ClientError, EndpointConnectionError...
+            raise StorageError(
+                f"S3 ListMultipartUploads/AbortMultipartUpload {self.url(prefix)} failed: "
+                f"{self._reason(exc) if str(exc) else type(exc).__name__}"
+            ) from None
+        return aborted
+
+    def _boto_client(self) -> Any:
+        """A boto3 S3 client with this driver's endpoint, region, credentials and timeouts."""
+        try:
+            import boto3  # type: ignore[import-untyped]
+            from botocore.config import Config  # type: ignore[import-untyped]
+        except ImportError:
+            raise StorageError(
+                f"cannot clean incomplete uploads under {self.url()}: boto3 is not installed "
+                "(pip install boto3, or give the bucket a lifecycle rule that aborts "
+                "incomplete multipart uploads)"
+            ) from None
+        settings = self.settings
+        config = Config(
+            region_name=settings.region,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            retries={"max_attempts": settings.retries + 1, "mode": "standard"},
+            s3={"addressing_style": "virtual" if settings.virtual_hosted else "path"},
+            user_agent_extra="walvault",
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if settings.endpoint is not None:
+            kwargs["endpoint_url"] = settings.endpoint
+        if settings.access_key_id is not None:
+            kwargs["aws_access_key_id"] = settings.access_key_id
+            kwargs["aws_secret_access_key"] = settings.secret_access_key
+            kwargs["aws_session_token"] = settings.session_token or None
+        return boto3.session.Session().client("s3", **kwargs)
+
     # ------------------------------------------------------------ reads
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` .. ``end - 1`` of ``key`` (one ranged GET)."""
+        import obstore
+
+        check_key(key)
+        try:
+            return bytes(obstore.get_range(self._client(), key, start=start, end=end))
+        except FileNotFoundError as exc:
+            raise StorageError(f"S3 GET (range) {self.url(key)} failed: no such key") from exc
+        except Exception as exc:
+            raise self._fail("GET (range)", key, exc) from None
 
     def put_file(
         self,

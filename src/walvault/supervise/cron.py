@@ -139,7 +139,7 @@ def prepare_directories(server: ServerConfig) -> None:
         server.incoming_wals_directory,
         server.errors_directory,
         server.meta_directory,
-        server.basebackups_directory,
+        *(() if server.basebackups_in_object_storage else (server.basebackups_directory,)),
     ):
         ensure_dir(path)
 

@@ -120,10 +120,13 @@ def test_backup_info_round_trips_with_barman_values() -> None:
     )
     text = dumps(info)
     assert "begin_time=2026-11-25 16:00:39.347679+00:00\n" in text
-    assert "tablespaces=[Tablespace(name='tbs', oid=16385, location='/srv/tbs')]\n" in text
+    assert "tablespaces=[('tbs', 16385, '/srv/tbs')]\n" in text  # what Barman writes and reads
     assert "backup_name=None\n" in text and "status=DONE\n" in text
     assert loads(text, info.backup_id, "pg") == info
     assert parse_tablespaces(info.tablespaces) == [Tablespace("tbs", 16385, "/srv/tbs")]
+    older = "[Tablespace(name='tbs', oid=16385, location='/srv/tbs')]"  # walvault before
+    assert parse_tablespaces(older) == [Tablespace("tbs", 16385, "/srv/tbs")]
+    assert parse_tablespaces("None") == [] and parse_tablespaces("[('x', 'bad', 3)]") == []
 
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
