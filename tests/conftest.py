@@ -21,6 +21,11 @@ S3 fixtures (see ``tests/s3harness.py``): ``moto_server`` (session) -- moto's S3
 short timeouts; ``s3_environ`` -- the AWS_* variables (endpoint, keys, region) a walvault
 subprocess needs to reach ``moto_server``.
 
+GnuPG fixtures (see ``tests/gpgharness.py``): ``gpg_keys`` (session) -- two keys (RSA and
+ECC subkeys, one passphrase) generated once; ``gnupg_home`` (function) -- a fresh
+``GNUPGHOME`` with both, set in the environment (walvault and PostgreSQL started by the test
+inherit it).
+
 Tests under ``tests/integration`` get the ``integration`` marker automatically.
 """
 
@@ -150,6 +155,26 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def gpg_keys() -> Iterator[Any]:
+    """The session's GnuPG keys (``tests/gpgharness.py``: ``Keys``), made once."""
+    from gpgharness import Keys
+
+    keys = Keys()
+    try:
+        yield keys
+    finally:
+        keys.cleanup()
+
+
+@pytest.fixture
+def gnupg_home(gpg_keys: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh GNUPGHOME holding both keys (public and secret), set in the environment."""
+    home: Path = gpg_keys.home()
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")
