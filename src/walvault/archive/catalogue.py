@@ -176,7 +176,10 @@ def append_entries(
     path = server.xlogdb_path
     with xlogdb_lock(server):
         if not os.path.exists(path):
-            present = {e.name for e in _rebuild_locked(server).entries}
+            # the batch's own lines replace what the scan found for the same files: the scan
+            # cannot tell the codec of an encrypted file, the batch knows it
+            known = {e.name: e for e in entries}
+            present = {e.name for e in _rebuild_locked(server, known).entries}
         else:
             truncate_torn_tail(path)
             present = find_names(path, {e.name for e in entries}) if skip_existing else set()
@@ -266,8 +269,12 @@ def _stored_format(archive: WalArchive, key: str) -> tuple[bool, str | None, str
     return stored_format(archive, ArchivedFile(key, key, ObjectInfo(key, 0, 0.0), None))
 
 
-def _rebuild_locked(server: ServerConfig) -> RebuildResult:
+def _rebuild_locked(
+    server: ServerConfig, known: dict[str, CatalogueEntry] | None = None
+) -> RebuildResult:
     result = scan_archive(server)
+    if known:
+        result.entries = [known.get(entry.name, entry) for entry in result.entries]
     ensure_dir(server.xlogdb_directory)
 
     def writer(handle: BinaryIO) -> None:
