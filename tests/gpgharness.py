@@ -162,3 +162,9 @@ def decrypt_cli(home: Path, data: bytes) -> bytes:
         "--decrypt",
         data=data,
     )
+
+
+def trust_ultimately(home: Path, fingerprint: str) -> None:
+    """Mark ``fingerprint`` ultimately trusted in ``home``: Barman's gpg --encrypt has no
+    ``--trust-model always`` and, in batch mode, refuses a key nobody vouched for."""
+    gpg(home, "--import-ownertrust", data=f"{fingerprint}:6:\n".encode())
