@@ -14,17 +14,17 @@ PostgreSQL fixtures (see ``tests/pgharness.py`` for the cluster API):
 ``sshd`` (function) -- a started :class:`sshharness.Sshd` (skipped where no sshd is
 installed); remote commands run with this interpreter's ``bin`` first on PATH.
 
+GnuPG fixtures (see ``tests/gpgharness.py``): ``gpg_keys`` (session) -- two keys (RSA and
+ECC subkeys, one passphrase) generated once; ``gnupg_home`` (function) -- a fresh
+``GNUPGHOME`` with both, set in the environment (walvault and PostgreSQL started by the test
+inherit it).
+
 S3 fixtures (see ``tests/s3harness.py``): ``moto_server`` (session) -- moto's S3 server on
 127.0.0.1, started on first use and stopped at the end of the session; ``s3_bucket``
 (function) -- the name of a fresh bucket on it, everything reset after the test;
 ``s3_storage`` (function) -- an ``S3Storage`` for ``s3://<s3_bucket>/walvault-test`` with
 short timeouts; ``s3_environ`` -- the AWS_* variables (endpoint, keys, region) a walvault
 subprocess needs to reach ``moto_server``.
-
-GnuPG fixtures (see ``tests/gpgharness.py``): ``gpg_keys`` (session) -- two keys (RSA and
-ECC subkeys, one passphrase) generated once; ``gnupg_home`` (function) -- a fresh
-``GNUPGHOME`` with both, set in the environment (walvault and PostgreSQL started by the test
-inherit it).
 
 Tests under ``tests/integration`` get the ``integration`` marker automatically.
 """
