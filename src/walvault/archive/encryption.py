@@ -372,20 +372,49 @@ def _unescape(text: str) -> str:
 # ---------------------------------------------------------------- encrypting
 
 
+#: Linux's fcntl to size a pipe: 1 MiB (the unprivileged maximum) instead of 64 KiB means
+#: 16 times fewer wake-ups between the compressor and gpg.
+_F_SETPIPE_SZ = 1031
+
+
+def _file_descriptor(sink: BinaryIO) -> int | None:
+    """The descriptor of ``sink`` when it is a regular file gpg may write itself (flushed
+    first), else None (memory, a spooled file: those get a pump thread)."""
+    import io
+    import stat
+
+    if not isinstance(sink, io.BufferedWriter | io.FileIO):
+        return None
+    try:
+        fd = sink.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        sink.flush()
+    except (OSError, ValueError):
+        return None
+    return fd
+
+
 class Encryptor:
     """A binary file whose writes are encrypted into ``sink`` by ``gpg --encrypt``.
 
     :meth:`finish` after the last write: the message is complete in ``sink`` when it
     returns; EncryptionError (or the sink's own OSError) when something failed.  :meth:`abort`
-    stops gpg.  Use :func:`encrypting` for both.
+    stops gpg.  Use :func:`encrypting` for both.  A regular file as ``sink`` (a local
+    archive's temporary file) becomes gpg's stdout: no copy through this process.  With
+    ``source`` (a descriptor read from its current offset) gpg reads its input there
+    itself, and nothing is to be written.
     """
 
-    def __init__(self, gpg: Gpg, recipient: Recipient, sink: BinaryIO) -> None:
+    def __init__(
+        self, gpg: Gpg, recipient: Recipient, sink: BinaryIO, source: int | None = None
+    ) -> None:
         import subprocess
         import threading
 
         self._gpg = gpg
         self._sink = sink
+        direct = _file_descriptor(sink)
         argv = gpg.argv(
             "--yes",
             "--no-armor",
@@ -400,13 +429,19 @@ class Encryptor:
         try:
             self._proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE if source is None else source,
+                stdout=subprocess.PIPE if direct is None else direct,
                 stderr=subprocess.PIPE,
                 env=gpg.environ(),
             )
         except OSError as exc:
             raise EncryptionError(f"server {gpg.server}: cannot run {gpg.program}: {exc}") from exc
+        if self._proc.stdin is not None:
+            import contextlib
+            import fcntl
+
+            with contextlib.suppress(OSError):  # a smaller pipe only costs wake-ups
+                fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
         self._stderr = bytearray()
         self._sink_error: OSError | None = None
         self._pump = threading.Thread(target=self._copy_out, daemon=True)
@@ -416,9 +451,10 @@ class Encryptor:
         """stdout into the sink, stderr kept (one thread: a selector over both pipes)."""
         import selectors
 
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        assert self._proc.stderr is not None
         selector = selectors.DefaultSelector()
-        selector.register(self._proc.stdout, selectors.EVENT_READ, "out")
+        if self._proc.stdout is not None:
+            selector.register(self._proc.stdout, selectors.EVENT_READ, "out")
         selector.register(self._proc.stderr, selectors.EVENT_READ, "err")
         try:
             while selector.get_map():
@@ -439,7 +475,7 @@ class Encryptor:
             selector.close()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        assert self._proc.stdin is not None
+        assert self._proc.stdin is not None, "gpg reads its source itself"
         try:
             self._proc.stdin.write(data)
         except BrokenPipeError:
@@ -468,9 +504,9 @@ class Encryptor:
         """Close gpg's input and wait for the whole message to be in the sink."""
         import contextlib
 
-        assert self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._proc.stdin.close()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
         self._proc.wait()
         self._pump.join()
         if self._sink_error is not None:

@@ -26,6 +26,7 @@ from walvault.archive.encryption import (
     HEAD_LEN,
     DecryptingReader,
     DecryptionError,
+    Encryptor,
     Gpg,
     Recipient,
     encrypting,
@@ -358,12 +359,13 @@ def store_as_is(
         return batch.put_file(key, staged.path, metadata=metadata, mtime=staged.mtime)
 
     def write(handle: BinaryIO) -> dict[str, str]:
-        with (
-            open(staged.path, "rb") as source,
-            encrypting(encrypt.gpg, encrypt.recipient, handle) as sink,
-        ):
-            while chunk := source.read(1 << 20):
-                sink.write(chunk)
+        with open(staged.path, "rb") as source:
+            encryptor = Encryptor(encrypt.gpg, encrypt.recipient, handle, source.fileno())
+            try:
+                encryptor.finish()  # gpg reads the file itself
+            except BaseException:
+                encryptor.abort()
+                raise
         return metadata
 
     return batch.put_written(key, write, mtime=staged.mtime)
