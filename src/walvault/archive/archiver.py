@@ -33,7 +33,8 @@ from walvault.archive import errors_dir, ingest, journal
 from walvault.archive.batch import INCOMING, STREAMING, Batch, next_batch
 from walvault.archive.catalogue import CatalogueEntry, RebuildResult, append_entries, rebuild
 from walvault.archive.compression import CompressionError, resolve_level
-from walvault.archive.encryption import GPG, EncryptionError, Gpg, resolve_recipient
+from walvault.archive.encryption import GPG, EncryptionError, Gpg
+from walvault.archive.gpgkeys import resolve_recipient
 from walvault.archive.walstore import ArchivedFile, WalArchive
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError

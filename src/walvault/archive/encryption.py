@@ -20,22 +20,24 @@ a reader learns the verdict when it reads the end (:class:`DecryptionError` then
 consumer of the archive's read path throws away what it wrote when the read fails.
 
 **Keys and passphrase.**  Archiving needs only the public key (the backup host never needs
-the secret key to archive).  It is looked up once per run (:func:`resolve_recipient`): it
-must match exactly one key with a usable encryption (sub)key; gpg then gets its fingerprint
-with ``--trust-model always`` -- the key named in the configuration *is* the trust decision,
-so a public key imported without signing it works (expired or revoked keys are still
-refused by gpg).  Reading runs ``encryption_passphrase_command`` (a shell command, as
-Barman: its standard output, stripped, is the passphrase; once per process) and gives the
-passphrase to gpg through a pipe of its own, ``--passphrase-fd N`` with ``--pinentry-mode
-loopback``: never on a command line, in the environment or in a log.  gpg uses the keyring of
-the inherited ``$GNUPGHOME`` (else ``~/.gnupg``), found on ``path_prefix`` then ``PATH``, as
-Barman does.  Key rotation needs nothing here: each file names the key it was encrypted to,
-and gpg picks the secret key from the keyring (one passphrase for all of them).
+the secret key to archive).  It is looked up once per run
+(:func:`walvault.archive.gpgkeys.resolve_recipient`): it must match exactly one key with a
+usable encryption (sub)key; gpg then gets its fingerprint with ``--trust-model always``: the
+key named in the configuration *is* the trust decision, so a public key imported without
+signing it works (expired or revoked keys are still refused by gpg).  Reading runs
+``encryption_passphrase_command`` (a shell command, as Barman: its standard output,
+stripped, is the passphrase; once per process) and gives the passphrase to gpg through a
+pipe of its own, ``--passphrase-fd N`` with ``--pinentry-mode loopback``: never on a command
+line, in the environment or in a log.  gpg uses the keyring of the inherited ``$GNUPGHOME``
+(else ``~/.gnupg``), found on ``path_prefix`` then ``PATH``, as Barman does.  Key rotation
+needs nothing here: each file names the key it was encrypted to, and gpg picks the secret
+key from the keyring (one passphrase for all of them).
 
 **gpg-agent's cache.**  After one decryption gpg-agent remembers the passphrase (10 minutes
 by default, renewed on use), and then accepts any passphrase.  Decryption is still correct;
-``check`` clears the cached entry before its trial decryption (:func:`forget_passphrases`),
-so a wrong ``encryption_passphrase_command`` is not hidden by the cache.
+``check`` clears the cached entry before its trial decryption, so a wrong
+``encryption_passphrase_command`` is not hidden by the cache
+(:func:`walvault.archive.gpgkeys.forget_passphrases`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import BinaryIO
 
+    from walvault.archive.gpgkeys import Recipient
     from walvault.config import ServerConfig
     from walvault.storage.base import ObjectInfo, Reader
 
@@ -264,7 +267,7 @@ def _status(stderr: str, keyword: str) -> list[list[str]]:
     return found
 
 
-def _messages(stderr: str) -> str:
+def messages(stderr: str) -> str:
     """gpg's own messages (not the status lines), joined: for an error's text."""
     lines = [
         line.removeprefix("gpg: ").strip()
@@ -272,101 +275,6 @@ def _messages(stderr: str) -> str:
         if line.strip() and not line.startswith("[GNUPG:]")
     ]
     return "; ".join(lines[-3:]) or "no message"
-
-
-# ---------------------------------------------------------------- the recipient
-
-
-class Recipient:
-    """The key archive-wal encrypts to, as gpg listed it."""
-
-    __slots__ = ("argument", "expires", "fingerprint", "key_id", "user_id")
-
-    def __init__(
-        self, key_id: str, fingerprint: str, user_id: str, expires: int | None, argument: str
-    ) -> None:
-        self.key_id, self.fingerprint, self.user_id = key_id, fingerprint, user_id
-        self.expires, self.argument = expires, argument
-
-    def __repr__(self) -> str:
-        return f"Recipient({self.fingerprint!r})"
-
-    def describe(self) -> str:
-        """``<fingerprint> (<user id>)[, expires YYYY-MM-DD]``."""
-        text = f"{self.fingerprint} ({self.user_id})" if self.user_id else self.fingerprint
-        if self.expires:
-            import time
-
-            text += ", expires " + time.strftime("%Y-%m-%d", time.gmtime(self.expires))
-        return text
-
-
-_UNUSABLE = {"e": "expired", "r": "revoked", "i": "invalid", "d": "disabled"}
-
-
-class _Listed:
-    """One ``pub`` of a colon listing and what follows it."""
-
-    def __init__(self, fields: list[str]) -> None:
-        self.validity, self.caps, self.expires = fields[1], fields[11], fields[6]
-        self.fingerprint = ""
-        self.user_id = ""
-
-
-def _listed_keys(listing: bytes) -> list[_Listed]:
-    keys: list[_Listed] = []
-    for line in listing.decode("utf-8", "replace").splitlines():
-        fields = line.split(":") + [""] * 12  # short lines: the fields they omit are empty
-        if fields[0] == "pub":
-            keys.append(_Listed(fields))
-        elif keys and fields[0] == "fpr" and not keys[-1].fingerprint:
-            keys[-1].fingerprint = fields[9]
-        elif keys and fields[0] == "uid" and not keys[-1].user_id:
-            keys[-1].user_id = _unescape(fields[9])
-    return keys
-
-
-def resolve_recipient(gpg: Gpg, key_id: str) -> Recipient:
-    """The one public key ``key_id`` names, with a usable encryption key (EncryptionError:
-    not found, ambiguous, expired, revoked, or unable to encrypt)."""
-    code, out, err = gpg.run("--with-colons", "--fixed-list-mode", "--list-keys", "--", key_id)
-    keys = _listed_keys(out) if code == 0 else []
-    where = f"server {gpg.server}: encryption_key_id '{key_id}'"
-    if not keys:
-        raise EncryptionError(f"{where} is not in the keyring ({_messages(err)})")
-    if len(keys) > 1:
-        prints = ", ".join(k.fingerprint for k in keys)
-        raise EncryptionError(
-            f"{where} matches {len(keys)} keys ({prints}): give the fingerprint of one"
-        )
-    key = keys[0]
-    if not key.fingerprint:
-        raise EncryptionError(f"{where}: gpg listed no fingerprint for it")
-    why = _UNUSABLE.get(key.validity)
-    if why is not None:
-        raise EncryptionError(f"{where}: key {key.fingerprint} is {why}")
-    if "E" not in key.caps:
-        raise EncryptionError(
-            f"{where}: key {key.fingerprint} has no usable encryption (sub)key "
-            "(expired, revoked or missing)"
-        )
-    return Recipient(
-        key_id,
-        key.fingerprint,
-        key.user_id,
-        int(key.expires) if key.expires.isdigit() else None,
-        key_id if key_id.endswith("!") else key.fingerprint,
-    )
-
-
-def _unescape(text: str) -> str:
-    """gpg's colon listings write ``:`` and control characters as ``\\xNN``."""
-    if "\\x" not in text:
-        return text
-    import re
-
-    data = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode())
-    return data.decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------- encrypting
@@ -494,10 +402,10 @@ class Encryptor:
         err = self._stderr.decode("utf-8", "replace")
         invalid = _status(err, "INV_RECP")
         if invalid:
-            return f"server {self._gpg.server}: gpg refused the recipient key ({_messages(err)})"
+            return f"server {self._gpg.server}: gpg refused the recipient key ({messages(err)})"
         return (
             f"server {self._gpg.server}: gpg --encrypt failed (exit status "
-            f"{self._proc.returncode}: {_messages(err)})"
+            f"{self._proc.returncode}: {messages(err)})"
         )
 
     def finish(self) -> None:
@@ -666,7 +574,7 @@ class DecryptingReader:
                 return "bad passphrase (from encryption_passphrase_command)"
         if _status(err, "BADMDC") or "manipulated" in err:
             return "the message has been altered or damaged (integrity check failed)"
-        return f"gpg --decrypt failed (exit status {code}: {_messages(err)})"
+        return f"gpg --decrypt failed (exit status {code}: {messages(err)})"
 
     def stop(self) -> None:
         """Stop gpg and its threads; ``source`` stays open (idempotent)."""
@@ -699,52 +607,3 @@ def decrypted_pieces(reader: DecryptingReader) -> Iterator[bytes]:
     """The plaintext of ``reader`` in ``CHUNK`` pieces (DecryptionError at the end if bad)."""
     while data := reader.read(CHUNK):
         yield data
-
-
-# ---------------------------------------------------------------- for check
-
-
-def secret_keygrips(gpg: Gpg, fingerprint: str) -> list[str]:
-    """The keygrips of the secret encryption (sub)keys of ``fingerprint`` held by this
-    keyring (empty when the secret key is not here)."""
-    code, out, _ = gpg.run(
-        "--with-colons", "--with-keygrip", "--fixed-list-mode", "--list-secret-keys", fingerprint
-    )
-    if code != 0:
-        return []
-    grips: list[str] = []
-    wanted = False
-    for line in out.decode("utf-8", "replace").splitlines():
-        fields = line.split(":") + [""] * 15
-        if fields[0] in ("sec", "ssb"):
-            # capabilities (field 12), and field 15: "+" when the secret part is here
-            wanted = "e" in fields[11] and fields[14] in ("+", "")
-        elif fields[0] == "grp" and wanted:
-            grips.append(fields[9])
-            wanted = False
-    return grips
-
-
-def forget_passphrases(gpg: Gpg, keygrips: list[str]) -> bool:
-    """Make gpg-agent forget the cached passphrases of ``keygrips`` (True when it said OK)."""
-    import shutil
-    import subprocess
-
-    tool = shutil.which("gpg-connect-agent", path=os.path.dirname(gpg.program))
-    if tool is None:
-        return False
-    commands = [f"CLEAR_PASSPHRASE --mode=normal {grip}" for grip in keygrips]
-    try:
-        done = subprocess.run(
-            [tool, "--no-autostart", *commands, "/bye"],
-            capture_output=True,
-            env=gpg.environ(),
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    if b"no gpg-agent running" in done.stderr:
-        return True  # nothing is cached
-    replies = done.stdout.decode("utf-8", "replace").split()
-    return done.returncode == 0 and replies.count("OK") >= len(keygrips)

@@ -28,7 +28,6 @@ from walvault.archive.encryption import (
     DecryptionError,
     Encryptor,
     Gpg,
-    Recipient,
     encrypting,
     identify_encryption,
 )
@@ -40,6 +39,7 @@ from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, parse_long_header
 from walvault.wal.names import WalKind, classify
 
 if TYPE_CHECKING:
+    from walvault.archive.gpgkeys import Recipient
     from walvault.archive.walstore import ArchivedFile, WalArchive
     from walvault.storage.base import ObjectInfo, Reader, WriteBatch
 

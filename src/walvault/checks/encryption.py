@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 
 from walvault.archive import encryption as enc
+from walvault.archive import gpgkeys
 from walvault.checks import CheckResult
 from walvault.config import ServerConfig
 from walvault.storage.base import ObjectInfo
@@ -53,11 +54,11 @@ def check_encryption(server: ServerConfig) -> list[CheckResult]:
         return []
     gpg = enc.Gpg.for_server(server)
     lines: list[CheckResult] = []
-    recipient: enc.Recipient | None = None
+    recipient: gpgkeys.Recipient | None = None
     message: bytes | None = None
     if server.encryption_key_id:
         try:
-            recipient = enc.resolve_recipient(gpg, server.encryption_key_id)
+            recipient = gpgkeys.resolve_recipient(gpg, server.encryption_key_id)
             sink = io.BytesIO()
             with enc.encrypting(gpg, recipient, sink) as out:
                 out.write(TRIAL)
@@ -74,7 +75,7 @@ def check_encryption(server: ServerConfig) -> list[CheckResult]:
 
 
 def _decryption(
-    server: ServerConfig, gpg: enc.Gpg, recipient: enc.Recipient | None, message: bytes | None
+    server: ServerConfig, gpg: enc.Gpg, recipient: gpgkeys.Recipient | None, message: bytes | None
 ) -> CheckResult:
     name = "decryption"
     if not server.encryption_passphrase_command:
@@ -95,7 +96,7 @@ def _decryption(
             "encryption_passphrase_command prints a passphrase (no usable encryption_key_id: "
             "no trial decryption)",
         )
-    grips = enc.secret_keygrips(gpg, recipient.fingerprint)
+    grips = gpgkeys.secret_keygrips(gpg, recipient.fingerprint)
     if not grips:
         return CheckResult(
             name,
@@ -103,7 +104,7 @@ def _decryption(
             f"the secret key of {recipient.fingerprint} is not in the keyring of this user "
             "(GNUPGHOME or ~/.gnupg): get-wal and recover cannot decrypt",
         )
-    cleared = enc.forget_passphrases(gpg, grips)
+    cleared = gpgkeys.forget_passphrases(gpg, grips)
     try:
         with enc.DecryptingReader(gpg, _Message(message), b"", "the trial message") as plain:
             back = b"".join(enc.decrypted_pieces(plain))

@@ -24,6 +24,7 @@ import pytest
 
 from gpgharness import PASSPHRASE, decrypt_cli, gpg, passphrase_file, recipients
 from walvault.archive import encryption as enc
+from walvault.archive import gpgkeys
 from walvault.archive.compression import compress_bytes
 from walvault.errors import ArchiveReadError
 from walvault.storage.base import ObjectInfo
@@ -61,7 +62,7 @@ class _Stream:
 
 def _encrypt(gpgs: enc.Gpg, key: str, data: bytes) -> bytes:
     out = io.BytesIO()
-    with enc.encrypting(gpgs, enc.resolve_recipient(gpgs, key), out) as sink:
+    with enc.encrypting(gpgs, gpgkeys.resolve_recipient(gpgs, key), out) as sink:
         for start in range(0, len(data), 100_000):
             sink.write(data[start : start + 100_000])
     return out.getvalue()
@@ -140,7 +141,7 @@ def test_round_trip_with_gpg_itself_both_ways(
 
 def test_memory_stays_bounded_for_a_large_stream(gnupg_home: Path, tmp_path: Path) -> None:
     gpgs = _gpg(tmp_path)
-    key = enc.resolve_recipient(gpgs, "rsa@walvault.invalid")
+    key = gpgkeys.resolve_recipient(gpgs, "rsa@walvault.invalid")
     size = 96 << 20
     path = tmp_path / "big.gpg"
     block = random.Random(2).randbytes(1 << 20)
@@ -230,23 +231,23 @@ def test_the_key_resolves_to_exactly_one_usable_key(
     gpg_keys: Any, gnupg_home: Path, tmp_path: Path
 ) -> None:
     gpgs = _gpg(tmp_path)
-    found = enc.resolve_recipient(gpgs, "ecc@walvault.invalid")
+    found = gpgkeys.resolve_recipient(gpgs, "ecc@walvault.invalid")
     assert found.fingerprint == gpg_keys.ecc and found.argument == gpg_keys.ecc
     assert "walvault ecc" in found.describe()
-    assert enc.resolve_recipient(gpgs, gpg_keys.rsa[-16:] + "!").argument.endswith("!")
+    assert gpgkeys.resolve_recipient(gpgs, gpg_keys.rsa[-16:] + "!").argument.endswith("!")
     with pytest.raises(enc.EncryptionError, match="is not in the keyring"):
-        enc.resolve_recipient(gpgs, "nobody@walvault.invalid")
+        gpgkeys.resolve_recipient(gpgs, "nobody@walvault.invalid")
     with pytest.raises(enc.EncryptionError, match="matches 2 keys"):
-        enc.resolve_recipient(gpgs, "walvault.invalid")
+        gpgkeys.resolve_recipient(gpgs, "walvault.invalid")
     loopback = ["--pinentry-mode", "loopback", "--passphrase", PASSPHRASE]
     gpg(gnupg_home, *loopback, "--quick-set-expire", gpg_keys.ecc, "seconds=1")
     import time
 
     time.sleep(2)
     with pytest.raises(enc.EncryptionError, match="expired"):
-        enc.resolve_recipient(gpgs, gpg_keys.ecc)
+        gpgkeys.resolve_recipient(gpgs, gpg_keys.ecc)
     with pytest.raises(enc.EncryptionError, match="not found on path_prefix or PATH"):
-        enc.resolve_recipient(enc.Gpg("/nonexistent", None, "pg"), gpg_keys.rsa)
+        gpgkeys.resolve_recipient(enc.Gpg("/nonexistent", None, "pg"), gpg_keys.rsa)
 
 
 def test_the_agents_cached_passphrase_can_be_forgotten(
@@ -259,18 +260,18 @@ def test_the_agents_cached_passphrase_can_be_forgotten(
     assert _decrypt_file(right, path) == b"cached"
     wrong = _gpg(tmp_path, "wrong")
     assert _decrypt_file(wrong, path) == b"cached"  # the trap: the agent remembered it
-    grips = enc.secret_keygrips(wrong, gpg_keys.rsa)
+    grips = gpgkeys.secret_keygrips(wrong, gpg_keys.rsa)
     assert len(grips) == 1
-    assert enc.forget_passphrases(wrong, grips)
+    assert gpgkeys.forget_passphrases(wrong, grips)
     with pytest.raises(enc.DecryptionError, match="bad passphrase"):
         _decrypt_file(wrong, path)
     monkeypatch.setenv("GNUPGHOME", str(gpg_keys.home(secret=[])))
-    assert enc.secret_keygrips(wrong, gpg_keys.rsa) == []
+    assert gpgkeys.secret_keygrips(wrong, gpg_keys.rsa) == []
 
 
 def test_an_encryptor_reports_a_sink_that_fails(gnupg_home: Path, tmp_path: Path) -> None:
     gpgs = _gpg(tmp_path)
-    key = enc.resolve_recipient(gpgs, "rsa@walvault.invalid")
+    key = gpgkeys.resolve_recipient(gpgs, "rsa@walvault.invalid")
 
     class Full(io.RawIOBase):
         def write(self, data: Any) -> int:
