@@ -25,6 +25,11 @@ The version matrix (PostgreSQL 14 to 18: Debian's 15, the others from the cache 
 ``sshd`` (function) -- a started :class:`sshharness.Sshd` (skipped where no sshd is
 installed); remote commands run with this interpreter's ``bin`` first on PATH.
 
+GnuPG fixtures (see ``tests/gpgharness.py``): ``gpg_keys`` (session) -- two keys (RSA and
+ECC subkeys, one passphrase) generated once; ``gnupg_home`` (function) -- a fresh
+``GNUPGHOME`` with both, set in the environment (walvault and PostgreSQL started by the test
+inherit it).
+
 S3 fixtures (see ``tests/s3harness.py``): ``moto_server`` (session) -- moto's S3 server on
 127.0.0.1, started on first use and stopped at the end of the session; ``s3_bucket``
 (function) -- the name of a fresh bucket on it, everything reset after the test;
@@ -232,6 +237,26 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def gpg_keys() -> Iterator[Any]:
+    """The session's GnuPG keys (``tests/gpgharness.py``: ``Keys``), made once."""
+    from gpgharness import Keys
+
+    keys = Keys()
+    try:
+        yield keys
+    finally:
+        keys.cleanup()
+
+
+@pytest.fixture
+def gnupg_home(gpg_keys: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh GNUPGHOME holding both keys (public and secret), set in the environment."""
+    home: Path = gpg_keys.home()
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wvbench import archive, getwal, lag, recovery, scale, sshrestore
+from wvbench import archive, encryption, getwal, lag, recovery, scale, sshrestore
 from wvbench.common import BARMAN_VERSION, BASE, HERE, SECTIONS, SEG, BenchError, Params, log
 from wvbench.install import SYSTEM_PYTHON, Install, install_walvault
 from wvbench.report import Results, machine_info, table, walvault_tree
@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
             try:
                 {
                     "archive": archive.archive_throughput,
+                    "encryption": encryption.encryption_throughput,
                     "scale": scale.scale,
                     "getwal": getwal.getwal,
                     "ssh": sshrestore.ssh_restore,

@@ -23,7 +23,7 @@ SEG = 16 << 20
 PAGE = 8192
 SEGS_PER_LOG = 0x100000000 // SEG
 CODECS = ("none", "gzip", "zstd", "lz4")
-SECTIONS = ("archive", "scale", "getwal", "ssh", "lag", "recovery")
+SECTIONS = ("archive", "encryption", "scale", "getwal", "ssh", "lag", "recovery")
 BARMAN_VERSION = "3.20.1"
 GNU_TIME = "/usr/bin/time"
 

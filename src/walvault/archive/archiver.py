@@ -5,7 +5,9 @@ One pass per staging directory (streaming first, as Barman does), each over one 
 1. inspect each file (header, system identifier, archived twin); files that cannot be
    archived go to errors/ at once; the others are stored by a thread pool -- compressed
    while the digest of their plain content is computed, or (already compressed by the
-   client, or no compression) decoded whole for the digest and stored as they are;
+   client, or no compression) decoded whole for the digest and stored as they are; with
+   ``encryption = gpg`` the stored bytes go through gpg on their way (the key is checked
+   once before the first file: :mod:`walvault.archive.encryption`);
 2. commit the store's batch: a local archive fsyncs each file as it is written and links
    them all into ``wals/`` now, each directory fsynced once; object storage has already
    confirmed every upload (create-only PUTs with checksums);
@@ -31,6 +33,8 @@ from walvault.archive import errors_dir, ingest, journal
 from walvault.archive.batch import INCOMING, STREAMING, Batch, next_batch
 from walvault.archive.catalogue import CatalogueEntry, RebuildResult, append_entries, rebuild
 from walvault.archive.compression import CompressionError, resolve_level
+from walvault.archive.encryption import GPG, EncryptionError, Gpg
+from walvault.archive.gpgkeys import resolve_recipient
 from walvault.archive.walstore import ArchivedFile, WalArchive
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
@@ -103,8 +107,10 @@ class _Pass:
         result: ArchiveResult,
         echo: Echo,
         warn: Echo,
+        encrypt: ingest.Encrypt | None = None,
     ) -> None:
         self.server = server
+        self.encrypt = encrypt
         self.archive = archive
         self.batch = batch
         self.result = result
@@ -202,23 +208,31 @@ class _Pass:
         if compress:
             assert self.algorithm is not None
             future = self.pool.submit(
-                ingest.store_compressed, staged, key, self.algorithm, self.level, self.store
+                ingest.store_compressed,
+                staged,
+                key,
+                self.algorithm,
+                self.level,
+                self.store,
+                self.encrypt,
             )
         else:
-            future = self.pool.submit(ingest.store_as_is, staged, key, self.store)
+            future = self.pool.submit(ingest.store_as_is, staged, key, self.store, self.encrypt)
         self.items.append(_Item(staged, key, "store", future))
 
     def _twin(self, staged: ingest.Staged, twin: ArchivedFile) -> None:
         try:
-            identical = ingest.same_content(ingest.archived_pieces(self.archive, twin), staged)
+            identical = ingest.same_as_archived(self.archive, twin, staged)
+            if identical:
+                _, codec, encryption = ingest.stored_format(self.archive, twin)
         except (ingest.UnreadableArchive, OSError) as exc:
             self._fail(staged.name, f"cannot compare it with its archived copy: {exc}")
             return
         if identical:
-            compression = twin.compression if self.archive.cloud else staged.compression
-            if not self.archive.cloud:
-                compression = _local_codec(self.archive, twin)
-            entry = CatalogueEntry(staged.name, twin.info.size, staged.mtime, compression)
+            compression = twin.compression if self.archive.cloud else codec
+            entry = CatalogueEntry(
+                staged.name, twin.info.size, staged.mtime, compression, encryption
+            )
             self.items.append(_Item(staged, twin.key, "drop", entry=entry))
             return
         self._to_errors(
@@ -274,6 +288,7 @@ class _Pass:
                     info.size,
                     item.staged.mtime,
                     compression or item.staged.compression,
+                    GPG if self.encrypt is not None else None,
                 )
             kept.append(item)
         self.items = kept
@@ -296,17 +311,6 @@ class _Pass:
         remove_files(item.staged.path for item in done)
         self.result.dropped.extend(e.name for e in dropped)
         self.result.archived.extend(e.name for e in stored)
-
-
-def _local_codec(archive: WalArchive, twin: ArchivedFile) -> str | None:
-    """The codec of a file in a local archive, told by its first bytes."""
-    from walvault.archive.compression import MAGIC_MAX_LEN, identify
-
-    reader = archive.storage.open(twin.key)
-    if reader is None:
-        return None
-    with reader:
-        return identify(reader.read(MAGIC_MAX_LEN))
 
 
 class _Identity:
@@ -337,11 +341,7 @@ def archive_wal(
     Raises :class:`WalvaultError` when a batch cannot be committed (nothing is lost: the
     next run finishes it).
     """
-    if server.encryption != "none":
-        raise WalvaultError(
-            f"server {server.name}: encryption = {server.encryption} is not supported by "
-            "walvault; refusing to archive WAL unencrypted"
-        )
+    encrypt = _encryption(server)
     result = ArchiveResult(server.name)
     os.makedirs(server.lock_directory, exist_ok=True)
     lock = ServerLock(server.lock_directory, server.name, ARCHIVE_WAL, wait=False)
@@ -371,7 +371,7 @@ def archive_wal(
                     echo("\tno file found")
                 continue
             try:
-                _Pass(server, archive, batch, result, echo, warn or echo).run(identity)
+                _Pass(server, archive, batch, result, echo, warn or echo, encrypt).run(identity)
             except (OSError, StorageError) as exc:
                 raise WalvaultError(
                     f"archive-wal of server {server.name} stopped: {exc}; nothing was removed, "
@@ -380,6 +380,20 @@ def archive_wal(
     finally:
         lock.release()
     return result
+
+
+def _encryption(server: ServerConfig) -> ingest.Encrypt | None:
+    """gpg and the public key of ``encryption = gpg``, checked before any file is touched
+    (EncryptionError, exit 1: nothing is archived unencrypted, nothing is moved)."""
+    if server.encryption != GPG:
+        return None
+    gpg = Gpg.for_server(server)
+    assert server.encryption_key_id is not None  # the loader disables a server without it
+    try:
+        recipient = resolve_recipient(gpg, server.encryption_key_id)
+    except EncryptionError as exc:
+        raise EncryptionError(f"{exc.message}; nothing was archived") from None
+    return ingest.Encrypt(gpg, recipient)
 
 
 def rebuild_xlogdb(server: ServerConfig, *, wait: float = 300.0) -> RebuildResult:

@@ -176,7 +176,10 @@ def append_entries(
     path = server.xlogdb_path
     with xlogdb_lock(server):
         if not os.path.exists(path):
-            present = {e.name for e in _rebuild_locked(server).entries}
+            # the batch's own lines replace what the scan found for the same files: the scan
+            # cannot tell the codec of an encrypted file, the batch knows it
+            known = {e.name: e for e in entries}
+            present = {e.name for e in _rebuild_locked(server, known).entries}
         else:
             truncate_torn_tail(path)
             present = find_names(path, {e.name for e in entries}) if skip_existing else set()
@@ -226,20 +229,24 @@ def scan_archive(server: ServerConfig) -> RebuildResult:
     dirs), through :class:`~walvault.archive.walstore.WalArchive`: a directory or a bucket.
 
     The codec comes from the key's extension in object storage, from the file's first bytes
-    in a local archive (where compressed files keep their plain names).
+    in a local archive (where compressed files keep their plain names).  So does the
+    encryption in a local archive -- then the codec is not known without decrypting, and is
+    recorded None, as Barman does; a listing of object storage does not tell it (the fifth
+    column stays None there).
     """
     from walvault.archive.walstore import WalArchive
 
     archive = WalArchive(server)
     result = RebuildResult()
     for name, info, compression in archive.files():
+        encryption = None
         if not archive.cloud:
-            present, compression = _stored_codec(archive, info.key)
+            present, compression, encryption = _stored_format(archive, info.key)
             if not present:
                 continue  # removed meanwhile (retention)
         kind = classify(name)
         assert kind is not None
-        result.entries.append(CatalogueEntry(name, info.size, info.mtime, compression))
+        result.entries.append(CatalogueEntry(name, info.size, info.mtime, compression, encryption))
         counter = _COUNTERS[kind]
         setattr(result, counter, getattr(result, counter) + 1)
     catalogues = {
@@ -253,19 +260,21 @@ def scan_archive(server: ServerConfig) -> RebuildResult:
     return result
 
 
-def _stored_codec(archive: WalArchive, key: str) -> tuple[bool, str | None]:
-    """(still there, codec told by its first bytes) of a local archived file."""
-    from walvault.archive.compression import MAGIC_MAX_LEN, identify
+def _stored_format(archive: WalArchive, key: str) -> tuple[bool, str | None, str | None]:
+    """(still there, codec, encryption) of a local archived file, told by its first bytes."""
+    from walvault.archive.ingest import stored_format
+    from walvault.archive.walstore import ArchivedFile
+    from walvault.storage.base import ObjectInfo
 
-    reader = archive.storage.open(key)
-    if reader is None:
-        return False, None
-    with reader:
-        return True, identify(reader.read(MAGIC_MAX_LEN))
+    return stored_format(archive, ArchivedFile(key, key, ObjectInfo(key, 0, 0.0), None))
 
 
-def _rebuild_locked(server: ServerConfig) -> RebuildResult:
+def _rebuild_locked(
+    server: ServerConfig, known: dict[str, CatalogueEntry] | None = None
+) -> RebuildResult:
     result = scan_archive(server)
+    if known:
+        result.entries = [known.get(entry.name, entry) for entry in result.entries]
     ensure_dir(server.xlogdb_directory)
 
     def writer(handle: BinaryIO) -> None:

@@ -22,7 +22,16 @@ from walvault.archive.compression import (
     identify,
     iter_decompressed,
 )
-from walvault.archive.integrity import DigestingReader, digest_stream
+from walvault.archive.encryption import (
+    HEAD_LEN,
+    DecryptingReader,
+    DecryptionError,
+    Encryptor,
+    Gpg,
+    encrypting,
+    identify_encryption,
+)
+from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, DigestingReader, digest_stream
 from walvault.config import ServerConfig
 from walvault.identity import write_identity
 from walvault.storage.base import StorageError
@@ -30,6 +39,7 @@ from walvault.wal.header import LONG_HEADER_SIZE, WalHeader, parse_long_header
 from walvault.wal.names import WalKind, classify
 
 if TYPE_CHECKING:
+    from walvault.archive.gpgkeys import Recipient
     from walvault.archive.walstore import ArchivedFile, WalArchive
     from walvault.storage.base import ObjectInfo, Reader, WriteBatch
 
@@ -163,6 +173,9 @@ def archived_segment_size(server: ServerConfig) -> int | None:
         twin = archive.find(name) if name is not None else None
         if twin is None:
             return None
+        recorded = twin.info.metadata.get(PLAIN_SIZE_KEY, "")
+        if recorded.isdigit() and _is_segment_size(int(recorded)):
+            return int(recorded)  # admission checked it was one whole segment
         pieces = archived_pieces(archive, twin)
         head = b""
         try:
@@ -175,6 +188,11 @@ def archived_segment_size(server: ServerConfig) -> int | None:
         return parse_long_header(head).segment_size
     except (OSError, ValueError, UnreadableArchive, StorageError):
         return None
+
+
+def _is_segment_size(size: int) -> bool:
+    """A WAL segment size PostgreSQL allows: a power of two from 1 MiB to 1 GiB."""
+    return (1 << 20) <= size <= (1 << 30) and size & (size - 1) == 0
 
 
 class UnreadableArchive(Exception):
@@ -204,17 +222,40 @@ class _HeadFirst:
         return self._reader.read(size)
 
 
-def _decoded(reader: Reader, where: str) -> Generator[bytes, None, None]:
+_ENCRYPTED_HEAD = max(MAGIC_MAX_LEN, HEAD_LEN)
+
+
+def _read_up_to(reader: Reader, size: int) -> bytes:
+    head = b""
+    while len(head) < size and (chunk := reader.read(size - len(head))):
+        head += chunk
+    return head
+
+
+def _decoded(reader: Reader, where: str, gpg: Gpg | None) -> Generator[bytes, None, None]:
+    """The decoded content of ``reader`` -- decrypted first when it is encrypted and
+    ``gpg`` says how (:mod:`walvault.archive.encryption`)."""
     with reader:
-        head = reader.read(MAGIC_MAX_LEN)
+        head = _read_up_to(reader, _ENCRYPTED_HEAD)
+        source: Reader = reader
         try:
-            yield from iter_decompressed(_HeadFirst(head, reader), identify(head))  # type: ignore[arg-type]
-        except (CompressionError, StorageError) as exc:
+            if identify_encryption(head) is not None:
+                if gpg is None:
+                    raise UnreadableArchive(f"{where} is encrypted")
+                source = DecryptingReader(gpg, reader, head, where)
+                head = _read_up_to(source, _ENCRYPTED_HEAD)
+            yield from iter_decompressed(_HeadFirst(head, source), identify(head))  # type: ignore[arg-type]
+        except (CompressionError, StorageError, DecryptionError) as exc:
             raise UnreadableArchive(f"{where}: {exc}") from exc
+        finally:
+            if source is not reader:
+                assert isinstance(source, DecryptingReader)
+                source.stop()
 
 
 def archived_pieces(archive: WalArchive, twin: ArchivedFile) -> Generator[bytes, None, None]:
-    """The decoded content of an archived file (UnreadableArchive if it cannot be)."""
+    """The decoded content of an archived file, decrypted if need be (UnreadableArchive if
+    it cannot be, e.g. encrypted without encryption_passphrase_command)."""
     where = archive.storage.url(twin.key)
     try:
         reader = archive.storage.open(twin.key)
@@ -222,7 +263,7 @@ def archived_pieces(archive: WalArchive, twin: ArchivedFile) -> Generator[bytes,
         raise UnreadableArchive(str(exc)) from exc
     if reader is None:
         raise Vanished(f"{where} vanished")
-    yield from _decoded(reader, where)
+    yield from _decoded(reader, where, Gpg.for_server(archive.server))
 
 
 def file_pieces(path: str) -> Generator[bytes, None, None]:
@@ -232,7 +273,7 @@ def file_pieces(path: str) -> Generator[bytes, None, None]:
     from walvault.storage.posix import PosixReader
 
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    yield from _decoded(PosixReader(fd, ObjectInfo(path, 0, 0.0)), path)
+    yield from _decoded(PosixReader(fd, ObjectInfo(path, 0, 0.0)), path, None)
 
 
 def same_content(existing: Iterator[bytes], staged: Staged) -> bool:
@@ -270,32 +311,103 @@ def _equal_streams(left: Iterator[bytes], right: Iterator[bytes]) -> bool:
         a, b = a[n:], b[n:]
 
 
+class Encrypt:
+    """How archive-wal encrypts: gpg and the key, resolved once per run."""
+
+    __slots__ = ("gpg", "recipient")
+
+    def __init__(self, gpg: Gpg, recipient: Recipient) -> None:
+        self.gpg, self.recipient = gpg, recipient
+
+
 def store_compressed(
     staged: Staged,
     key: str,
-    algorithm: str,
+    algorithm: str | None,
     level: str | int | None,
     batch: WriteBatch,
+    encrypt: Encrypt | None = None,
 ) -> ObjectInfo:
-    """Compress the (uncompressed) ``staged`` file into ``key`` of the archive's batch,
-    recording the digest of its plain content; the source mtime is kept.  Runs in a worker
-    thread: compression and the data fsync overlap other files'."""
+    """Compress the (uncompressed) ``staged`` file into ``key`` of the archive's batch --
+    and encrypt the compressed stream when ``encrypt`` says to -- recording the digest of
+    its plain content; the source mtime is kept.  Runs in a worker thread: compression,
+    gpg and the data fsync overlap other files'.  ``algorithm`` None (only with ``encrypt``)
+    encrypts the file as it is."""
 
     def write(handle: BinaryIO) -> dict[str, str]:
         with open(staged.path, "rb") as source:
             plain = DigestingReader(source)
-            compress_stream(algorithm, level, plain, handle)  # type: ignore[arg-type]
+            if encrypt is None:
+                compress_stream(algorithm, level, plain, handle)  # type: ignore[arg-type]
+            else:
+                with encrypting(encrypt.gpg, encrypt.recipient, handle) as sink:
+                    compress_stream(algorithm, level, plain, sink)  # type: ignore[arg-type]
         return plain.metadata()
 
     return batch.put_written(key, write, mtime=staged.mtime)
 
 
-def store_as_is(staged: Staged, key: str, batch: WriteBatch) -> ObjectInfo:
+def store_as_is(
+    staged: Staged, key: str, batch: WriteBatch, encrypt: Encrypt | None = None
+) -> ObjectInfo:
     """Store ``staged`` unchanged (uncompressed, or compressed by the sending client) into
-    ``key``, recording the digest of its plain content: the file is decoded whole, so a
-    corrupt compressed file is refused here (CompressionError) rather than served later."""
+    ``key`` -- encrypted when ``encrypt`` says to -- recording the digest of its plain
+    content: the file is decoded whole, so a corrupt compressed file is refused here
+    (CompressionError) rather than served later."""
     metadata = digest_stream(_staged_pieces(staged))
-    return batch.put_file(key, staged.path, metadata=metadata, mtime=staged.mtime)
+    if encrypt is None:
+        return batch.put_file(key, staged.path, metadata=metadata, mtime=staged.mtime)
+
+    def write(handle: BinaryIO) -> dict[str, str]:
+        with open(staged.path, "rb") as source:
+            encryptor = Encryptor(encrypt.gpg, encrypt.recipient, handle, source.fileno())
+            try:
+                encryptor.finish()  # gpg reads the file itself
+            except BaseException:
+                encryptor.abort()
+                raise
+        return metadata
+
+    return batch.put_written(key, write, mtime=staged.mtime)
+
+
+def stored_format(archive: WalArchive, twin: ArchivedFile) -> tuple[bool, str | None, str | None]:
+    """(still there, codec, encryption) of an archived file, told by its first bytes: an
+    encrypted file's codec is not known without decrypting it (None, as Barman records)."""
+    from walvault.archive.compression import identify as identify_codec
+
+    reader = archive.storage.open(twin.key)
+    if reader is None:
+        return False, None, None
+    with reader:
+        head = _read_up_to(reader, _ENCRYPTED_HEAD)
+    encryption = identify_encryption(head)
+    if encryption is not None:
+        return True, None, encryption
+    return True, identify_codec(head), None
+
+
+def same_as_archived(archive: WalArchive, twin: ArchivedFile, staged: Staged) -> bool:
+    """Whether the archived ``twin`` holds the content of ``staged``.
+
+    An encrypted twin whose plain digest was recorded (walvault wrote it) is compared by that
+    digest and size: no secret key needed, as on a host that only archives.  Any other is
+    decoded -- decrypted if need be -- and compared piece by piece (:func:`same_content`);
+    UnreadableArchive when it cannot be.
+    """
+    metadata = twin.info.metadata
+    digest, size = metadata.get(DIGEST_KEY), metadata.get(PLAIN_SIZE_KEY)
+    if digest and size and size.isdigit():
+        present, _, encryption = stored_format(archive, twin)
+        if not present:
+            raise Vanished(f"{archive.storage.url(twin.key)} vanished")
+        if encryption is not None:
+            try:
+                mine = digest_stream(_staged_pieces(staged))
+            except CompressionError:
+                return False
+            return mine[DIGEST_KEY] == digest and mine[PLAIN_SIZE_KEY] == size
+    return same_content(archived_pieces(archive, twin), staged)
 
 
 def record_identity(server: ServerConfig, header: WalHeader) -> bool:

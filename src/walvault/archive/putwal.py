@@ -472,10 +472,7 @@ class _Session:
     ) -> None:
         """Return when the archived ``twin`` holds the same content; else PutWalError."""
         try:
-            same, why = (
-                ingest.same_content(ingest.archived_pieces(archive, twin), received.staged()),
-                "",
-            )
+            same, why = ingest.same_as_archived(archive, twin, received.staged()), ""
         except ingest.UnreadableArchive as exc:
             same, why = False, f" (the existing copy cannot be decompressed: {exc})"
         if same:

@@ -17,6 +17,13 @@ zeros is "not found": pg_receivewal zero-fills a new ``.partial`` to full size b
 writes WAL into it.  When a candidate's stored copy is plainly wrong (bad header, wrong size)
 a later candidate may still serve the file, with a warning; if none does, the first problem
 is the error.
+
+An encrypted copy (an OpenPGP message: :mod:`walvault.archive.encryption`), whatever the
+server's ``encryption`` says, is decrypted by gpg on the way, before decoding: the candidate's
+reader becomes gpg's output, and everything after (codec, checks, senders) sees the
+compressed plaintext.  A copy that cannot be decrypted (no passphrase command, a wrong
+passphrase, no secret key, a damaged message) is a DecryptionError: exit 200, never "not
+found", and never a later candidate instead.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from walvault.archive.compression import MAGIC_MAX_LEN, frame_checksummed, identify
+from walvault.archive.encryption import HEAD_LEN, identify_encryption
 from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, IntegrityError, PlainCheck
 from walvault.archive.layout import ARCHIVE, lookup_order
 from walvault.errors import ArchiveReadError, WalvaultError
@@ -57,7 +65,7 @@ __all__ = [
 ]
 
 SEND_CHUNK = 1 << 20
-_HEAD_SIZE = max(LONG_HEADER_SIZE, MAGIC_MAX_LEN, 8)  # 8: xz's stream flags
+_HEAD_SIZE = max(LONG_HEADER_SIZE, MAGIC_MAX_LEN, 8, HEAD_LEN)  # 8: xz's stream flags
 _NO_SENDFILE = {
     errno.EINVAL,
     errno.ENOSYS,
@@ -82,11 +90,24 @@ class WalSendError(ArchiveReadError):
 class FoundWal:
     """An open candidate: its reader, where it was found, how it is stored, its checks.
 
-    ``fd`` is the local file's descriptor (-1 for a remote object): kernel copies and
-    ``pread`` use it.  ``head`` holds the first bytes, already read from ``reader``.
+    ``fd`` is the local file's descriptor (-1 for a remote object, or an encrypted file,
+    whose ``reader`` is gpg's output): kernel copies and ``pread`` use it.  ``head`` holds
+    the first bytes (of the plaintext when ``encrypted``), already read from ``reader``;
+    ``size`` is the stored size.
     """
 
-    __slots__ = ("check", "compression", "fd", "head", "kind", "name", "path", "reader", "size")
+    __slots__ = (
+        "check",
+        "compression",
+        "encrypted",
+        "fd",
+        "head",
+        "kind",
+        "name",
+        "path",
+        "reader",
+        "size",
+    )
 
     def __init__(
         self,
@@ -98,12 +119,14 @@ class FoundWal:
         kind: WalKind,
         head: bytes,
         check: PlainCheck,
+        encrypted: bool = False,
     ) -> None:
         self.name, self.path, self.reader, self.size = name, path, reader, size
         self.compression, self.kind, self.head = compression, kind, head
         self.check = check
         fileno = getattr(reader, "fileno", None)
         self.fd: int = fileno() if fileno is not None else -1
+        self.encrypted = encrypted
 
     def __repr__(self) -> str:
         return f"FoundWal({self.name!r}, {self.path!r}, {self.compression})"
@@ -152,6 +175,13 @@ def _read_head(reader: Reader, fd: int) -> bytes:
     return head
 
 
+def _decrypting(server: ServerConfig, reader: Reader, head: bytes, where: str) -> Reader:
+    """gpg's plaintext of the encrypted ``reader`` (see the module docstring)."""
+    from walvault.archive.encryption import DecryptingReader, Gpg
+
+    return DecryptingReader(Gpg.for_server(server), reader, head, where)
+
+
 def _found(
     reader: Reader,
     where: str,
@@ -159,18 +189,64 @@ def _found(
     kind: WalKind,
     system_identifier: int | None,
     compression_hint: str | None = None,
+    server: ServerConfig | None = None,
 ) -> FoundWal | None:
     """Wrap an open candidate; None for an unwritten ``.partial``; IntegrityError when an
-    uncompressed copy is plainly wrong (checked before anything is sent)."""
+    uncompressed copy is plainly wrong (checked before anything is sent).  An encrypted
+    candidate is decrypted with ``server``'s gpg settings; on any failure the caller closes
+    ``reader`` (a decrypting reader made here is closed here)."""
     fileno = getattr(reader, "fileno", None)
     head = _read_head(reader, fileno() if fileno is not None else -1)
+    stored = reader
+    encrypted = identify_encryption(head) is not None
+    if encrypted:
+        if server is None:
+            raise WalSendError(f"'{where}' is encrypted and cannot be decrypted here")
+        reader = _decrypting(server, stored, head, where)
+        try:
+            head = _read_head(reader, -1)
+        except BaseException:
+            _detach(reader)
+            raise
+    try:
+        return _wrap(reader, stored, where, name, kind, system_identifier, compression_hint, head)
+    except BaseException:
+        if reader is not stored:
+            _detach(reader)
+        raise
+
+
+def _detach(decrypting: Reader) -> None:
+    """Stop gpg of a decrypting reader; its stored reader stays for the caller to close."""
+    from walvault.archive.encryption import DecryptingReader
+
+    assert isinstance(decrypting, DecryptingReader)
+    decrypting.stop()
+
+
+def _wrap(
+    reader: Reader,
+    stored: Reader,
+    where: str,
+    name: str,
+    kind: WalKind,
+    system_identifier: int | None,
+    compression_hint: str | None,
+    head: bytes,
+) -> FoundWal | None:
+    encrypted = reader is not stored
     compression = identify(head)
     if compression_hint is not None and compression != compression_hint:
         raise IntegrityError(
             f"archived copy of '{name}' at {where} is unusable: its key says {compression_hint} "
             f"but its content is {compression or 'not compressed'}"
         )
-    if compression is None and kind is WalKind.SEGMENT and _unwritten_partial(where, head):
+    if (
+        compression is None
+        and kind is WalKind.SEGMENT
+        and not encrypted
+        and _unwritten_partial(where, head)
+    ):
         return None
     metadata = reader.info.metadata
     plain_size = metadata.get(PLAIN_SIZE_KEY)
@@ -182,9 +258,12 @@ def _found(
         system_identifier=system_identifier,
         digest=metadata.get(DIGEST_KEY),
         plain_size=int(plain_size) if plain_size and plain_size.isdigit() else None,
-        checksummed=frame_checksummed(compression, head),
+        # an OpenPGP message is integrity-protected: gpg checks it to the end
+        checksummed=encrypted or frame_checksummed(compression, head),
     )
-    found = FoundWal(name, where, reader, reader.info.size, compression, kind, head, check)
+    found = FoundWal(
+        name, where, reader, reader.info.size, compression, kind, head, check, encrypted
+    )
     if compression is None and kind is WalKind.SEGMENT:
         _precheck_plain(found)
     return found
@@ -201,6 +280,8 @@ def _precheck_plain(found: FoundWal) -> None:
         found.name, found.path, segment=True, system_identifier=found.check.system_identifier
     )
     probe.feed(found.head[:LONG_HEADER_SIZE])
+    if found.encrypted:
+        return  # the plaintext's size is known at its end (PlainCheck.finish)
     if probe.segment_size != found.size:
         raise IntegrityError(
             f"archived copy of '{found.name}' at {found.path} is unusable: {found.size} bytes, "
@@ -264,7 +345,7 @@ def open_wal(
             continue
         where, reader, hint = opened
         try:
-            found = _found(reader, where, name, kind, sysid, hint)
+            found = _found(reader, where, name, kind, sysid, hint, server)
         except IntegrityError as exc:
             reader.close()
             problem = problem or exc
@@ -341,7 +422,7 @@ def _raw_pieces(found: FoundWal) -> Iterator[bytes]:
         raise WalSendError(str(exc)) from None
     except OSError as exc:
         raise WalSendError(f"cannot read '{found.path}': {exc.strerror}") from None
-    if offset != found.size:
+    if offset != found.size and not found.encrypted:
         raise WalSendError(f"'{found.path}' changed size while being sent")
 
 

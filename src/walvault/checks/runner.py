@@ -14,6 +14,7 @@ from walvault.checks import CheckResult
 from walvault.checks import local as L
 from walvault.checks.catalogue import check_catalogue
 from walvault.checks.continuity import check_continuity
+from walvault.checks.encryption import check_encryption
 from walvault.checks.facts import Endpoint, RemoteFacts, gather
 from walvault.checks.space import check_free_space, free_for
 from walvault.checks.statefiles import check_state_files
@@ -78,6 +79,7 @@ def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
     if server.wals_in_object_storage:
         yield from guarded("WAL archive storage", lambda: _archive_storage(server))
     yield CheckResult("retention policy settings", True)
+    yield from guarded("encryption", lambda: check_encryption(server))
     yield from guarded("wal maximum age", lambda: L.check_wal_maximum_age(server))
     if archived is not None:
         yield CheckResult(

@@ -369,7 +369,7 @@ def _build_server(
             text = expander.expand(raw)
             value = option.parser(text) if option.parser else text
         except ValueError as exc:
-            shown_raw = "*****" if option.secret else raw
+            shown_raw = "*****" if option.secret or option.hidden else raw
             messages.append(
                 f"invalid value '{shown_raw}' for option '{option.name}' in [{name}] "
                 f"('{source}'): {exc}"
@@ -380,7 +380,9 @@ def _build_server(
             continue
         resolved[option.name] = text
         typed[option.name] = value
-        if option.secret:
+        if option.hidden:
+            shown.append((option.name, "*****"))
+        elif option.secret:
             shown.append((option.name, mask_conninfo(text) if check_conninfo else "*****"))
         else:
             shown.append((option.name, _display(value)))
@@ -427,8 +429,11 @@ def _server_problems(
             f"No archiver enabled for server '{name}'. Please turn on 'archiver', "
             "'streaming_archiver' or both. Forcing 'archiver = on'"
         )
-    if typed.get("encryption") not in (None, "none"):
-        messages.append(f"encryption = {typed['encryption']} is not supported by walvault")
+    if typed.get("encryption") == "gpg" and not typed.get("encryption_key_id"):
+        messages.append(
+            f"encryption = gpg for server '{name}' needs encryption_key_id: the GnuPG key "
+            "(fingerprint, key ID or e-mail) archive-wal encrypts WAL to"
+        )
     seen: dict[str, str] = {}
     for option in DIRECTORY_OPTIONS:
         path = typed.get(option)

@@ -41,6 +41,7 @@ class Option(NamedTuple):
     parser: Callable[[str], Any] | None = None  # None: keep the string
     global_ok: bool = True  # may be set in the [walvault] section and inherited
     secret: bool = False  # a conninfo: shown masked
+    hidden: bool = False  # may hold a secret as it is (a command): shown as *****
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -94,6 +95,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("parallel_jobs", "1", p.parse_positive_int),
     Option("recovery_options", "", p.parse_csv_choices(("get-wal", "delta-restore"))),
     Option("encryption", "none", p.choice("none", "gpg")),
+    # Barman 3.20's: see walvault.archive.encryption
+    Option("encryption_key_id", None, p.parse_gpg_key_id),
+    Option("encryption_passphrase_command", None, p.parse_command, hidden=True),
     # Object storage (S3): read by walvault.storage.s3config.S3Settings.from_options, which
     # holds the defaults (None here: "the driver's default") and documents each option.
     # Barman 3.20's names where Barman has the option.

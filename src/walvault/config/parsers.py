@@ -69,6 +69,27 @@ def parse_slot_name(raw: str) -> str:
     return value
 
 
+def parse_gpg_key_id(raw: str) -> str:
+    """``encryption_key_id``: what gpg's ``--recipient`` takes -- a fingerprint or key ID
+    (hex, optionally ``0x``, optionally ``!``), an e-mail address or a user ID -- as one
+    line of printable characters that does not start with ``-``."""
+    value = raw.strip()
+    if not 0 < len(value) <= 256 or value.startswith("-") or not value.isprintable():
+        raise ValueError(
+            "accepted: a GnuPG key fingerprint, key ID, e-mail address or user ID "
+            "(printable, at most 256 characters, not starting with '-')"
+        )
+    return value
+
+
+def parse_command(raw: str) -> str:
+    """A shell command on one line (``encryption_passphrase_command``)."""
+    value = raw.strip()
+    if not value or not value.isprintable():
+        raise ValueError("accepted: a shell command on one line")
+    return value
+
+
 def choice(*accepted: str) -> ChoiceParser:
     """A parser that accepts one of ``accepted`` (case-insensitive) and returns it lower-cased."""
     return ChoiceParser(accepted)

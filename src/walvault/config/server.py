@@ -66,6 +66,10 @@ class ServerConfig(NamedTuple):
     parallel_jobs: int = 1
     recovery_options: tuple[str, ...] = ()
     encryption: str = "none"
+    #: the GnuPG key archive-wal encrypts to (``encryption = gpg``)
+    encryption_key_id: str | None = None
+    #: a shell command printing the passphrase of the secret key, for reading (never shown)
+    encryption_passphrase_command: str | None = None
     #: the aws_*/cloud_* options that are set, typed (read by the storage drivers)
     storage_options: tuple[tuple[str, object], ...] = ()
     config_file: str | None = None
