@@ -52,6 +52,9 @@ class RecoverOptions:
     tablespaces: tuple[str, ...] = ()
     #: walvault's own directories (home, locks, every server's): never recovered into
     protected: tuple[str, ...] = ()
+    #: (socket, walvault user) of the restore service restore_command asks, when PostgreSQL
+    #: runs as another OS user than walvault (``--recovery-owner``)
+    service: tuple[str, str] | None = None
 
 
 def _check_destination(path: str) -> None:
@@ -109,8 +112,10 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
     """The get-wal restore_command: the lean client in local mode, by absolute paths.
 
     ``walvault-wal-restore -P -c CONF local SERVER %f %p`` reads the archive in-process (no
-    ssh); ``-P`` serves the streamed ``.partial`` unless this is a standby; ``-p N`` prefetches
-    when ``parallel_jobs`` > 1.
+    ssh); with a restore service (PostgreSQL runs as another OS user) ``-U WALVAULT_USER
+    --service SOCKET`` replaces ``-c CONF``: the service reads the archive, PostgreSQL's user
+    needs neither the configuration nor the archive.  ``-P`` serves the streamed ``.partial``
+    unless this is a standby; ``-p N`` prefetches when ``parallel_jobs`` > 1.
     """
     bindir = os.path.dirname(os.path.abspath(sys.executable))
     client = os.path.join(bindir, "walvault-wal-restore")
@@ -122,7 +127,10 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
         parts.append("-P")
     if server.parallel_jobs > 1:
         parts.append(f"-p {server.parallel_jobs}")
-    if options.config_file:
+    if options.service is not None:
+        socket_path, user = options.service
+        parts.append(f"-U {shell_arg(user)} --service {shell_arg(socket_path)}")
+    elif options.config_file:
         parts.append(f"-c {shell_arg(options.config_file)}")
     parts += ["local", shell_arg(server.name), "%f", '"%p"']
     return " ".join(parts)
@@ -336,9 +344,15 @@ def recover(
             "as the original server, start it with another port (recover --port N, or "
             "pg_ctl -o '-p N')"
         )
-    if options.get_wal:
+    if options.get_wal and options.service is not None:
+        echo(
+            f"restore_command asks walvault's restore service at {options.service[0]}: keep "
+            "it running while PostgreSQL recovers"
+        )
+    elif options.get_wal:
         warn(
             "'restore_command' runs walvault as the PostgreSQL OS user: make sure that user "
-            "can execute it and read the configuration file and the archive"
+            "can execute it and read the configuration file and the archive (when it is "
+            "another user than walvault's: recover --recovery-owner USER)"
         )
     return 0

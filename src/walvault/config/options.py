@@ -118,6 +118,8 @@ GLOBAL_ONLY = (
     "log_level",
     "log_format",
     "lock_directory_cleanup",
+    "restore_socket",
+    "restore_users",
 )
 
 #: Barman's spelling of global options.
