@@ -92,6 +92,11 @@ def test_segments_come_through_the_service(served: dict[str, Any], tmp_path: Pat
     assert f"WAL file '{absent}' not found in server 'pg'" in missing.stderr
     assert not dest.exists()  # a failed fetch leaves no WAL_DEST
 
+    # PostgreSQL probes the next timeline's history at the end of every recovery: no ERROR
+    probe = restore(sock, "--no-agent", "local", "pg", "00000002.history", str(dest))
+    assert probe.returncode == 1, probe.stderr
+    assert "ERROR" not in probe.stderr and "not found in server 'pg'" in probe.stderr
+
     unknown = restore(sock, "--no-agent", "local", "nosuch", names[0], str(dest))
     assert unknown.returncode == 200, unknown.stderr
     assert "unknown server 'nosuch'" in unknown.stderr

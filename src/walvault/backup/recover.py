@@ -136,6 +136,19 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
     return " ".join(parts)
 
 
+def staged_restore_command(staging: str) -> str:
+    """restore_command for WAL copied into the destination (``--no-get-wal``).
+
+    A file that is not there exits 1 without a word: PostgreSQL asks for the segment after
+    the last one and for the next timeline's history file at the end of every recovery, and
+    ``cp: cannot stat ...`` in its log on every normal recovery alarmed people.  A file that
+    is there but cannot be copied exits 200, so PostgreSQL stops instead of ending the
+    recovery early (1-125 would mean "no such file" and promote it).
+    """
+    source = f"{shell_arg(staging)}/%f"
+    return f'if [ -f {source} ]; then cp {source} "%p" || exit 200; else exit 1; fi'
+
+
 def _setting_name(line: str) -> str:
     """The parameter a configuration line sets (``name = value`` or ``name value``), lower-cased."""
     text = line.strip()
@@ -314,8 +327,7 @@ def recover(
         if tail:
             echo("Including the streamed tail: " + ", ".join(s.path for s in tail))
         copy_wal(server, sources, staging)
-        command = f'cp {shell_arg(staging)}/%f "%p"'
-        settings.append(("restore_command", conf_quote(command)))
+        settings.append(("restore_command", conf_quote(staged_restore_command(staging))))
         if not options.standby_mode:
             end = f"rm -rf {shell_arg(staging)}"
             settings.append(("recovery_end_command", conf_quote(end)))

@@ -42,6 +42,10 @@ COMMAND_MODULES = (
     "quickstart",
     "verify",
     "restore_service",
+    "keep",
+    "list_files",
+    "diagnose",
+    "docgen",
 )
 #: Each sub-command (and alias) -> the module registering it.  Running a command imports
 #: only its module: every command module imports what its command needs, and importing
@@ -75,6 +79,12 @@ COMMANDS: dict[str, str] = {
     "verify": "verify",
     "verify-backup": "verify",
     "restore-service": "restore_service",
+    "keep": "keep",
+    "list-files": "list_files",
+    "diagnose": "diagnose",
+    "show-server": "servers",
+    "completion": "docgen",
+    "man-page": "docgen",
 }
 #: Global options that take a value (the next argument unless written ``--opt=value``).
 _VALUED_GLOBALS = ("-c", "--config", "-f", "--format")

@@ -159,7 +159,17 @@ class LocalSource:
             with retrieve.open_wal(config, name, partial=partial, warn=warning) as found:
                 retrieve.send_fd(found, destination())
         except retrieve.WalNotFound as exc:
-            error(exc.message)
+            if name.endswith(".history"):
+                # PostgreSQL probes the next timeline's history file at the end of every
+                # recovery (and at every start with recovery_target_timeline = latest):
+                # its absence is the normal answer, not an error for its log
+                print(
+                    f"{exc.message} (the newest timeline's history is the last one)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                error(exc.message)
             return NOT_FOUND
         except WalvaultError as exc:
             error(exc.message)

@@ -261,3 +261,18 @@ def parse_user_list(raw: str) -> tuple[str, ...]:
                 "'-' (at most 32, not starting with '-')"
             )
     return names
+
+
+#: pg_basebackup's --max-rate accepts 32 kB/s to 1024 MB/s
+MAX_RATE_RANGE = (32, 1024 * 1024)
+
+
+def parse_bandwidth(raw: str) -> int:
+    """``bandwidth_limit``/``--bwlimit``: kB/s for pg_basebackup's ``--max-rate``; 0: none."""
+    value = parse_non_negative_int(raw)
+    low, high = MAX_RATE_RANGE
+    if value and not low <= value <= high:
+        raise ValueError(
+            f"'{raw}': pg_basebackup's --max-rate takes {low} to {high} kB/s (0: no limit)"
+        )
+    return value
