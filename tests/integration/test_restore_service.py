@@ -176,3 +176,40 @@ def test_a_second_service_on_the_same_socket_is_refused(
     ready = restore(served["socket"], "-t", "local", "pg", "DUMMY", "DUMMY")
     assert ready.returncode == 0, ready.stderr  # the first one still serves
     assert time.monotonic() - start < 30
+
+
+def test_systemd_socket_activation(served: dict[str, Any], tmp_path: Path) -> None:
+    """contrib/walvault-restore.socket: systemd binds the socket and starts the service with
+    it as descriptor 3 (LISTEN_PID, LISTEN_FDS); the service serves it and unlinks nothing."""
+    wv, names = served["wv"], served["names"]
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    command = [sys.executable, "-m", "walvault.cli.main", "-c", str(wv.conf), "restore-service"]
+    script = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", script, "sh", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        close_fds=False,
+        preexec_fn=lambda: os.dup2(fd, 3),
+    )
+    try:
+        dest = tmp_path / "RECOVERYXLOG"
+
+        def answered() -> subprocess.CompletedProcess[str] | None:
+            done = restore(path, "--no-agent", "local", "pg", names[0], str(dest))
+            return done if done.returncode == 0 or proc.poll() is not None else None
+
+        got = wait_for(answered, what="the activated service answering")
+        assert got.returncode == 0, (got.stderr, proc.poll())
+        assert dest.read_bytes() == (served["streamed"] / names[0]).read_bytes()
+    finally:
+        stop_process(proc)
+        listener.close()
+    assert path.exists()  # systemd's socket: the service leaves it in place
+    out = proc.stdout.read() if proc.stdout else ""
+    assert "listening on the socket systemd passed" in out, out

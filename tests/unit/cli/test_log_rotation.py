@@ -49,8 +49,8 @@ def test_a_rotation_that_left_no_file_is_followed_into_logrotates_new_one(
 
 
 def test_sighup_reopens_in_a_detached_process(tmp_path: Path) -> None:
-    """Without a terminal, SIGHUP asks every log_file handler to reopen (here proven on a
-    file replaced under the same inode-less name: a copy, then the original removed)."""
+    """Without a terminal (stdio on /dev/null, as cron's detached receive-wal), SIGHUP asks
+    every log_file handler to reopen at its next record; at a terminal it is not installed."""
     path = tmp_path / "walvault.log"
     handler = LogFile(str(path))
     logger = logging.getLogger("walvault")
