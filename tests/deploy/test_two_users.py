@@ -394,6 +394,8 @@ def test_postgresql_and_walvault_as_two_os_users(deployment: Deployment) -> None
     )
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert f"now belong to {PG_USER}" in recovered.stdout
+    assert f"to {PG_USER} (uid {dep.pgu.pw_uid}), the PostgreSQL user" in dep.log.read_text()
+    assert owner(dep.log) == WV_USER  # root's own line did not take the log over
     assert owner(dep.restored) == PG_USER
     assert dep.restored.stat().st_mode & 0o777 == 0o700
     strangers = [p for p in dep.restored.rglob("*") if owner(p) != PG_USER]

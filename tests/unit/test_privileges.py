@@ -110,4 +110,5 @@ def test_recover_for_another_user_needs_root_and_restore_users(tmp_path: Path) -
     assert _owner_checks(served, args, get_wal=True) == (
         "/nonexistent/r.sock",
         privileges.current_user(),
+        "root",
     )

@@ -52,9 +52,9 @@ class RecoverOptions:
     tablespaces: tuple[str, ...] = ()
     #: walvault's own directories (home, locks, every server's): never recovered into
     protected: tuple[str, ...] = ()
-    #: (socket, walvault user) of the restore service restore_command asks, when PostgreSQL
-    #: runs as another OS user than walvault (``--recovery-owner``)
-    service: tuple[str, str] | None = None
+    #: (socket, walvault user, PostgreSQL's user) of the restore service restore_command
+    #: asks, when PostgreSQL runs as another OS user than walvault (``--recovery-owner``)
+    service: tuple[str, str, str] | None = None
 
 
 def _check_destination(path: str) -> None:
@@ -128,8 +128,13 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
     if server.parallel_jobs > 1:
         parts.append(f"-p {server.parallel_jobs}")
     if options.service is not None:
-        socket_path, user = options.service
+        socket_path, user, owner = options.service
         parts.append(f"-U {shell_arg(user)} --service {shell_arg(socket_path)}")
+        # the default spool directory may already be walvault's own (its restores), and the
+        # agent refuses another user's: PostgreSQL's user gets a spool of its own
+        from walvault.clients.walrestore import DEFAULT_SPOOL_DIR
+
+        parts.append(f"--spool-dir {shell_arg(DEFAULT_SPOOL_DIR + '-' + owner)}")
     elif options.config_file:
         parts.append(f"-c {shell_arg(options.config_file)}")
     parts += ["local", shell_arg(server.name), "%f", '"%p"']

@@ -121,10 +121,13 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
     return code
 
 
-def _owner_checks(ctx: Context, args: argparse.Namespace, get_wal: bool) -> tuple[str, str] | None:
+def _owner_checks(
+    ctx: Context, args: argparse.Namespace, get_wal: bool
+) -> tuple[str, str, str] | None:
     """Checks made before anything is copied: the destination can be written by this user,
     and ``--recovery-owner`` can be honoured.  Returns the restore service (socket, walvault
-    user) restore_command must ask, or None (PostgreSQL's user is walvault's)."""
+    user, PostgreSQL's user) restore_command must ask, or None (PostgreSQL's user is
+    walvault's)."""
     import os
 
     from walvault import privileges
@@ -169,7 +172,7 @@ def _owner_checks(ctx: Context, args: argparse.Namespace, get_wal: bool) -> tupl
             f"PostgreSQL starts ('systemctl enable --now walvault-restore.socket', or "
             f"'walvault restore-service' as {me})"
         )
-    return config.restore_socket, me
+    return config.restore_socket, me, owner.name
 
 
 def _rule_locations(rules: list[str]) -> list[str]:
@@ -209,6 +212,18 @@ def hand_over_as_root(
     elif os.path.isdir(spaces):
         os.lchown(spaces, owner.uid, owner.gid)
     count = sum(privileges.hand_over(top, creator=creator, owner=owner) for top in tops)
+    import logging
+
+    from walvault.cli.context import setup_logging
+
+    setup_logging(ctx.load_config(), ctx.quiet)  # root's line goes to the same log_file
+    logging.getLogger("walvault").info(
+        "recover: gave %d entries of %s to %s (uid %d), the PostgreSQL user",
+        count,
+        ", ".join(tops),
+        owner.name,
+        owner.uid,
+    )
     ctx.info(
         f"The restored files ({count} entries) now belong to {owner.name}: start PostgreSQL "
         f"as {owner.name}"

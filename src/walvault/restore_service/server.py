@@ -265,6 +265,11 @@ class RestoreService:
         try:
             peer = peer_of(conn)
             conn.settimeout(REQUEST_TIMEOUT)
+            if peer.uid not in self.allowed:  # answered at once: a stranger holds no slot
+                lines, code = self.refuse(peer)
+                with contextlib.suppress(OSError):
+                    conn.sendall(wire.reply(lines, code))
+                return
             line, fds = self._read_request(conn)
             if not line and not fds:  # a probe ("does a service answer?"): nothing to say
                 return
@@ -300,12 +305,7 @@ class RestoreService:
         """The answer (lines for the client, exit code) to one request; logs it."""
         who = f"{self.allowed.get(peer.uid) or user_name(peer.uid)} (uid {peer.uid})"
         if peer.uid not in self.allowed:
-            message = (
-                f"restore service: user {who} may not restore WAL from walvault: add it to "
-                "restore_users in walvault's configuration"
-            )
-            log.warning("restore-service: refused %s (pid %d): not in restore_users", who, peer.pid)
-            return [f"ERROR: {message}"], ABORT
+            return self.refuse(peer)
         try:
             verb, server, name, partial = wire.parse_request(line)
         except wire.RequestError as exc:
@@ -328,6 +328,16 @@ class RestoreService:
             f"{name} of {server}",
             lambda: self.source.fetch_fd(server, name, fd, partial=partial),
         )
+
+    def refuse(self, peer: Peer) -> tuple[list[str], int]:
+        """The answer to a user who is neither walvault_user nor in restore_users."""
+        who = f"{user_name(peer.uid)} (uid {peer.uid})"
+        message = (
+            f"restore service: user {who} may not restore WAL from walvault: add it to "
+            "restore_users in walvault's configuration"
+        )
+        log.warning("restore-service: refused %s (pid %d): not in restore_users", who, peer.pid)
+        return [f"ERROR: {message}"], ABORT
 
     def _test(self, server: str) -> int:
         try:

@@ -110,12 +110,13 @@ def test_with_a_restore_service_restore_command_needs_no_configuration(tmp_path:
         RecoveryTarget(),
         True,
         config_file="/etc/walvault.conf",
-        service=("/run/walvault/restore.sock", "walvault"),
+        service=("/run/walvault/restore.sock", "walvault", "postgres"),
     )
     argv = shlex.split(guc_unquote(conf_quote(restore_command(server, options))))
     assert "-c" not in argv
     assert argv[argv.index("--service") + 1] == "/run/walvault/restore.sock"
     assert argv[argv.index("-U") + 1] == "walvault"
+    assert argv[argv.index("--spool-dir") + 1] == "/var/tmp/walrestore-postgres"
     assert argv[-4:] == ["local", "pg", "%f", "%p"]
 
 
