@@ -4,6 +4,7 @@
 # Runs, in order, stopping at the first failure and exiting with its code:
 #   ruff check src tests bench; ruff format --check src tests bench; mypy;
 #   python -m pytest -q -p no:cacheprovider "$@"
+#   and, as root, the two-user deployment test tests/deploy (see below)
 # pytest's "no tests collected" (exit 5) is a failure too.
 #
 # The integration tests start real PostgreSQL clusters, and PostgreSQL refuses to
@@ -16,6 +17,10 @@
 #     the Python version are unchanged), `pip install -e src[test]` into it and run
 #     every check as that user with a minimal environment (HOME, PATH, LANG, CI,
 #     TERM and WALVAULT_* are passed through). Runs are serialised with a lock.
+#     Then, when the whole suite ran (no arguments) or an argument names tests/deploy, root
+#     runs tests/deploy itself with the same venv: PostgreSQL as the system user
+#     walvault-pgtest (created if needed), walvault as walvault-test, root as the DBA
+#     (every process started through runuser as its user).
 #   * As any other user: use the venv ${WALVAULT_VENV:-<repo>/.venv} (made from
 #     /usr/bin/python3 if present, else python3), install into it and run the
 #     checks in place.
@@ -46,6 +51,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 TEST_USER=walvault-test
 TEST_HOME=/var/lib/walvault-test
+#: PostgreSQL's OS user in the two-user deployment test (tests/deploy), created when missing
+PG_TEST_USER=walvault-pgtest
 WORK="${WALVAULT_TEST_WORK:-/var/tmp/walvault-test}"
 
 section() {
@@ -206,6 +213,41 @@ cd /
 rc=0
 runuser -u "$TEST_USER" -- env -i "${env_args[@]}" \
     bash "$script" --as-test-user "$@" </dev/null || rc=$?
+
+# The two-user deployment test (tests/deploy): PostgreSQL as one OS user, walvault as another,
+# root as the DBA.  Starting processes as other users needs root, so it runs here, as root,
+# after the suite (which skipped it), when the whole suite was asked for or tests/deploy was
+# named.  Root's pytest only orchestrates: every walvault and PostgreSQL process it starts
+# runs as its own user through runuser.
+deploy_args=()
+if [[ $# -eq 0 ]]; then
+    deploy_args=(tests/deploy)
+else
+    for arg in "$@"; do
+        [[ "$arg" == tests/deploy* ]] && deploy_args+=("$arg")
+    done
+fi
+if [[ $rc -eq 0 && ${#deploy_args[@]} -gt 0 && "${WALVAULT_SKIP_PG:-0}" != 1 ]]; then
+    section "two-user deployment test, as root: ${deploy_args[*]}"
+    if ! id -u "$PG_TEST_USER" >/dev/null 2>&1; then
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+            "$PG_TEST_USER"
+    fi
+    root_env=(
+        "HOME=/root"
+        "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        "LANG=C.UTF-8"
+        "PYTHONDONTWRITEBYTECODE=1"
+        "WALVAULT_TEST_WALVAULT_USER=$TEST_USER"
+        "WALVAULT_TEST_PG_USER=$PG_TEST_USER"
+    )
+    [[ -n "${WALVAULT_PG_BINDIR:-}" ]] && root_env+=("WALVAULT_PG_BINDIR=$WALVAULT_PG_BINDIR")
+    (cd "$WORK/src" && env -i "${root_env[@]}" "$WORK/venv/bin/python" -m pytest -q \
+        -p no:cacheprovider "${deploy_args[@]}" </dev/null) || rc=$?
+    if [[ $rc -eq 5 ]]; then
+        echo "test.sh: pytest collected no deployment tests (exit 5): treated as a failure" >&2
+    fi
+fi
 if [[ $rc -eq 0 ]]; then
     section "all checks passed"
 else

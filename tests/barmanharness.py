@@ -44,6 +44,7 @@ BIN_VARIABLE = "WALVAULT_BARMAN_BIN"
 #: the commands the interop tests run
 TOOLS = (
     "barman",
+    "barman-wal-archive",
     "barman-wal-restore",
     "barman-cloud-wal-archive",
     "barman-cloud-wal-restore",
@@ -236,6 +237,19 @@ class Barman:
         base = self.environ(env)
         path = f"{ssh_dir}:{base.get('PATH', '/usr/bin:/bin')}"
         argv = [self.install.tool("barman-wal-restore"), *args]
+        return self._run(argv, env={**(env or {}), "PATH": path}, binary=False, timeout=timeout)
+
+    def wal_archive(
+        self,
+        *args: str,
+        ssh_dir: Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """``barman-wal-archive ARGS`` with ``ssh_dir`` (see :func:`ssh_shim`) first on PATH."""
+        base = self.environ(env)
+        path = f"{ssh_dir}:{base.get('PATH', '/usr/bin:/bin')}"
+        argv = [self.install.tool("barman-wal-archive"), *args]
         return self._run(argv, env={**(env or {}), "PATH": path}, binary=False, timeout=timeout)
 
     def log_text(self) -> str:

@@ -34,8 +34,11 @@ def _free_port() -> int:
 class Sshd:
     """``sshd -D`` as the current user, accepting only a key made for the test."""
 
-    def __init__(self, directory: Path, *, path: str | None = None) -> None:
-        """Keys and configuration in ``directory``; ``path``: the PATH of remote commands."""
+    def __init__(
+        self, directory: Path, *, path: str | None = None, home: Path | None = None
+    ) -> None:
+        """Keys and configuration in ``directory``; ``path``: the PATH of remote commands;
+        ``home``: their HOME (default: the user's, from the password database)."""
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
@@ -60,8 +63,13 @@ class Sshd:
             "PubkeyAuthentication": "yes",
             "LogLevel": "VERBOSE",
         }
+        session_env = []
         if path is not None:
-            settings["SetEnv"] = f"PATH={path}"
+            session_env.append(f"PATH={path}")
+        if home is not None:
+            session_env.append(f"HOME={home}")
+        if session_env:
+            settings["SetEnv"] = " ".join(session_env)
         self.config.write_text("".join(f"{k} {v}\n" for k, v in settings.items()))
         self.log = directory / "sshd.log"
         self.proc: subprocess.Popen[bytes] | None = None

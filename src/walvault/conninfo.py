@@ -80,6 +80,21 @@ def with_overrides(conninfo: str, **overrides: str) -> str:
     return make_conninfo("", **params)
 
 
+#: What a physical replication connection sends: ``replication=true``, and the database
+#: name ``replication``.  libpq looks ``.pgpass`` up by the database name it is given (the
+#: user name when none is), with no special case for replication, and a physical walsender
+#: ignores the database; pg_receivewal, pg_basebackup and the walreceiver all replace the
+#: user's ``dbname`` with ``replication``, so that the ``.pgpass`` line PostgreSQL documents
+#: for replication (database field ``replication``) matches.  walvault's own replication
+#: connections (IDENTIFY_SYSTEM, slots, TIMELINE_HISTORY) do the same.
+PHYSICAL_REPLICATION = {"replication": "true", "dbname": "replication"}
+
+
+def physical_replication(conninfo: str) -> str:
+    """``conninfo`` as a physical replication connection (see :data:`PHYSICAL_REPLICATION`)."""
+    return with_overrides(conninfo, **PHYSICAL_REPLICATION)
+
+
 def mask_text(text: str, conninfos: list[str]) -> str:
     """Remove from free text every password that appears in ``conninfos`` (for log lines)."""
     for conninfo in conninfos:

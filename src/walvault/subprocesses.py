@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from walvault.conninfo import parse_conninfo
+from walvault.conninfo import PHYSICAL_REPLICATION, parse_conninfo
 
 if TYPE_CHECKING:
     from walvault.config import ServerConfig
@@ -39,13 +39,16 @@ def streaming_dsn(conninfo: str, application_name: str) -> tuple[str, dict[str, 
     """The replication DSN, the environment carrying its password, and the application_name.
 
     ``replication=true`` and ``application_name`` are added only where the user did not set
-    them; ``options`` and everything else the user wrote are kept as they are. The password
-    travels in ``PGPASSWORD`` so that it does not show in ``ps``.
+    them, and ``dbname`` is ``replication`` (what pg_receivewal and pg_basebackup send
+    whatever the user wrote: see :data:`walvault.conninfo.PHYSICAL_REPLICATION`); ``options``
+    and everything else the user wrote are kept as they are. The password travels in
+    ``PGPASSWORD`` so that it does not show in ``ps``.
     """
     from psycopg.conninfo import make_conninfo
 
     params = parse_conninfo(conninfo)
     params.setdefault("replication", "true")
+    params["dbname"] = PHYSICAL_REPLICATION["dbname"]
     params.setdefault("application_name", application_name)
     env: dict[str, str] = {}
     if "password" in params:

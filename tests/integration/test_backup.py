@@ -158,6 +158,12 @@ def test_failing_pg_basebackup_is_failed_without_leftovers(pg: Any, walvault_fac
     assert "failed backups: FAILED (there are 1 failed backups)" in check
     deleted = wv.run("delete", "pg", info.backup_id)
     assert deleted.returncode == 0 and not list(binfo.iter_backups(server)), deleted.stderr
+    [line] = [
+        line
+        for line in (wv.home / "walvault.log").read_text().splitlines()
+        if f"server pg: deleted backup {info.backup_id} (FAILED, ended " in line
+    ]
+    assert line.endswith("): asked for by 'walvault delete'"), line
 
 
 def test_streaming_conninfo_of_another_cluster_is_refused_before_copying(
@@ -304,6 +310,16 @@ def test_retention_redundancy_two_and_recovery_from_the_oldest_kept(
         assert line.startswith(f"{name}: OK"), line
     for gone in ids[:2]:
         assert not os.path.exists(os.path.dirname(binfo.data_dir(server, gone)))
+    # every destructive step says what and why in the log, one line each
+    log = (wv.home / "walvault.log").read_text()
+    for gone in ids[:2]:
+        assert (
+            f"server pg: deleted backup {gone} (DONE, ended "
+        ) in log and "obsolete under the retention policy 'REDUNDANCY 2' (cron)" in log
+    purges = [line for line in log.splitlines() if " WAL files (" in line]
+    why = "under the retention policy 'REDUNDANCY 2' (cron): no backup kept needs them"
+    assert purges and all(why in line for line in purges), purges
+    assert f"the oldest one ({ids[2]}) begins at {oldest.begin_wal}" in purges[-1]
     matches = [LIST_LINE.match(line) for line in wv.run("list-backups", "pg").stdout.splitlines()]
     assert [m["id"] for m in matches if m] == [ids[3], ids[2]]
 
@@ -333,3 +349,29 @@ def test_retention_redundancy_two_and_recovery_from_the_oldest_kept(
     rows = restored.sql("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch")
     assert rows == [(b, 5000) for b in range(5)]
     assert sys.executable in command
+
+
+def test_a_backup_waiting_for_its_wal_says_so_and_latest_names_it(
+    pg: Any, walvault_factory: Any
+) -> None:
+    """Before: a backup without --wait never said it was waiting for WAL, and show-backup
+    latest answered 'no completed backup' without naming the backup that was there."""
+    wv = walvault_factory({"pg": streaming_server(pg, immediate_checkpoint="true")})
+    _streaming(pg, wv)
+    done = _backup(wv, "--wait")
+    assert wv.run("receive-wal", "--stop", "pg").returncode == 0  # the next WAL never comes
+    result = wv.run("backup", "pg", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [waiting] = [b for b in binfo.iter_backups(wv.server()) if b.backup_id != done]
+    assert waiting.status == WAITING_FOR_WALS
+    assert (
+        f"Backup {waiting.backup_id} of server pg: WAITING_FOR_WALS -- waiting for its WAL up "
+        f"to {waiting.end_wal} to be archived; 'walvault cron' marks it DONE"
+    ) in result.stdout, result.stdout
+    shown = wv.run("show-backup", "pg", "latest")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"Backup {done}:")
+    assert (
+        f"backup {waiting.backup_id}, newer than {done}, is WAITING_FOR_WALS: 'latest' names "
+        "the newest DONE backup"
+    ) in shown.stderr

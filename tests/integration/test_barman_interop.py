@@ -31,9 +31,16 @@ from typing import Any
 
 import pytest
 
-from barmanharness import BarmanBroken, barman_server, find_barman, ssh_shim
+from barmanharness import (
+    BarmanBroken,
+    barman_named_walvault,
+    barman_server,
+    find_barman,
+    ssh_shim,
+)
 from pgharness import PgCluster
 from s3harness import TEST_ENVIRON, MotoServer
+from sshharness import Sshd, sshd_available
 from walsupply import stream_segments
 from wvharness import make_segments, segment_names, start_receiver, streaming_server, wait_for
 
@@ -450,6 +457,58 @@ def test_barman_wal_restore_against_walvault_over_ssh(
     assert bad.exists() and bad.stat().st_size < len(supply.data(third))
 
 
+def test_barman_clients_find_walvault_through_barmans_default_config(
+    supply: Supply, walvault_factory: Any, barman_factory: Any, tmp_path: Path
+) -> None:
+    """``barman-wal-archive`` and ``barman-wal-restore`` without ``-c`` send ``barman put-wal``
+    / ``get-wal`` without ``--config``: on a host where ``barman`` runs walvault, walvault
+    must find Barman's file where Barman would (here ``~/.barman.conf`` of the ssh session;
+    walvault's own locations come first and are absent)."""
+    why = sshd_available()
+    if why is not None:
+        pytest.skip(why)
+    wv = walvault_local_archive(supply, walvault_factory)
+    home = tmp_path / "session-home"
+    home.mkdir()
+    options = streaming_server(supply.pg, compression="zstd", slot_name="supply", archiver="on")
+    barman_conf = home / ".barman.conf"
+    barman_conf.write_text(
+        f"[barman]\nbarman_user = {getpass.getuser()}\nbarman_home = {wv.home}\n"
+        f"log_file = {wv.home}/walvault.log\n\n[pg]\n"
+        + "".join(f"{key} = {value}\n" for key, value in options.items())
+    )
+    named = barman_named_walvault(tmp_path / "barman-is-walvault")
+    path = f"{named}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
+    daemon = Sshd(tmp_path / "sshd", path=path, home=home)
+    daemon.start()
+    try:
+        barman = barman_factory({})
+        shim = ssh_shim(tmp_path / "ssh-shim", daemon.ssh_command)
+        common = ["-U", getpass.getuser(), "--port", str(daemon.port)]
+        first = supply.names[0]
+        segment = tmp_path / first
+        segment.write_bytes(supply.data(first))
+
+        ready = barman.wal_archive(*common, "-t", "127.0.0.1", "pg", "DUMMY", ssh_dir=shim)
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+        assert "Ready to accept WAL files for the server pg" in ready.stdout
+        sent = barman.wal_archive(*common, "127.0.0.1", "pg", str(segment), ssh_dir=shim)
+        assert sent.returncode == 0, sent.stdout + sent.stderr  # the same file: already safe
+
+        dest = tmp_path / "RECOVERYXLOG"
+        restore = [*common, "--spool-dir", str(tmp_path / "spool"), "127.0.0.1", "pg"]
+        found = barman.wal_restore(*restore, first, str(dest), ssh_dir=shim)
+        assert found.returncode == 0, found.stdout + found.stderr
+        assert dest.read_bytes() == supply.data(first)
+
+        barman_conf.rename(home / "moved.conf")  # the file is what made it work
+        lost = barman.wal_archive(*common, "-t", "127.0.0.1", "pg", "DUMMY", ssh_dir=shim)
+        assert lost.returncode != 0
+        assert "could not find a configuration file" in lost.stdout + lost.stderr
+    finally:
+        daemon.stop()
+
+
 # --------------------------------------------------------------------- the harness itself
 
 
@@ -461,6 +520,7 @@ def test_an_announced_barman_must_work(tmp_path: Path) -> None:
     def fake(directory: Path, version_line: str, python_exit: int) -> Path:
         directory.mkdir()
         for tool in (
+            "barman-wal-archive",
             "barman-wal-restore",
             "barman-cloud-wal-archive",
             "barman-cloud-wal-restore",

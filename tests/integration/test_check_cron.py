@@ -72,7 +72,8 @@ def test_healthy_streaming_only_server(pg: Any, walvault_factory: Any) -> None:
     ):
         assert name in lines, name
     assert "WAL archive" not in lines  # shown only on failure, as in Barman
-    assert "bytes behind" in lines["streaming lag"]
+    assert "behind written" in lines["streaming lag"]
+    assert "behind flushed" in lines["streaming lag"]
     nagios = wv.run("check", "--nagios", "pg")
     assert nagios.returncode == 0 and nagios.stdout.startswith("WALVAULT OK")
     as_json = json.loads(wv.run("-f", "json", "check", "pg").stdout)
@@ -80,7 +81,8 @@ def test_healthy_streaming_only_server(pg: Any, walvault_factory: Any) -> None:
     status = wv.run("status", "pg")
     assert status.returncode == 0, status.stderr
     assert "receive-wal: running, PID" in status.stdout
-    assert "Streaming lag (bytes behind current LSN):" in status.stdout
+    assert "Streaming lag (behind current LSN): written " in status.stdout
+    assert "WAL archive: 1 files, " in status.stdout and " bytes" not in status.stdout
     assert "Last archived WAL: 0000000100000000000000" in status.stdout
 
 
@@ -234,6 +236,31 @@ def test_a_server_disabled_by_its_conninfo_is_still_archived(
         os.kill(pid, signal.SIGTERM)
 
 
+def test_streaming_lag_shows_the_flushed_position_of_an_async_receiver(
+    pg: Any, walvault_factory: Any
+) -> None:
+    """Before: 'OK (0 bytes behind ... flushed 0/1000000, async)' while the flushed position
+    was most of a segment behind (an asynchronous pg_receivewal flushes at segment ends).
+    Now both distances are given, and what async means for a crash."""
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    healthy(pg, wv)
+    pg.switch_wal()
+    pg.sql("CREATE TABLE IF NOT EXISTS mid (pad text)")
+    pg.sql("INSERT INTO mid SELECT repeat(md5(g::text), 4) FROM generate_series(1, 2000) g")
+
+    def caught_up() -> str | None:
+        hint = check_lines(wv.run("check", "pg"))["streaming lag"]
+        return hint if hint.startswith("OK (0 B behind written") else None
+
+    hint = wait_for(caught_up, what="the receiver reporting the written position")
+    flushed = hint.split(" behind written, ")[1].split(" behind flushed")[0]
+    assert flushed != "0 B", hint  # mid-segment: written, not yet flushed
+    assert "async: commits do not wait for walvault" in hint, hint
+    assert "lost if walvault's host crashes" in hint, hint
+    nagios = wv.run("check", "--nagios", "pg").stdout
+    assert "pg_flush_lag=" in nagios, nagios
+
+
 def test_a_stalled_receiver_fails_streaming_lag_above_max_streaming_lag(
     pg: Any, walvault_factory: Any
 ) -> None:
@@ -243,7 +270,7 @@ def test_a_stalled_receiver_fails_streaming_lag_above_max_streaming_lag(
     healthy(pg, wv)
     wait_for(  # written is what the receiver last reported (every streaming_status_interval)
         lambda: check_lines(wv.run("check", "pg"))["streaming lag"].startswith(
-            "OK (0 bytes behind"
+            "OK (0 B behind written"
         ),
         what="the receiver reporting its position",
     )
@@ -257,7 +284,7 @@ def test_a_stalled_receiver_fails_streaming_lag_above_max_streaming_lag(
         assert pg.replication_state("walvault_receive_wal") == "streaming"  # still connected
         _failed(wv, "streaming lag", "exceeded: the receiver is stalled or cannot keep up")
         hint = check_lines(wv.run("check", "pg"))["streaming lag"]
-        for part in ("bytes behind", "server at", "sent", "written", "flushed", "async"):
+        for part in ("behind written", "server at", "sent", "written", "flushed", "async"):
             assert part in hint, (part, hint)
     finally:
         os.kill(child, signal.SIGCONT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from dataclasses import replace
@@ -190,8 +191,19 @@ def test_lost_slot_reset_records_the_gap_and_cron_streams_again(
     assert source.slot is not None
     dragged = replace(source, slot=replace(source.slot, restart_lsn=int(partial[8:24], 16) << 20))
     said: list[str] = []
-    assert reset_position(server, dragged, said.append, said.append) == 0
+    logged: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("walvault").addHandler(collector)
+    try:
+        assert reset_position(server, dragged, said.append, said.append) == 0
+    finally:
+        logging.getLogger("walvault").removeHandler(collector)
     assert any("Recording a WAL gap" in line for line in said), said
+    # a destructive decision is one log line saying what and why
+    [gap_line] = [r.getMessage() for r in logged if "recorded a WAL gap" in r.getMessage()]
+    assert f"server pg: receive-wal --reset recorded a WAL gap {partial[:24]}.." in gap_line
+    assert "will never be archived" in gap_line and "reset" in gap_line
     gaps = json.loads((Path(server.backup_directory) / "walvault-gaps.json").read_text())
     assert len(gaps) == 1, gaps
     assert gaps[0]["first_missing"] == partial[:24]

@@ -12,7 +12,6 @@ a file without its line.  Deleting oldest first makes an interrupted purge resum
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -22,8 +21,6 @@ from walvault.config import ServerConfig
 from walvault.errors import LockBusy
 from walvault.locks import ARCHIVE_WAL, ServerLock
 from walvault.wal.names import WalKind, classify
-
-log = logging.getLogger("walvault.archive")
 
 
 def is_obsolete(name: str, keep_from: str) -> bool:
@@ -88,11 +85,4 @@ def remove_wal_before(
         rewrite(server, edit)
     finally:
         lock.release()
-    if result.removed:
-        log.info(
-            "server %s: removed %d WAL files before %s",
-            server.name,
-            len(result.removed),
-            keep_from,
-        )
-    return result
+    return result  # the caller logs what and why (walvault.backup.delete.purge_unneeded_wal)

@@ -91,11 +91,14 @@ def summarize(
 
 def server_backups(server: ServerConfig, now: datetime | None = None) -> list[BackupSummary]:
     """Every backup of ``server``, oldest first, summarised (reads the catalogue unlocked)."""
+    from walvault.backup.keep import kept_backups
+
     backups = list(binfo.iter_backups(server))
     report = retention_report(
         backups,
         server.retention_policy,
         server.minimum_redundancy,
         now or datetime.now().astimezone(),
+        kept_backups(server, (b.backup_id for b in backups)),
     )
     return summarize(backups, list(iter_entries(server.xlogdb_path)), report)

@@ -11,6 +11,7 @@ backup it describes may be the oldest one, and its WAL must not be judged unneed
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.humanize import pretty_duration
 
+log = logging.getLogger("walvault")
 Echo = Callable[[str], None]
 #: Statuses whose backups need their WAL (a FAILED backup protects nothing).
 PROTECTING = (DONE, WAITING_FOR_WALS, STARTED)
@@ -46,6 +48,14 @@ def oldest_needed_wal(backups: Sequence[BackupInfo]) -> str | None:
 
 
 def _refuse_if_needed(server: ServerConfig, info: BackupInfo, check_redundancy: bool) -> None:
+    from walvault.backup.keep import keep_target
+
+    if keep_target(server, info.backup_id) is not None:
+        raise DeleteRefused(
+            f"Skipping delete of backup {info.backup_id} for server {server.name} as it has a "
+            f"current keep request. If you really want to delete this backup please remove "
+            f"the keep ('walvault keep --release {server.name} {info.backup_id}') and try again."
+        )
     if info.status == STARTED and locks.lock_holder(
         server.lock_directory, server.name, locks.BACKUP
     ):
@@ -70,6 +80,7 @@ def purge_unneeded_wal(
     lock_wait: float = 60.0,
     only_if_needed: bool = False,
     header: str = "Delete associated WAL segments:",
+    reason: str = "after 'walvault delete'",
 ) -> PurgeResult:
     """Remove the WAL older than the oldest backup that needs WAL (nothing without backups).
 
@@ -99,6 +110,17 @@ def purge_unneeded_wal(
         echo(header.replace("{keep_from}", keep_from).replace("{backup_id}", oldest.backup_id))
         for name in result.removed:
             echo(f"\t{name}")
+        log.info(
+            "server %s: removed %d WAL files (%s .. %s) %s: no backup kept needs them, the "
+            "oldest one (%s) begins at %s",
+            server.name,
+            len(result.removed),
+            result.removed[0],
+            result.removed[-1],
+            reason,
+            oldest.backup_id,
+            keep_from,
+        )
     return result
 
 
@@ -118,6 +140,7 @@ def delete_backup(
     check_redundancy: bool = True,
     purge_wal: bool = True,
     lock_wait: float = 60.0,
+    reason: str = "asked for by 'walvault delete'",
 ) -> DeleteResult:
     """Delete one backup (see the module docstring).
 
@@ -132,6 +155,14 @@ def delete_backup(
         echo(f"Deleting backup {backup_id} for server {server.name}")
         remove_backup_data(server, backup_id)
         binfo.remove(server, backup_id)
+        log.info(
+            "server %s: deleted backup %s (%s, ended %s): %s",
+            server.name,
+            backup_id,
+            info.status,
+            info.end_time or "never",
+            reason,
+        )
     if purge_wal:
         result.wal = purge_unneeded_wal(server, echo, lock_wait=lock_wait)
     elapsed = pretty_duration(time.monotonic() - started)

@@ -317,16 +317,35 @@ def iter_backups(server: ServerConfig) -> Iterator[BackupInfo]:
     yield from scan_backups(server)[0]
 
 
+def no_completed_backup(server: ServerConfig, backups: list[BackupInfo]) -> str:
+    """Why ``latest``/``oldest`` name nothing: the backups there are, and what each waits for."""
+    if not backups:
+        return f"server '{server.name}' has no backup"
+    said = []
+    for backup in reversed(backups[-3:]):
+        if backup.status == WAITING_FOR_WALS:
+            said.append(
+                f"{backup.backup_id} is WAITING_FOR_WALS (its WAL up to {backup.end_wal} is not "
+                f"all archived yet: 'walvault check-backup {server.name} {backup.backup_id}', "
+                "or cron, marks it DONE once it is)"
+            )
+        else:
+            said.append(f"{backup.backup_id} is {backup.status}")
+    more = f" and {len(backups) - 3} older" if len(backups) > 3 else ""
+    return f"server '{server.name}' has no completed backup: " + "; ".join(said) + more
+
+
 def resolve_backup_id(server: ServerConfig, wanted: str) -> BackupInfo:
     """``latest``/``last``, ``oldest``/``first``, a backup id or a backup name -> its info."""
-    done = [b for b in iter_backups(server) if b.status == DONE]
+    from walvault.errors import WalvaultError
+
+    every = list(iter_backups(server))
+    done = [b for b in every if b.status == DONE]
+    if wanted in ("latest", "last", "oldest", "first") and not done:
+        raise WalvaultError(no_completed_backup(server, every))
     if wanted in ("latest", "last"):
-        if not done:
-            raise WalvaultError(f"server '{server.name}' has no completed backup")
         return done[-1]
     if wanted in ("oldest", "first"):
-        if not done:
-            raise WalvaultError(f"server '{server.name}' has no completed backup")
         return done[0]
     backups, problems = scan_backups(server)
     for backup in backups:

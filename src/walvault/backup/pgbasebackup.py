@@ -37,7 +37,8 @@ def build_basebackup_command(
     tablespaces: list[Tablespace],
 ) -> BaseBackupCommand:
     """``pg_basebackup --dbname=... -v --no-password --pgdata=<backup_dir>/data --no-slot
-    --wal-method=none [--checkpoint=fast] [--tablespace-mapping=OLD=<backup_dir>/<oid>]``.
+    --wal-method=none [--checkpoint=fast] [--max-rate=<bandwidth_limit>k]
+    [--tablespace-mapping=OLD=<backup_dir>/<oid>]``.
 
     Tablespaces are mapped into the backup directory (Barman's ``base/<id>/<oid>``), so a
     plain-format copy never writes into the server's own tablespace paths.
@@ -56,6 +57,8 @@ def build_basebackup_command(
     ]
     if server.immediate_checkpoint:
         argv.append("--checkpoint=fast")
+    if server.bandwidth_limit:
+        argv.append(f"--max-rate={server.bandwidth_limit}k")
     for space in tablespaces:
         target = os.path.join(backup_dir, str(space.oid))
         argv.append(

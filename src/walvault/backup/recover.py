@@ -60,6 +60,9 @@ class RecoverOptions:
     jobs: int = 4
     #: where the progress display goes (a terminal only; None: nowhere)
     progress_stream: TextIO | None = None
+    #: (socket, walvault user, PostgreSQL's user) of the restore service restore_command
+    #: asks, when PostgreSQL runs as another OS user than walvault (``--recovery-owner``)
+    service: tuple[str, str, str] | None = None
 
 
 def _check_destination(path: str) -> None:
@@ -117,8 +120,10 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
     """The get-wal restore_command: the lean client in local mode, by absolute paths.
 
     ``walvault-wal-restore -P -c CONF local SERVER %f %p`` reads the archive in-process (no
-    ssh); ``-P`` serves the streamed ``.partial`` unless this is a standby; ``-p N`` prefetches
-    when ``parallel_jobs`` > 1.
+    ssh); with a restore service (PostgreSQL runs as another OS user) ``-U WALVAULT_USER
+    --service SOCKET`` replaces ``-c CONF``: the service reads the archive, PostgreSQL's user
+    needs neither the configuration nor the archive.  ``-P`` serves the streamed ``.partial``
+    unless this is a standby; ``-p N`` prefetches when ``parallel_jobs`` > 1.
     """
     bindir = os.path.dirname(os.path.abspath(sys.executable))
     client = os.path.join(bindir, "walvault-wal-restore")
@@ -130,10 +135,31 @@ def restore_command(server: ServerConfig, options: RecoverOptions) -> str:
         parts.append("-P")
     if server.parallel_jobs > 1:
         parts.append(f"-p {server.parallel_jobs}")
-    if options.config_file:
+    if options.service is not None:
+        socket_path, user, owner = options.service
+        parts.append(f"-U {shell_arg(user)} --service {shell_arg(socket_path)}")
+        # the default spool directory may already be walvault's own (its restores), and the
+        # agent refuses another user's: PostgreSQL's user gets a spool of its own
+        from walvault.clients.walrestore import DEFAULT_SPOOL_DIR
+
+        parts.append(f"--spool-dir {shell_arg(DEFAULT_SPOOL_DIR + '-' + owner)}")
+    elif options.config_file:
         parts.append(f"-c {shell_arg(options.config_file)}")
     parts += ["local", shell_arg(server.name), "%f", '"%p"']
     return " ".join(parts)
+
+
+def staged_restore_command(staging: str) -> str:
+    """restore_command for WAL copied into the destination (``--no-get-wal``).
+
+    A file that is not there exits 1 without a word: PostgreSQL asks for the segment after
+    the last one and for the next timeline's history file at the end of every recovery, and
+    ``cp: cannot stat ...`` in its log on every normal recovery alarmed people.  A file that
+    is there but cannot be copied exits 200, so PostgreSQL stops instead of ending the
+    recovery early (1-125 would mean "no such file" and promote it).
+    """
+    source = f"{shell_arg(staging)}/%f"
+    return f'if [ -f {source} ]; then cp {source} "%p" || exit 200; else exit 1; fi'
 
 
 def _setting_name(line: str) -> str:
@@ -330,8 +356,7 @@ def recover(
         if tail:
             echo("Including the streamed tail: " + ", ".join(s.path for s in tail))
         copy_wal(server, sources, staging)
-        command = f'cp {shell_arg(staging)}/%f "%p"'
-        settings.append(("restore_command", conf_quote(command)))
+        settings.append(("restore_command", conf_quote(staged_restore_command(staging))))
         if not options.standby_mode:
             end = f"rm -rf {shell_arg(staging)}"
             settings.append(("recovery_end_command", conf_quote(end)))
@@ -360,9 +385,15 @@ def recover(
             "as the original server, start it with another port (recover --port N, or "
             "pg_ctl -o '-p N')"
         )
-    if options.get_wal:
+    if options.get_wal and options.service is not None:
+        echo(
+            f"restore_command asks walvault's restore service at {options.service[0]}: keep "
+            "it running while PostgreSQL recovers"
+        )
+    elif options.get_wal:
         warn(
             "'restore_command' runs walvault as the PostgreSQL OS user: make sure that user "
-            "can execute it and read the configuration file and the archive"
+            "can execute it and read the configuration file and the archive (when it is "
+            "another user than walvault's: recover --recovery-owner USER)"
         )
     return 0

@@ -15,7 +15,7 @@ WAL is removed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -40,10 +40,12 @@ def retention_report(
     policy: RetentionPolicy | None,
     minimum_redundancy: int,
     now: datetime,
+    kept: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """``{backup_id: VALID | OBSOLETE}`` for every DONE backup (pure; ``now`` is aware).
-
-    Without a policy every DONE backup is VALID.
+    """``{backup_id: VALID | OBSOLETE | KEEP:FULL | KEEP:STANDALONE}`` for every DONE backup
+    (pure; ``now`` is aware).  Without a policy every DONE backup is VALID; a kept one
+    (``kept``: id -> ``full``/``standalone``, see walvault.backup.keep) is reported KEEP:...
+    and still counts towards the policy, as in Barman.
     """
     done = sorted((b for b in backups if b.status == DONE), key=lambda b: b.backup_id)
     newest_first = list(reversed(done))
@@ -65,7 +67,11 @@ def retention_report(
                 keep.add(backup.backup_id)
                 before_found = True
     keep.update(b.backup_id for b in newest_first[:minimum_redundancy])
-    return {b.backup_id: VALID if b.backup_id in keep else OBSOLETE for b in done}
+    report = {b.backup_id: VALID if b.backup_id in keep else OBSOLETE for b in done}
+    for backup_id, target in (kept or {}).items():
+        if backup_id in report:
+            report[backup_id] = f"KEEP:{target.upper()}"
+    return report
 
 
 def obsolete_backups(
@@ -73,9 +79,10 @@ def obsolete_backups(
     policy: RetentionPolicy | None,
     minimum_redundancy: int,
     now: datetime,
+    kept: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The ids of the obsolete backups, oldest first."""
-    report = retention_report(backups, policy, minimum_redundancy, now)
+    """The ids of the obsolete backups, oldest first (never a kept one)."""
+    report = retention_report(backups, policy, minimum_redundancy, now, kept)
     return sorted(backup_id for backup_id, state in report.items() if state == OBSOLETE)
 
 
@@ -107,15 +114,24 @@ def enforce_retention(
     policy = server.retention_policy
     if policy is None:
         return result
+    from walvault.backup.keep import kept_backups
+
     when = now or datetime.now().astimezone()
     backups = list(binfo.iter_backups(server))
-    for backup_id in obsolete_backups(backups, policy, server.minimum_redundancy, when):
+    kept = kept_backups(server, (b.backup_id for b in backups))
+    for backup_id in obsolete_backups(backups, policy, server.minimum_redundancy, when, kept):
         echo(
             f"Enforcing retention policy: removing backup {backup_id} for server "
             f"{server.name} (retention: {policy})"
         )
         try:
-            delete_backup(server, backup_id, echo, purge_wal=False)
+            delete_backup(
+                server,
+                backup_id,
+                echo,
+                purge_wal=False,
+                reason=f"obsolete under the retention policy '{policy}' (cron)",
+            )
         except (LockBusy, DeleteRefused) as exc:
             result.skipped.append(exc.message)
             echo(f"Skipping obsolete backup {backup_id} of server {server.name}: {exc.message}")
@@ -126,7 +142,12 @@ def enforce_retention(
         "than {keep_from}, the first WAL of the oldest backup kept ({backup_id}):"
     )
     purge = purge_unneeded_wal(
-        server, echo, lock_wait=lock_wait, only_if_needed=True, header=header
+        server,
+        echo,
+        lock_wait=lock_wait,
+        only_if_needed=True,
+        header=header,
+        reason=f"under the retention policy '{policy}' (cron)",
     )
     result.wal_removed = purge.removed
     if purge.postponed:

@@ -15,7 +15,8 @@ from walvault.checks import local as L
 from walvault.checks.catalogue import check_catalogue
 from walvault.checks.continuity import check_continuity
 from walvault.checks.encryption import check_encryption
-from walvault.checks.facts import Endpoint, RemoteFacts, gather
+from walvault.checks.facts import Endpoint, ReceiverRow, RemoteFacts, gather
+from walvault.checks.lag import StreamingLag
 from walvault.checks.space import check_free_space, free_for
 from walvault.checks.statefiles import check_state_files
 from walvault.config import ServerConfig
@@ -30,7 +31,6 @@ from walvault.receiver.binary import (
     serves,
 )
 from walvault.receiver.state import load_state
-from walvault.wal.names import format_lsn
 
 
 def guarded(name: str, compute: Callable[[], CheckResult | list[CheckResult]]) -> list[CheckResult]:
@@ -309,18 +309,24 @@ def streaming_lag_result(server: ServerConfig, facts: RemoteFacts) -> CheckResul
         return CheckResult(
             "streaming lag", False, f"no streaming client named '{who}' is connected"
         )
-    current = wal.info.current_lsn
-    written = row.write_lsn or 0
-    lag = max(current - written, 0)
+    measured = receiver_lag(wal.info.current_lsn, row)
+    lag = measured.written_behind
     limit = server.max_streaming_lag
     ok = limit is None or lag <= limit
     threshold = f"max_streaming_lag {pretty_size(limit)}" if limit else "no max_streaming_lag"
-    hint = (
-        f"{lag} bytes behind ({pretty_size(lag)}): server at {format_lsn(current)}, "
-        f"sent {format_lsn(row.sent_lsn or 0)}, written {format_lsn(written)}, flushed "
-        f"{format_lsn(row.flush_lsn or 0)}, {row.sync_state}; lag = server - written, "
-        f"{threshold}"
-    )
+    hint = f"{measured.describe()}; {threshold} (on written)"
     if not ok:
         hint += " exceeded: the receiver is stalled or cannot keep up"
-    return CheckResult("streaming lag", ok, hint, perfdata=(("lag", lag),))
+    perfdata = (("lag", lag), ("flush_lag", measured.flushed_behind))
+    return CheckResult("streaming lag", ok, hint, perfdata=perfdata)
+
+
+def receiver_lag(current: int, row: ReceiverRow) -> StreamingLag:
+    """The receiver's distances from the server's current LSN (see checks.lag)."""
+    return StreamingLag(
+        current=current,
+        sent=row.sent_lsn or 0,
+        written=row.write_lsn or 0,
+        flushed=row.flush_lsn or 0,
+        sync_state=row.sync_state,
+    )

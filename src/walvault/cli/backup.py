@@ -32,6 +32,32 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help=f"how long --wait waits (default: {DEFAULT_WAIT_TIMEOUT}; 0: no limit)",
     )
+    p.add_argument(
+        "--bwlimit",
+        type=_bandwidth,
+        metavar="KBPS",
+        help="limit pg_basebackup to KBPS kB/s (its --max-rate; default: bandwidth_limit)",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="refused: pg_basebackup copies over one connection (Barman's --jobs is rsync's)",
+    )
+    p.add_argument(
+        "--immediate-checkpoint",
+        dest="immediate_checkpoint",
+        action="store_true",
+        default=None,
+        help="ask for a fast checkpoint (default: immediate_checkpoint)",
+    )
+    p.add_argument(
+        "--no-immediate-checkpoint",
+        dest="immediate_checkpoint",
+        action="store_false",
+        help="wait for a spread checkpoint",
+    )
     p.set_defaults(func=backup)
     p = sub.add_parser("list-backups", aliases=["list-backup"], help="list the backups")
     p.add_argument("server_name", nargs="+", help="server names, or 'all'")
@@ -53,10 +79,25 @@ def register(sub: Any) -> None:
     p.set_defaults(func=check_backup)
 
 
+def _bandwidth(text: str) -> int:
+    from walvault.config.parsers import parse_bandwidth
+
+    try:
+        return parse_bandwidth(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def backup(ctx: Context, args: argparse.Namespace) -> int:
     """Back up each named server in turn; any failure makes the exit code 1."""
     from walvault.backup.basebackup import take_backup
     from walvault.backup.progress import Progress
+
+    if args.jobs is not None and args.jobs != 1:
+        raise WalvaultError(
+            "--jobs: pg_basebackup (backup_method = postgres) copies over one connection; "
+            "limit its bandwidth with --bwlimit instead"
+        )
 
     def debug(line: str) -> None:
         if ctx.debug:
@@ -68,6 +109,10 @@ def backup(ctx: Context, args: argparse.Namespace) -> int:
             require_enabled(server)
             if not server.active:
                 raise WalvaultError(f"server '{server.name}' is inactive (active = false)")
+            if args.bwlimit is not None:
+                server = server._replace(bandwidth_limit=args.bwlimit)
+            if args.immediate_checkpoint is not None:
+                server = server._replace(immediate_checkpoint=args.immediate_checkpoint)
             info = take_backup(
                 server,
                 ctx.info,
@@ -80,6 +125,13 @@ def backup(ctx: Context, args: argparse.Namespace) -> int:
             )
             if args.wait:
                 ctx.info(f"Backup {info.backup_id} of server {server.name}: {info.status}")
+            elif info.status == "WAITING_FOR_WALS":
+                ctx.info(
+                    f"Backup {info.backup_id} of server {server.name}: WAITING_FOR_WALS -- "
+                    f"waiting for its WAL up to {info.end_wal} to be archived; 'walvault cron' "
+                    f"marks it DONE once it is (or 'walvault check-backup {server.name} "
+                    f"{info.backup_id}'; 'backup --wait' waits)"
+                )
         except WalvaultError as exc:
             failed = True
             ctx.error(exc.message)
@@ -104,8 +156,8 @@ def list_line(server: str, summary: BackupSummary) -> str:
     )
     if info.status != "DONE":
         line += f" - {info.status}"
-    elif summary.retention == "OBSOLETE":
-        line += " - OBSOLETE"
+    elif summary.retention == "OBSOLETE" or summary.retention.startswith("KEEP:"):
+        line += f" - {summary.retention}"
     return line
 
 
@@ -214,7 +266,15 @@ def show_backup(ctx: Context, args: argparse.Namespace) -> int:
     from walvault.backup.catalog import server_backups
 
     server, info = _find(ctx, args)
-    summary = next(s for s in server_backups(server) if s.info.backup_id == info.backup_id)
+    summaries = server_backups(server)
+    summary = next(s for s in summaries if s.info.backup_id == info.backup_id)
+    if args.backup_id in ("latest", "last"):
+        newer = [s.info for s in summaries if s.info.backup_id > info.backup_id]
+        for other in newer:
+            ctx.warn(
+                f"backup {other.backup_id}, newer than {info.backup_id}, is {other.status}: "
+                "'latest' names the newest DONE backup"
+            )
     sections = show_sections(summary)
     if ctx.output_format == "json":
         data: dict[str, Any] = {"backup_id": info.backup_id}

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from walvault.config import Config, ServerConfig, find_config_file, load_config
-from walvault.errors import ServerError
+from walvault.errors import ServerError, WalvaultError
 
 if TYPE_CHECKING:
     from typing import Any, TextIO
@@ -40,17 +40,29 @@ class Context:
         self.out: TextIO = sys.stdout if out is None else out
         self.err: TextIO = sys.stderr if err is None else err
         self._config: Config | None = None
+        self._started = False
 
-    @property
-    def config(self) -> Config:
-        """The configuration; warnings are printed once, when it is loaded."""
+    def load_config(self) -> Config:
+        """The configuration, read once, without starting the log (see :attr:`config`)."""
         if self._config is None:
             path = find_config_file(self.config_option)
             self._config = load_config(os.path.abspath(path), check_conninfo=self.check_conninfo)
-            setup_logging(self._config, self.quiet)
-            for warning in self._config.warnings:
-                self.warn(warning)
         return self._config
+
+    @property
+    def config(self) -> Config:
+        """The configuration; the log is opened and the warnings printed on first use.
+
+        The CLI reads it with :meth:`load_config` first, to switch to ``walvault_user``
+        before anything is logged (the log file must not be created by root).
+        """
+        config = self.load_config()
+        if not self._started:
+            self._started = True
+            setup_logging(config, self.quiet)
+            for warning in config.warnings:
+                self.warn(warning)
+        return config
 
     def server(
         self, name: str, *, allow_inactive: bool = True, allow_disabled: bool = False
@@ -121,27 +133,85 @@ _configured = False
 class LogFile(logging.Handler):
     """``log_file``: each record appended with one ``write(2)`` on an ``O_APPEND`` descriptor.
 
-    * A new file is created 0600 (it holds hosts, paths and errors); an existing file keeps
-      its mode and owner.
+    * A new file is created 0600 (it holds hosts, paths and errors), and given to ``owner``
+      when a root process creates it (``walvault_user``); an existing file keeps its mode and
+      owner.
     * No buffer: a record is on disk (in the page cache) when ``emit`` returns, or lost as a
       whole; nothing half-written is kept to be glued to the next record later.
     * A write that fails (a full disk, an I/O error) loses that record and never raises or
       prints a traceback (logging's "--- Logging error ---"): one line on stderr says, once
       per process, that the log cannot be written.  If the kernel took only part of a record,
       the next record that fits starts with a newline, so the torn one stays on its own line.
+    * Rotation: before each record the path is compared with the open file (device and
+      inode, one ``stat``); when logrotate has moved it away (or it was deleted) the file is
+      opened again -- created anew if needed -- so a long-running receive-wal never keeps
+      writing into a rotated file.  :meth:`request_reopen` (SIGHUP in a detached process)
+      reopens at the next record whatever the path shows.  If the new file cannot be
+      opened, records keep going to the old one.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.owner = owner
+        self._fd = -1
+        self._ident: tuple[int, int] | None = None
+        self._reopen = False
         self._torn = False
         self._reported = False
+        self._fd, self._ident = self._open()
+
+    def _open(self) -> tuple[int, tuple[int, int]]:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            try:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it meanwhile
+                fd = os.open(self.path, flags)
+            else:
+                if self.owner is not None and os.geteuid() == 0:
+                    try:
+                        os.fchown(fd, *self.owner)
+                    except OSError:
+                        os.close(fd)
+                        raise
+        info = os.fstat(fd)
+        return fd, (info.st_dev, info.st_ino)
+
+    def request_reopen(self) -> None:
+        """Reopen the file before the next record (async-signal safe: sets a flag)."""
+        self._reopen = True
+
+    def _moved(self) -> bool:
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) != self._ident
+
+    def _reopen_if_needed(self) -> None:
+        if not (self._reopen or self._moved()):
+            return
+        self._reopen = False
+        try:
+            fd, ident = self._open()
+        except OSError as exc:
+            self._report(exc)
+            return
+        old, self._fd, self._ident = self._fd, fd, ident
+        self._torn = False
+        with contextlib.suppress(OSError):
+            os.close(old)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Append the formatted record (see the class docstring for failures)."""
         wrote = False
         try:
+            self._reopen_if_needed()
             data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
             view = memoryview(b"\n" + data if self._torn else data)
             while view:
@@ -178,6 +248,20 @@ class LogFile(logging.Handler):
         super().close()
 
 
+def log_owner(config: Config) -> tuple[int, int] | None:
+    """(uid, gid) of ``walvault_user`` when this is a root process that must create files
+    for it (see :mod:`walvault.privileges`), else None."""
+    if not config.walvault_user or os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(config.walvault_user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
 def setup_logging(config: Config, quiet: bool) -> None:
     """Log to ``log_file`` in Barman's format when set; otherwise warnings go to stderr only."""
     global _configured
@@ -187,16 +271,46 @@ def setup_logging(config: Config, quiet: bool) -> None:
     log.setLevel(config.log_level)
     log.propagate = False
     if config.log_file:
+        owner = log_owner(config)
         try:
-            os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
-            handler: logging.Handler = LogFile(config.log_file)
-        except OSError as exc:
+            if owner is None:
+                os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
+            else:
+                from walvault.privileges import account, prepare_directories
+
+                prepare_directories(
+                    account(str(config.walvault_user)),
+                    directories=((os.path.dirname(config.log_file), 0o700),),
+                    log_file=None,
+                )
+            handler: logging.Handler = LogFile(config.log_file, owner)
+        except (OSError, WalvaultError) as exc:
             from walvault.errors import describe_os_error
 
-            print(
-                f"WARNING: cannot open log_file '{config.log_file}': {describe_os_error(exc)}",
-                file=sys.stderr,
-            )
+            why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            print(f"WARNING: cannot open log_file '{config.log_file}': {why}", file=sys.stderr)
             handler = logging.NullHandler()
         handler.setFormatter(logging.Formatter(config.log_format))
         log.addHandler(handler)
+
+
+def log_files() -> list[LogFile]:
+    """The ``log_file`` handlers of this process (none before :func:`setup_logging`)."""
+    return [handler for handler in log.handlers if isinstance(handler, LogFile)]
+
+
+def reopen_logs_on_sighup() -> bool:
+    """In a process without a terminal (cron's detached receive-wal, a service), make SIGHUP
+    reopen ``log_file`` at the next record; True when installed.  At a terminal SIGHUP keeps
+    its usual meaning (the session ended: stop)."""
+    import signal
+
+    if any(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr) if stream):
+        return False
+
+    def reopen(_signum: int, _frame: object) -> None:
+        for handler in log_files():
+            handler.request_reopen()
+
+    signal.signal(signal.SIGHUP, reopen)
+    return True

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from walvault import __version__
@@ -17,6 +17,8 @@ from walvault.errors import WalvaultError, describe_os_error
 
 if TYPE_CHECKING:
     from types import ModuleType
+
+    from walvault.config import Config
 
 log = logging.getLogger("walvault")
 log.addHandler(logging.NullHandler())  # nothing reaches stderr before log_file is known
@@ -40,6 +42,11 @@ COMMAND_MODULES = (
     "recover",
     "quickstart",
     "verify",
+    "restore_service",
+    "keep",
+    "list_files",
+    "diagnose",
+    "docgen",
 )
 #: Each sub-command (and alias) -> the module registering it.  Running a command imports
 #: only its module: every command module imports what its command needs, and importing
@@ -73,6 +80,13 @@ COMMANDS: dict[str, str] = {
     "quickstart": "quickstart",
     "verify": "verify",
     "verify-backup": "verify",
+    "restore-service": "restore_service",
+    "keep": "keep",
+    "list-files": "list_files",
+    "diagnose": "diagnose",
+    "show-server": "servers",
+    "completion": "docgen",
+    "man-page": "docgen",
 }
 #: Global options that take a value (the next argument unless written ``--opt=value``).
 _VALUED_GLOBALS = ("-c", "--config", "-f", "--format")
@@ -122,25 +136,51 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _drop_privileges(ctx: Context) -> None:
-    """Run as ``walvault_user`` when it is set: switch to it from root, refuse otherwise."""
-    wanted = ctx.config.walvault_user
-    if not wanted:
-        return
-    import pwd
+def _owned_directories(config: Config, args: argparse.Namespace) -> list[tuple[str, int]]:
+    """What root creates for ``walvault_user`` when it is missing (see walvault.privileges),
+    with its mode: the home, the lock directory, and what the command adds
+    (``owned_directories``)."""
+    extra = getattr(args, "owned_directories", None)
+    own = [(config.walvault_home, 0o700), (config.lock_directory, 0o700)]
+    return own + (list(extra(config, args)) if extra else [])
 
-    try:
-        entry = pwd.getpwnam(wanted)
-    except KeyError:
-        raise WalvaultError(f"walvault_user '{wanted}' does not exist on this system") from None
-    if os.geteuid() == entry.pw_uid:
-        return
-    if os.geteuid() != 0:
-        raise WalvaultError(f"please run walvault as the '{wanted}' user (walvault_user)")
-    os.initgroups(wanted, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    os.environ["HOME"] = entry.pw_dir
+
+def _start(ctx: Context, args: argparse.Namespace) -> int:
+    """Run the command as the right OS user (see walvault.privileges).
+
+    The configuration is read first, without logging: a root command with ``walvault_user``
+    set creates what is missing of walvault's directories for that user, becomes that user,
+    and only then opens the log and takes locks.  A command with a ``privileged`` step (recover
+    --recovery-owner) gets it, as root, around its work, which runs as ``walvault_user`` in a
+    child process.
+    """
+    from walvault import privileges
+
+    prepare = getattr(args, "prepare", None)
+    if prepare is not None:  # checks that must come before the configuration is read
+        prepare(ctx, args)
+    if not getattr(args, "needs_config", True):
+        return int(args.func(ctx, args))
+    config = ctx.load_config()
+    switch = privileges.must_switch(config.walvault_user)
+    if switch is not None:
+        privileges.prepare_directories(
+            switch, directories=_owned_directories(config, args), log_file=config.log_file
+        )
+    privileged = getattr(args, "privileged", None)
+    if privileged is not None and os.geteuid() == 0:
+
+        def work() -> int:
+            if switch is None:
+                return int(args.func(ctx, args))
+            return privileges.run_dropped(
+                switch, lambda: _guarded(ctx, args, lambda: int(args.func(ctx, args)))
+            )
+
+        return int(privileged(ctx, args, switch, work))
+    if switch is not None:
+        privileges.drop_to(switch)
+    return int(args.func(ctx, args))
 
 
 def _exit_code(args: argparse.Namespace, exc: WalvaultError) -> int:
@@ -167,14 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(
         config_option=args.config, output_format=args.format, quiet=args.quiet, debug=args.debug
     )
+    return _guarded(ctx, args, lambda: _start(ctx, args))
+
+
+def _guarded(ctx: Context, args: argparse.Namespace, body: Callable[[], int]) -> int:
+    """Run ``body``; every failure becomes one ``ERROR:`` line and its exit code."""
     try:
-        prepare = getattr(args, "prepare", None)
-        if prepare is not None:  # checks that must come before the configuration is read
-            prepare(ctx, args)
-        if getattr(args, "needs_config", True):
-            _drop_privileges(ctx)
-        code: int = args.func(ctx, args)
-        return code
+        return body()
     except WalvaultError as exc:
         ctx.error(exc.message)
         return _exit_code(args, exc)

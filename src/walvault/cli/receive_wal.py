@@ -48,4 +48,8 @@ def receive_wal(ctx: Context, args: argparse.Namespace) -> int:
     if args.drop_slot:
         service.drop_slot(server, ctx.info)
         return 0
+    if not args.reset:  # a long-running process: logrotate's SIGHUP reopens log_file
+        from walvault.cli.context import reopen_logs_on_sighup
+
+        reopen_logs_on_sighup()
     return service.receive_wal(server, ctx.info, ctx.warn, reset=args.reset)

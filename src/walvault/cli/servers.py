@@ -13,7 +13,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("list-servers", help="list the configured servers")
     p.add_argument("--minimal", action="store_true", help="print only the server names")
     p.set_defaults(func=list_servers)
-    p = sub.add_parser("show-servers", help="show the resolved configuration of servers")
+    p = sub.add_parser(
+        "show-servers",
+        aliases=["show-server"],
+        help="show the resolved configuration of servers",
+    )
     p.add_argument("server_name", nargs="+", help="server names, or 'all'")
     p.set_defaults(func=show_servers)
 

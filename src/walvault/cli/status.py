@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from walvault.cli.context import Context
 from walvault.config import ServerConfig
+from walvault.humanize import pretty_size
 
 if TYPE_CHECKING:
     from walvault.checks.facts import RemoteFacts
@@ -153,8 +154,10 @@ def _receiver_rows(server: ServerConfig, facts: RemoteFacts) -> list[Row]:
         rows.append(("streamed_lsn", "Streamed (received) LSN", format_lsn(row.write_lsn or 0)))
         rows.append(("flushed_lsn", "Flushed LSN", format_lsn(row.flush_lsn or 0)))
         if wal.info and wal.info.current_lsn is not None:
-            lag = max(wal.info.current_lsn - (row.write_lsn or 0), 0)
-            rows.append(("lag_bytes", "Streaming lag (bytes behind current LSN)", str(lag)))
+            from walvault.checks.runner import receiver_lag
+
+            lag = receiver_lag(wal.info.current_lsn, row)
+            rows.append(("streaming_lag", "Streaming lag (behind current LSN)", lag.summary()))
         rows.append(("sync_state", "Replication sync state", row.sync_state))
     elif wal.error:
         rows.append(("streaming", "Streaming client", f"unknown: {wal.error}"))
@@ -179,7 +182,7 @@ def _archive_size_row(server: ServerConfig) -> list[Row]:
     from walvault.checks import local as L
 
     count, size = L.wal_archive_total(server)
-    return [("archive_size", "WAL archive", f"{count} files, {size} bytes")]
+    return [("archive_size", "WAL archive", f"{count} files, {pretty_size(size)}")]
 
 
 def _backlog_rows(server: ServerConfig) -> list[Row]:
@@ -216,22 +219,25 @@ def _fork_rows(server: ServerConfig) -> list[Row]:
     return rows + [("timeline_fork", "Timeline fork", fork.describe()) for fork in forks]
 
 
+def rows_as_json(rows: list[Row]) -> dict[str, Any]:
+    """``{key: {"description": ..., "message": ...}}``; repeated rows (lines, gaps) become
+    lists of messages."""
+    entry: dict[str, Any] = {}
+    for key, description, value in rows:
+        if key in entry:
+            previous = entry[key]["message"]
+            values = previous if isinstance(previous, list) else [previous]
+            entry[key] = {"description": description, "message": [*values, value]}
+        else:
+            entry[key] = {"description": description, "message": value}
+    return entry
+
+
 def status(ctx: Context, args: argparse.Namespace) -> int:
     """Print the status of each server."""
     servers = ctx.servers(args.server_name)
     if ctx.output_format == "json":
-        out: dict[str, Any] = {}
-        for server in servers:
-            entry: dict[str, Any] = {}
-            for key, description, value in collect(server):
-                if key in entry:  # repeated rows (lines, gaps) become lists
-                    previous = entry[key]["message"]
-                    values = previous if isinstance(previous, list) else [previous]
-                    entry[key] = {"description": description, "message": [*values, value]}
-                else:
-                    entry[key] = {"description": description, "message": value}
-            out[server.name] = entry
-        ctx.emit_json(out)
+        ctx.emit_json({server.name: rows_as_json(collect(server)) for server in servers})
         return 0
     for server in servers:
         ctx.result(f"Server {server.name}:")

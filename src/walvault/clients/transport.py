@@ -32,6 +32,8 @@ from walvault.clients.common import (
 from walvault.errors import WalvaultError
 
 if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Callable
     from typing import IO, Protocol
 
     from walvault.config import ServerConfig
@@ -124,29 +126,200 @@ class LocalSource:
         return OK
 
     def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
+        opened: list[int] = []
+
+        def destination() -> int:
+            opened.append(open_destination(dest))
+            return opened[0]
+
+        code = ABORT  # also when interrupted: no half-written WAL_DEST is left
+        try:
+            code = self._fetch_into(server, name, destination, partial=partial, shown=dest)
+        finally:
+            if opened:
+                os.close(opened[0])
+                if code != OK:
+                    discard(dest)
+        return code
+
+    def fetch_fd(self, server: str, name: str, fd: int, *, partial: bool) -> int:
+        """Write ``name`` into the open descriptor ``fd`` (the restore service's case: the
+        client opened WAL_DEST and passed it); the caller discards it on failure."""
+        return self._fetch_into(server, name, lambda: fd, partial=partial, shown="WAL_DEST")
+
+    def _fetch_into(
+        self, server: str, name: str, destination: Callable[[], int], *, partial: bool, shown: str
+    ) -> int:
+        """The one local fetch: the archive's verified read path into ``destination()``
+        (called once the file is found, so nothing is created for a missing one)."""
         from walvault.archive import retrieve
 
         try:
             config = self.server(server)
             with retrieve.open_wal(config, name, partial=partial, warn=warning) as found:
-                fd = open_destination(dest)
-                try:
-                    retrieve.send_fd(found, fd)
-                except BaseException:
-                    os.close(fd)
-                    discard(dest)
-                    raise
-                os.close(fd)
+                retrieve.send_fd(found, destination())
         except retrieve.WalNotFound as exc:
-            error(exc.message)
+            if name.endswith(".history"):
+                # PostgreSQL probes the next timeline's history file at the end of every
+                # recovery (and at every start with recovery_target_timeline = latest):
+                # its absence is the normal answer, not an error for its log
+                print(
+                    f"{exc.message} (the newest timeline's history is the last one)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                error(exc.message)
             return NOT_FOUND
         except WalvaultError as exc:
             error(exc.message)
             return ABORT
         except OSError as exc:
-            error(f"cannot write '{dest}': {exc.strerror}")
+            error(f"cannot write '{shown}': {exc.strerror}")
             return ABORT
         return OK
+
+
+class ServiceSource:
+    """walvault's restore service on this host (``--service SOCKET``): the two-user model.
+
+    PostgreSQL's OS user cannot read walvault's archive (0700 directories, 0600 files) nor
+    its configuration.  The client opens WAL_DEST itself and passes the open descriptor over
+    the service's Unix socket; the service, run by walvault's user, checks who asks
+    (``SO_PEERCRED`` against ``restore_users``), reads the archive through the verified read
+    path and writes into the descriptor (:mod:`walvault.restore_service`).  The client checks
+    in turn that the socket is served by the walvault user (``-U``, default ``walvault``): a
+    socket left or planted by anyone else is never asked.
+    """
+
+    label = LOCAL_HOST
+
+    def __init__(self, socket_path: str, walvault_user: str) -> None:
+        self.socket_path = socket_path
+        self.walvault_user = walvault_user
+
+    def test(self, server: str) -> int:
+        from walvault.restore_service.wire import test_request
+
+        code = self._ask(test_request(server), None)
+        if code == OK:
+            print(f"Ready to retrieve WAL files from the server {server}", flush=True)
+        return code
+
+    def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
+        from walvault.restore_service.wire import fetch_request
+
+        try:
+            fd = open_destination(dest)
+        except DestinationError as exc:
+            error(exc.message)
+            return exc.exit_code
+        code = ABORT
+        try:
+            code = self._ask(fetch_request(server, name, partial=partial), fd)
+        finally:
+            os.close(fd)
+            if code != OK:
+                discard(dest)
+        if code == OK and _is_segment(name):
+            problem = segment_problem(dest, name)
+            if problem is not None:
+                error(f"received an unusable copy of '{name}': {problem}")
+                discard(dest)
+                return ABORT
+        return code
+
+    def answers(self) -> bool:
+        """Whether a service of the walvault user listens at the socket now (no request)."""
+        import _socket
+
+        client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            _connect(client, self.socket_path)
+        except OSError:
+            return False
+        finally:
+            client.close()
+        return True
+
+    def _expected_uid(self) -> int | None:
+        import pwd
+
+        try:
+            return pwd.getpwnam(self.walvault_user).pw_uid
+        except KeyError:
+            error(f"walvault user '{self.walvault_user}' (-U) does not exist on this system")
+            return None
+
+    def _ask(self, request: bytes, fd: int | None) -> int:
+        """Send ``request`` (with ``fd``), relay the ``LOG`` lines, return the ``EXIT`` code."""
+        import _socket
+        import struct
+
+        expected = self._expected_uid()
+        if expected is None:
+            return ABORT
+        client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            try:
+                _connect(client, self.socket_path)
+            except OSError as exc:
+                error(
+                    f"no restore service answers at '{self.socket_path}' ({exc.strerror}): "
+                    "start it as the walvault user (systemctl start walvault-restore.socket, "
+                    "or 'walvault restore-service')"
+                )
+                return ABORT
+            creds = client.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            if uid != expected:
+                error(
+                    f"'{self.socket_path}' is served by uid {uid}, not by the walvault user "
+                    f"'{self.walvault_user}' (uid {expected}): refusing to use it"
+                )
+                return ABORT
+            if fd is None:
+                client.sendall(request)
+            else:
+                rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", fd))]
+                client.sendmsg([request], rights)
+            return _read_answer(client, self.socket_path)
+        except OSError as exc:
+            error(f"the restore service at '{self.socket_path}' failed: {exc.strerror or exc}")
+            return ABORT
+        finally:
+            client.close()
+
+
+def _connect(client: _socket.socket, path: str) -> None:
+    """Connect by the socket's name from inside its directory (a Unix socket path is limited
+    to ~107 bytes; the directory's may be longer)."""
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(os.path.dirname(path) or ".")
+        client.connect(os.path.basename(path))
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def _read_answer(client: _socket.socket, where: str) -> int:
+    """Relay ``LOG`` lines to stderr (PostgreSQL's log); the ``EXIT`` code, or ABORT when the
+    service closed the connection without one."""
+    pending = b""
+    while True:
+        data = client.recv(65536)
+        if not data:
+            error(f"the restore service at '{where}' closed the connection without answering")
+            return ABORT
+        pending += data
+        while b"\n" in pending:
+            raw, pending = pending.split(b"\n", 1)
+            line = raw.decode("utf-8", "replace")
+            if line.startswith("LOG "):
+                print(line[4:], file=sys.stderr, flush=True)
+            elif line.startswith("EXIT ") and line[5:].isdigit():
+                return int(line[5:])
 
 
 class CommandSource:

@@ -4,15 +4,17 @@
     restore_command = 'walvault-wal-restore -P -p 4 -U walvault backuphost pg %f %p'
 
 WALVAULT_HOST ``local`` reads the archive on this host in-process (no ssh, no second
-interpreter), or runs ``--walvault-command`` (e.g. through sudo) when given; any other value
-runs ``walvault get-wal`` there over ssh.  Exit codes, for PostgreSQL
-(clients/common.py): 0 restored; 1 only when the archive answered that it has no such file
-(PostgreSQL then ends recovery); 200 for every other outcome -- could not ask, unreadable,
-corrupt or wrong content, bad arguments, configuration, interrupted -- which makes
-PostgreSQL stop instead of promoting a server that lacks WAL (started again once the
-fault is repaired, it resumes).  A standby (``standby.signal`` in PostgreSQL's data
-directory, the command's working directory) gets 1 instead of 200: a standby never promotes
-on its own, and retries the archive after a few seconds rather than shutting down.
+interpreter), asks walvault's restore service with ``--service SOCKET`` (PostgreSQL and
+walvault as two OS users: :class:`walvault.clients.transport.ServiceSource`), or runs
+``--walvault-command`` when given; any other value runs ``walvault get-wal`` there over ssh.
+Exit codes, for PostgreSQL (clients/common.py): 0 restored; 1 only when the archive answered
+that it has no such file (PostgreSQL then ends recovery); 200 for every other outcome --
+could not ask, unreadable, corrupt or wrong content, bad arguments, configuration,
+interrupted -- which makes PostgreSQL stop instead of promoting a server that lacks WAL
+(started again once the fault is repaired, it resumes). A standby (``standby.signal`` in
+PostgreSQL's data directory, the command's working directory) gets 1 instead of 200: a
+standby never promotes on its own, and retries the archive after a few seconds rather than
+shutting down.
 
 Start-up is kept lean (the restore_command runs once per segment).  A segment served from
 the prefetch spool imports only built-in modules (os, sys, struct, fcntl, errno, stat) and
@@ -119,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the walvault program to run (remotely, or locally instead of in-process)",
     )
     p.add_argument(
+        "--service",
+        metavar="SOCKET",
+        help="with WALVAULT_HOST 'local': ask walvault's restore service at SOCKET, run by "
+        "the walvault user (-U), instead of reading the archive as this user",
+    )
+    p.add_argument(
         "--no-agent",
         dest="agent",
         action="store_false",
@@ -152,6 +160,7 @@ _FAST_OPTIONS: dict[str, tuple[str, type | None, object]] = {
     "--config": ("config", str, None),
     "--ssh-command": ("ssh_command", str, None),
     "--walvault-command": ("walvault_command", str, None),
+    "--service": ("service", str, None),
     "-t": ("test", None, True),
     "--test": ("test", None, True),
     "--no-agent": ("agent", None, False),
@@ -167,6 +176,7 @@ _DEFAULTS: dict[str, object] = {
     "config": None,
     "ssh_command": "ssh",
     "walvault_command": None,
+    "service": None,
     "agent": True,
     "test": False,
 }
@@ -220,10 +230,12 @@ def fast_parse(argv: Sequence[str]) -> argparse.Namespace | None:
 
 
 def make_source(args: argparse.Namespace) -> Source:
-    """In-process, a local walvault command, or ssh, from WALVAULT_HOST."""
-    from walvault.clients.transport import CommandSource, LocalSource, SshSource
+    """In-process, the restore service, a local walvault command, or ssh, from WALVAULT_HOST."""
+    from walvault.clients.transport import CommandSource, LocalSource, ServiceSource, SshSource
 
     if args.walvault_host == LOCAL_HOST:
+        if args.service:
+            return ServiceSource(args.service, args.user)
         if args.walvault_command:
             return CommandSource(config=args.config, walvault_command=args.walvault_command)
         return LocalSource(args.config)
@@ -260,6 +272,9 @@ def restore(args: argparse.Namespace) -> int:
 
     if args.compression:
         warning("-z/-j are deprecated")
+    if args.service and args.walvault_host != LOCAL_HOST:
+        error("--service asks the restore service on this host: WALVAULT_HOST must be 'local'")
+        return ABORT
     if args.test:
         return make_source(args).test(args.server_name)
     if os.path.isdir(args.wal_dest):

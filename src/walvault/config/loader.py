@@ -21,7 +21,7 @@ from walvault.config.options import (
     OPTIONS_BY_NAME,
     STORAGE_OPTIONS,
 )
-from walvault.config.parsers import is_store_url, parse_abs_path, parse_bool
+from walvault.config.parsers import is_store_url, parse_abs_path, parse_bool, parse_user_list
 from walvault.config.server import ServerConfig
 from walvault.conninfo import mask_conninfo, parse_conninfo
 from walvault.errors import ConfigError
@@ -31,7 +31,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_LOCATIONS = ("~/.walvault.conf", "/etc/walvault.conf", "/etc/walvault/walvault.conf")
+#: Barman's own search order, tried after walvault's: where Barman works without ``-c``
+#: (``barman-wal-archive``/``barman-wal-restore`` calling ``barman put-wal``/``get-wal`` on a
+#: host where ``barman`` runs walvault), walvault does too.
+BARMAN_LOCATIONS = ("~/.barman.conf", "/etc/barman.conf", "/etc/barman/barman.conf")
 ENV_VAR = "WALVAULT_CONFIG_FILE"
+DEFAULT_RESTORE_SOCKET = "/run/walvault/restore.sock"
 GLOBAL_SECTIONS = ("walvault", "barman")
 DEFAULT_LOG_FORMAT = "%(asctime)s [%(process)s] %(name)s %(levelname)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -53,10 +58,15 @@ class Config(NamedTuple):
     servers: Mapping[str, ServerConfig]
     warnings: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    #: the restore service's socket (README "Two OS users")
+    restore_socket: str = DEFAULT_RESTORE_SOCKET
+    #: OS users the restore service answers, besides walvault_user itself
+    restore_users: tuple[str, ...] = ()
 
 
 def find_config_file(explicit: str | None) -> str:
-    """Pick the configuration file: ``-c``, then ``$WALVAULT_CONFIG_FILE``, then the defaults."""
+    """Pick the configuration file: ``-c``, then ``$WALVAULT_CONFIG_FILE``, then walvault's
+    default locations, then Barman's (:data:`BARMAN_LOCATIONS`)."""
     if explicit:
         if not os.path.isfile(explicit):
             raise ConfigError(f"configuration file '{explicit}' does not exist or is not a file")
@@ -66,7 +76,7 @@ def find_config_file(explicit: str | None) -> str:
         if not os.path.isfile(from_env):
             raise ConfigError(f"configuration file '{from_env}' (from ${ENV_VAR}) does not exist")
         return from_env
-    for candidate in DEFAULT_LOCATIONS:
+    for candidate in DEFAULT_LOCATIONS + BARMAN_LOCATIONS:
         path = os.path.expanduser(candidate)
         if os.path.isfile(path):
             return path
@@ -74,7 +84,7 @@ def find_config_file(explicit: str | None) -> str:
         "could not find a configuration file: use -c FILE, set $"
         + ENV_VAR
         + ", or create one of "
-        + ", ".join(DEFAULT_LOCATIONS)
+        + ", ".join(DEFAULT_LOCATIONS + BARMAN_LOCATIONS)
     )
 
 
@@ -272,6 +282,11 @@ def load_config(path: str, *, check_conninfo: bool = True) -> Config:
         cleanup_raw = glob_values.get("lock_directory_cleanup")
         cleanup = parse_bool(cleanup_raw) if cleanup_raw else True
         conf_dir = glob_values.get("configuration_files_directory")
+        socket_raw = glob_values.get("restore_socket")
+        restore_socket = (
+            parse_abs_path(expander.expand(socket_raw)) if socket_raw else DEFAULT_RESTORE_SOCKET
+        )
+        restore_users = parse_user_list(glob_values.get("restore_users") or "")
     except ValueError as exc:
         raise ConfigError(f"invalid global setting in '{path}': {exc}") from None
 
@@ -324,6 +339,8 @@ def load_config(path: str, *, check_conninfo: bool = True) -> Config:
         servers=dict(sorted(servers.items())),
         warnings=tuple(warnings),
         files=tuple(files),
+        restore_socket=restore_socket,
+        restore_users=restore_users,
     )
 
 

@@ -84,6 +84,7 @@ OPTIONS: tuple[Option, ...] = (
         p.choice("postgres", "rsync", "local-rsync", "snapshot", "local-to-cloud"),
     ),
     Option("immediate_checkpoint", "false", p.parse_bool),
+    Option("bandwidth_limit", "0", p.parse_bandwidth),
     Option("minimum_redundancy", "0", p.parse_non_negative_int),
     Option("retention_policy", None, p.parse_retention_policy),
     Option("wal_retention_policy", "main", p.choice("main")),
@@ -137,6 +138,8 @@ GLOBAL_ONLY = (
     "log_level",
     "log_format",
     "lock_directory_cleanup",
+    "restore_socket",
+    "restore_users",
 )
 
 #: Barman's spelling of global options.
@@ -155,7 +158,6 @@ BARMAN_ONLY = frozenset(
         "backup_compression_level",
         "backup_compression_location",
         "backup_compression_workers",
-        "bandwidth_limit",
         "basebackup_retry_sleep",
         "basebackup_retry_times",
         "check_timeout_for_remote",

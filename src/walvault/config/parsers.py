@@ -266,3 +266,34 @@ def parse_store_location(raw: str) -> str:
 def is_store_url(location: str) -> bool:
     """True for an object-store location (``s3://...``), False for a local path."""
     return location[:5].lower() == "s3://"
+
+
+#: what an OS user name may hold (POSIX's portable set, as useradd accepts it)
+_USER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def parse_user_list(raw: str) -> tuple[str, ...]:
+    """OS user names separated by commas or spaces (``restore_users``)."""
+    names = tuple(dict.fromkeys(word for word in raw.replace(",", " ").split() if word))
+    for name in names:
+        if len(name) > 32 or name.startswith("-") or not set(name) <= _USER_NAME_CHARS:
+            raise ValueError(
+                f"'{name}' is not an OS user name: accepted: letters, digits, '.', '_' and "
+                "'-' (at most 32, not starting with '-')"
+            )
+    return names
+
+
+#: pg_basebackup's --max-rate accepts 32 kB/s to 1024 MB/s
+MAX_RATE_RANGE = (32, 1024 * 1024)
+
+
+def parse_bandwidth(raw: str) -> int:
+    """``bandwidth_limit``/``--bwlimit``: kB/s for pg_basebackup's ``--max-rate``; 0: none."""
+    value = parse_non_negative_int(raw)
+    low, high = MAX_RATE_RANGE
+    if value and not low <= value <= high:
+        raise ValueError(
+            f"'{raw}': pg_basebackup's --max-rate takes {low} to {high} kB/s (0: no limit)"
+        )
+    return value

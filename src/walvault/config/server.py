@@ -53,6 +53,8 @@ class ServerConfig(NamedTuple):
     backup_compression: str | None = None
     backup_method: str = "postgres"
     immediate_checkpoint: bool = False
+    #: pg_basebackup's ``--max-rate`` in kB/s (Barman's option; 0: no limit)
+    bandwidth_limit: int = 0
     minimum_redundancy: int = 0
     retention_policy: RetentionPolicy | None = None
     wal_retention_policy: str = "main"

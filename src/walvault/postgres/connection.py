@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from walvault.conninfo import mask_text, with_defaults, with_overrides
+from walvault.conninfo import mask_text, physical_replication, with_defaults
 from walvault.errors import WalvaultError
 
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -42,8 +42,9 @@ def connect_replication(
     application_name: str = "walvault",
     timeout: int = DEFAULT_CONNECT_TIMEOUT,
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """A physical replication connection (``replication=true``), for replication commands."""
-    dsn = with_overrides(conninfo, replication="true")
+    """A physical replication connection (``replication=true dbname=replication``: see
+    :data:`walvault.conninfo.PHYSICAL_REPLICATION`), for replication commands."""
+    dsn = physical_replication(conninfo)
     dsn = with_defaults(
         dsn, application_name=application_name, connect_timeout=str(max(timeout, 2))
     )

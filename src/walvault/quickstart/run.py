@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -16,7 +17,13 @@ from dataclasses import dataclass, field
 import psycopg
 
 from walvault.errors import WalvaultError
-from walvault.quickstart.cluster import Cluster, ensure_user, find_bindir, free_port
+from walvault.quickstart.cluster import (
+    QUICKSTART_USER,
+    Cluster,
+    ensure_user,
+    find_bindir,
+    free_port,
+)
 
 Echo = Callable[[str], None]
 APP = "walvault_receive_wal"
@@ -276,6 +283,50 @@ def _stop_receiver(qs: Quickstart) -> None:
         locks.terminate(pid, timeout=10)
 
 
+def walvault_command() -> str:
+    """How to run this walvault from a shell: ``walvault`` when that is the one on PATH, else
+    the ``walvault`` installed beside this interpreter, else ``python -m walvault.cli.main``."""
+    beside = os.path.join(os.path.dirname(sys.executable), "walvault")
+    if os.access(beside, os.X_OK):
+        found = shutil.which("walvault")
+        if found and os.path.realpath(found) == os.path.realpath(beside):
+            return "walvault"
+        return shlex.quote(beside)
+    return shlex.join([sys.executable, "-m", "walvault.cli.main"])
+
+
+def kept_instructions(qs: Quickstart) -> list[str]:
+    """What ``--keep`` prints: commands that work as they are (``$ `` lines), what is still
+    running, and how to stop and remove all of it."""
+    wv = f"{walvault_command()} -c {shlex.quote(qs.conf)}"
+    as_owner = f"runuser -u {QUICKSTART_USER} -- " if qs.owner is not None else ""
+    restored = qs.restored
+    lines = ["", f"Kept everything in {qs.base}. Look around with:"]
+    lines += [f"  $ {wv} {command} quickstart" for command in ("status", "list-backups")]
+    lines.append(f"  $ {wv} show-backup quickstart latest")
+    if restored is not None:
+        psql = shlex.quote(os.path.join(qs.bindir, "psql"))
+        lines.append(
+            f"  $ {psql} -h 127.0.0.1 -p {restored.port} -U postgres -c "
+            "'SELECT count(*) FROM quickstart'"
+        )
+        lines.append(f"Still running: the restored PostgreSQL (127.0.0.1:{restored.port}).")
+    receiving = _receiver_running(qs)
+    if receiving:
+        lines.append("Still running: walvault's receive-wal for the killed primary.")
+    else:
+        lines.append("The primary was killed and walvault's receiver stopped with it (no cron).")
+    lines.append("To stop and remove it all:")
+    if restored is not None:
+        pg_ctl = shlex.quote(os.path.join(qs.bindir, "pg_ctl"))
+        lines.append(f"  $ {as_owner}{pg_ctl} stop -m fast -D {shlex.quote(restored.data)}")
+    if receiving:
+        lines.append(f"  $ {wv} receive-wal --stop quickstart")
+    dirs = " ".join(shlex.quote(d) for d in [qs.base, *qs.socket_dirs])
+    lines.append(f"  $ rm -rf {dirs}")
+    return lines
+
+
 def run_quickstart(echo: Echo, *, seconds: float = 10.0, keep: bool = False) -> int:
     """The whole story; returns 0 when no acknowledged commit was lost."""
     find_bindir()  # a clear error before anything is created
@@ -305,13 +356,8 @@ def run_quickstart(echo: Echo, *, seconds: float = 10.0, keep: bool = False) -> 
         echo(f"  transactions recovered      {len(rows & load.acknowledged)}")
         echo(f"acknowledged commits lost: {lost}")
         if keep:
-            echo("")
-            echo(f"Kept everything in {base}. Look around with:")
-            echo(f"  walvault -c {qs.conf} status quickstart")
-            echo(f"  walvault -c {qs.conf} check quickstart")
-            echo(f"  walvault -c {qs.conf} list-backups quickstart")
-            port = qs.restored.port if qs.restored else "?"
-            echo(f"The restored server listens on 127.0.0.1:{port}")
+            for line in kept_instructions(qs):
+                echo(line)
         return 0 if lost == 0 else 1
     finally:
         if not keep:

@@ -19,6 +19,7 @@ one, confirmed by headers, is refused: the server's history went back on the sam
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,9 @@ from walvault.wal.header import LONG_HEADER_SIZE, check_segment, parse_long_head
 from walvault.wal.names import Segment, format_lsn
 
 Echo = Callable[[str], None]
+
+
+log = logging.getLogger("walvault")
 
 
 def _segment(path: Sequence[Span], segno: int, seg_size: int) -> Segment:
@@ -120,6 +124,14 @@ def _record_gap_once(
         return
     gap = record_gap(server, first.name, last.name, why)
     echo(f"Recording a WAL gap: {gap.first_missing}..{gap.last_missing} will never be archived")
+    log.warning(
+        "server %s: receive-wal --reset recorded a WAL gap %s..%s: that WAL will never be "
+        "archived (%s); streaming resumes after it",
+        server.name,
+        gap.first_missing,
+        gap.last_missing,
+        why,
+    )
 
 
 def _place_status(
@@ -133,6 +145,12 @@ def _place_status(
         if name != wanted and os.path.getsize(path) == 0:
             echo(f"Removing status file {path}")
             os.unlink(path)
+            log.info(
+                "receive-wal --reset removed the empty status file %s (it holds no WAL; "
+                "streaming restarts at %s)",
+                path,
+                target.name,
+            )
     status = os.path.join(directory, wanted)
     if not os.path.exists(status):
         echo(f"Creating status file {status}")

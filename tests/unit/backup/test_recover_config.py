@@ -17,6 +17,7 @@ from walvault.backup.recover import (
     check_not_walvault,
     restore_command,
     shell_arg,
+    staged_restore_command,
 )
 from walvault.backup.targets import RecoveryTarget, conf_quote
 from walvault.errors import WalvaultError
@@ -73,6 +74,50 @@ def test_every_argument_of_restore_command_survives_quoting(tmp_path: Path) -> N
     assert argv[argv.index("-c") + 1] == HOSTILE
     assert argv[-4:] == ["local", "pg", "000000010000000000000002", "pg_wal/RECOVERYXLOG"]
     assert "-P" in argv and argv[argv.index("-p") + 1] == "3"
+
+
+def test_the_staged_restore_command_is_quiet_when_missing_and_stops_on_a_failed_copy(
+    tmp_path: Path,
+) -> None:
+    """--no-get-wal: run by a real shell as PostgreSQL runs it.  A missing file (the next
+    timeline's history, the segment after the last) exits 1 without a word (it used to print
+    'cp: cannot stat' on every recovery); a copy that fails exits 200, never 1."""
+    import subprocess
+
+    staging = tmp_path / "it's walvault_wal"
+    staging.mkdir()
+    (staging / "000000010000000000000002").write_bytes(b"wal")
+    command = guc_unquote(conf_quote(staged_restore_command(str(staging))))
+
+    def run(name: str, dest: Path) -> subprocess.CompletedProcess[str]:
+        shell = postgres_substitutes(command, name, str(dest))
+        return subprocess.run(["/bin/sh", "-c", shell], capture_output=True, text=True)
+
+    copied = run("000000010000000000000002", tmp_path / "RECOVERYXLOG")
+    assert copied.returncode == 0 and (tmp_path / "RECOVERYXLOG").read_bytes() == b"wal"
+    missing = run("00000002.history", tmp_path / "RECOVERYHISTORY")
+    assert missing.returncode == 1 and missing.stderr == "" and missing.stdout == ""
+    unwritable = run("000000010000000000000002", tmp_path / "no" / "such" / "dir")
+    assert unwritable.returncode == 200, unwritable
+
+
+def test_with_a_restore_service_restore_command_needs_no_configuration(tmp_path: Path) -> None:
+    """PostgreSQL runs as another user: it asks the service; -c CONF is not written (that
+    user cannot read walvault's configuration)."""
+    server = make_server(tmp_path)
+    options = RecoverOptions(
+        str(tmp_path / "d"),
+        RecoveryTarget(),
+        True,
+        config_file="/etc/walvault.conf",
+        service=("/run/walvault/restore.sock", "walvault", "postgres"),
+    )
+    argv = shlex.split(guc_unquote(conf_quote(restore_command(server, options))))
+    assert "-c" not in argv
+    assert argv[argv.index("--service") + 1] == "/run/walvault/restore.sock"
+    assert argv[argv.index("-U") + 1] == "walvault"
+    assert argv[argv.index("--spool-dir") + 1] == "/var/tmp/walrestore-postgres"
+    assert argv[-4:] == ["local", "pg", "%f", "%p"]
 
 
 def test_conf_quote_reads_back_exactly() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from walvault.config import find_config_file, load_config
+from walvault.config.loader import BARMAN_LOCATIONS, DEFAULT_LOCATIONS
 from walvault.config.parsers import RetentionPolicy
 from walvault.errors import ConfigError
 
@@ -403,11 +404,54 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WALVAULT_CONFIG_FILE")
     assert find_config_file(None) == in_home
     os.unlink(in_home)
-    if not any(os.path.exists(p) for p in ("/etc/walvault.conf", "/etc/walvault/walvault.conf")):
-        with pytest.raises(ConfigError, match="could not find a configuration file"):
+    system = [p for p in DEFAULT_LOCATIONS + BARMAN_LOCATIONS if not p.startswith("~")]
+    if not any(os.path.exists(p) for p in system):
+        with pytest.raises(ConfigError, match="could not find a configuration file") as missing:
             find_config_file(None)
+        assert "/etc/barman/barman.conf" in str(missing.value)  # Barman's places are named
     with pytest.raises(ConfigError, match="does not exist"):
         find_config_file(str(tmp_path / "missing.conf"))
+
+
+def test_barmans_locations_come_after_walvaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """walvault's own files first, then Barman's ~/.barman.conf, /etc/barman.conf,
+    /etc/barman/barman.conf (the system paths are moved under tmp_path to test them)."""
+    from walvault.config import loader
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("WALVAULT_CONFIG_FILE", raising=False)
+    etc = tmp_path / "etc"
+    (etc / "walvault").mkdir(parents=True)
+    (etc / "barman").mkdir(parents=True)
+    monkeypatch.setattr(
+        loader,
+        "DEFAULT_LOCATIONS",
+        ("~/.walvault.conf", f"{etc}/walvault.conf", f"{etc}/walvault/walvault.conf"),
+    )
+    monkeypatch.setattr(
+        loader,
+        "BARMAN_LOCATIONS",
+        ("~/.barman.conf", f"{etc}/barman.conf", f"{etc}/barman/barman.conf"),
+    )
+    order = [
+        home / ".walvault.conf",
+        etc / "walvault.conf",
+        etc / "walvault" / "walvault.conf",
+        home / ".barman.conf",
+        etc / "barman.conf",
+        etc / "barman" / "barman.conf",
+    ]
+    for path in order:
+        write(path, "[barman]\n")
+    for path in order:  # each one is found once every file before it is gone
+        assert find_config_file(None) == str(path)
+        path.unlink()
+    with pytest.raises(ConfigError, match=r"barman\.conf"):
+        find_config_file(None)
 
 
 def test_unparsable_file(tmp_path: Path) -> None:
