@@ -54,6 +54,30 @@ def assert_archived_identical(pg: Any, wv: Any, names: list[str]) -> None:
     assert max(counts.values()) == 1
 
 
+def base_backup(pg: Any, dest: Path) -> Path:
+    """``pg_basebackup -X none`` of ``pg`` into ``dest``: every WAL byte the copy needs must
+    then come from the archive."""
+    subprocess.run(
+        [
+            str(pg.bindir / "pg_basebackup"),
+            "-D",
+            str(dest),
+            "-d",
+            pg.streaming_conninfo(),
+            "-X",
+            "none",
+            "--no-slot",
+            "-c",
+            "fast",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return dest
+
+
 def recover_from_backup(pg: Any, backup: Path, name: str, restore_command: str) -> Any:
     """Start a cluster from the base backup with ``restore_command`` (archiving off); wait
     for the end of recovery (its promotion)."""

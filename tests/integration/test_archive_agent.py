@@ -31,6 +31,7 @@ import pytest
 from archiving import (
     archiving_server,
     assert_archived_identical,
+    base_backup,
     enable_archive_command,
     recover_from_backup,
     wait_shipped,
@@ -81,28 +82,6 @@ def pgbench(pg: Any, *args: str) -> None:
         capture_output=True,
         timeout=300,
     )
-
-
-def base_backup(pg: Any, dest: Path) -> Path:
-    subprocess.run(
-        [
-            f"{PG_BIN}/pg_basebackup",
-            "-D",
-            str(dest),
-            "-d",
-            pg.streaming_conninfo(),
-            "-X",
-            "none",
-            "--no-slot",
-            "-c",
-            "fast",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return dest
 
 
 def ready(pg: Any) -> list[str]:
@@ -227,10 +206,11 @@ def test_an_agent_killed_while_it_ships_acknowledges_nothing_that_is_not_durable
     names = make_segments(pg, 8)
 
     def writing() -> bool:
-        return any(
-            n.startswith(".") and n.endswith(".tmp") and (incoming / n).stat().st_size > 0
-            for n in os.listdir(incoming)
-        )
+        for entry in os.listdir(incoming):
+            with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+                if entry.endswith(".tmp") and (incoming / entry).stat().st_size > 0:
+                    return True
+        return False
 
     wait_for(lambda: agent_pid(spool) and writing(), timeout=60, what="a put-wal writing")
     pid = kill_agent(spool, signal.SIGKILL)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from archiving import recover_from_backup
+from archiving import base_backup, recover_from_backup
 from pgharness import free_port
 from sshharness import Sshd
 from walvault.clients.common import source_label
@@ -44,25 +44,7 @@ def crashed_primary(pg: Any, wv: Any, tmp_path: Path, segments: int) -> dict[str
     """Backup, then ``segments`` full segments of commits, then a few in the .partial; crash."""
     receiver = start_receiver(wv, pg)
     pg.sql("CREATE TABLE rows (id int PRIMARY KEY, pad text)")
-    backup = tmp_path / "backup"
-    subprocess.run(
-        [
-            str(pg.bindir / "pg_basebackup"),
-            "-D",
-            str(backup),
-            "-d",
-            pg.streaming_conninfo(),
-            "-X",
-            "none",
-            "--no-slot",
-            "-c",
-            "fast",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    backup = base_backup(pg, tmp_path / "backup")
     next_id = 0
     for _ in range(segments):
         pg.sql(

@@ -57,6 +57,9 @@ LOCK = ".agent.lock"
 LOG = "agent.log"
 IDLE_EXIT = 30.0
 POLL = 0.02
+#: archive_status is listed again this long after a look that found nothing to ship (at
+#: once when a shipment ends)
+RESCAN = 0.25
 #: files per put-wal stream at most (walvault's put-wal takes up to four segments' worth)
 BATCH_MAX = 4
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
@@ -129,6 +132,7 @@ class ArchiveAgent(AgentBase):
         self._retry_at: dict[str, float] = {}
         self._delay: dict[str, float] = {}
         self._archived_at: dict[str, float] = {}
+        self._next_scan = 0.0
 
     # ---------------------------------------------------------------- life
 
@@ -143,6 +147,8 @@ class ArchiveAgent(AgentBase):
             sender.ssh = [*sender.ssh, *options]
             sender.shared = True
             log("shipping through one shared ssh connection")
+        elif sender.ssh is not None and not own:
+            log("spool path too long for an ssh control socket: one connection per put-wal")
         log(
             f"archive agent for {self.pg_wal}: up to {self.parallel} put-wal at a time, "
             f"{BATCH_MAX} files per stream at most"
@@ -233,8 +239,9 @@ class ArchiveAgent(AgentBase):
         """Start lookahead shipments while fewer than N run."""
         with self._lock:
             free = self.parallel - self._running
-            if free <= 0:
+            if free <= 0 or now < self._next_scan:
                 return
+            self._next_scan = now + RESCAN
             done = set(acks.names(self.spool_path))
             recent = now - RESHIP_AFTER
             todo = [
@@ -264,6 +271,7 @@ class ArchiveAgent(AgentBase):
             now = time.monotonic()
             with self._lock:
                 self._running -= 1
+                self._next_scan = 0.0
                 for name in job.names:
                     code = job.results.get(name, (SEND_FAILED, []))[0]
                     if code == 0:

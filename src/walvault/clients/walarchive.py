@@ -291,6 +291,8 @@ def through_agent(args: argparse.Namespace) -> int | None:
     code = ask_starting(spool_path, f"ARCHIVE {name} {wal_path}", start)
     if code is None:
         warning("the archive agent did not answer: sending this file in-process")
+    elif code > 125:  # never a status PostgreSQL's archiver takes as fatal
+        code = FAILED
     return code
 
 

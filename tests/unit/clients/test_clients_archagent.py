@@ -241,6 +241,28 @@ def test_the_agent_refuses_malformed_requests(cluster: Cluster) -> None:
         assert code == 2 and message in lines[0], (request, lines)
 
 
+def test_acks_nobody_will_take_are_removed(cluster: Cluster) -> None:
+    spool = str(cluster.spool)
+    cluster.spool.mkdir(parents=True)
+    fresh, done, recycled, old = NAMES[:4]
+    for name in (fresh, old):
+        (cluster.status / f"{name}.ready").touch()
+    (cluster.status / f"{done}.done").touch()
+    for name in (fresh, done, recycled, old):
+        acks.write(spool, name, 1, "0" * 64)
+    stamp = time.time() - acks.ACK_MAX_AGE - 60
+    os.utime(acks.ack_path(spool, old), (stamp, stamp))
+    sender = archagent.Sender(["false"], walstream.Options(), local=True)
+    archagent.ArchiveAgent(spool, sender, str(cluster.data / "pg_wal"), 1)._clean_acks()
+    assert acks.names(spool) == [fresh]
+    # and a call does not take an ack that is too old, even one that matches
+    data = cluster.segment(old)
+    acks.write(spool, old, len(data), hashlib.sha256(data).hexdigest())
+    os.utime(acks.ack_path(spool, old), (stamp, stamp))
+    assert not acks.take(spool, old, str(cluster.data / "pg_wal" / old))
+    assert acks.names(spool) == [fresh]
+
+
 def test_batches_fit_what_put_wal_takes_in_one_stream() -> None:
     assert min(putwal.STREAM_SEGMENTS, putwal.MAX_WAL_FILES) >= archagent.BATCH_MAX
 
