@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wvbench import archive, encryption, getwal, lag, recovery, scale, sshrestore
+from wvbench import archive, encryption, getwal, lag, recovery, scale, sshpush, sshrestore
 from wvbench.common import BARMAN_VERSION, BASE, HERE, SECTIONS, SEG, BenchError, Params, log
 from wvbench.install import SYSTEM_PYTHON, Install, install_walvault
 from wvbench.report import Results, machine_info, table, walvault_tree
@@ -22,6 +22,12 @@ from wvbench.runner import Bench
 from wvbench.tools import find_tools, reap_strays
 
 # --------------------------------------------------------------------------- main
+
+
+def default_barman_venv() -> Path:
+    """The venv whose ``bin`` WALVAULT_BARMAN_BIN names (the tests' Barman), else ours."""
+    bin_dir = os.environ.get("WALVAULT_BARMAN_BIN")
+    return Path(bin_dir).parent if bin_dir else BASE / "barman-venv"
 
 
 def disk_check(params: Params, sections: Sequence[str]) -> None:
@@ -51,8 +57,9 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
     parser.add_argument(
         "--barman-venv",
         type=Path,
-        default=Path(os.environ.get("BARMAN_VENV", BASE / "barman-venv")),
-        help="Barman 3.20.1's venv (installed by bench/barman_env.sh if missing)",
+        default=Path(os.environ.get("BARMAN_VENV", default_barman_venv())),
+        help="Barman 3.20.1's venv (default: the one WALVAULT_BARMAN_BIN is the bin of, as "
+        "in the tests; else installed by bench/barman_env.sh if missing)",
     )
     parser.add_argument(
         "--walvault-python",
@@ -113,6 +120,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
                     "scale": scale.scale,
                     "getwal": getwal.getwal,
                     "ssh": sshrestore.ssh_restore,
+                    "sshpush": sshpush.ssh_push,
                     "lag": lag.lag,
                     "recovery": recovery.recovery,
                 }[section](bench)

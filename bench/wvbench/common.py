@@ -23,7 +23,7 @@ SEG = 16 << 20
 PAGE = 8192
 SEGS_PER_LOG = 0x100000000 // SEG
 CODECS = ("none", "gzip", "zstd", "lz4")
-SECTIONS = ("archive", "encryption", "scale", "getwal", "ssh", "lag", "recovery")
+SECTIONS = ("archive", "encryption", "scale", "getwal", "ssh", "sshpush", "lag", "recovery")
 BARMAN_VERSION = "3.20.1"
 GNU_TIME = "/usr/bin/time"
 
@@ -51,6 +51,7 @@ class Params:
     single_calls: int
     restore_segments: int
     ssh_segments: int  # restores over ssh, per tool and mode
+    push_segments: int  # archive_command calls over ssh, per tool and mode
     lag_seconds: int  # pgbench -T while the lag is sampled, per tool
     recovery_segments: int  # WAL written after the backups, in 16 MiB segments
 
@@ -72,6 +73,7 @@ class Params:
                 single_calls=10,
                 restore_segments=60,
                 ssh_segments=20,
+                push_segments=40,
                 lag_seconds=10,
                 recovery_segments=5,
             )
@@ -90,6 +92,7 @@ class Params:
             single_calls=20,
             restore_segments=200,
             ssh_segments=60,
+            push_segments=100,
             lag_seconds=20,
             recovery_segments=10,
         )

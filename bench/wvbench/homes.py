@@ -18,21 +18,21 @@ from wvbench.tools import Tools
 
 
 def server_section(cluster: Cluster, slot: str, codec: str, extra: dict[str, str]) -> str:
-    lines = [
-        "[pg]",
-        "description = walvault bench",
-        f"conninfo = {cluster.conninfo()}",
-        f"streaming_conninfo = {cluster.conninfo()}",
-        "backup_method = postgres",
-        "streaming_archiver = on",
-        f"slot_name = {slot}",
-        "archiver = off",
-        f"path_prefix = {cluster.bindir}",
-    ]
+    """The ``[pg]`` section; ``extra`` adds options or replaces these defaults."""
+    options = {
+        "description": "walvault bench",
+        "conninfo": cluster.conninfo(),
+        "streaming_conninfo": cluster.conninfo(),
+        "backup_method": "postgres",
+        "streaming_archiver": "on",
+        "slot_name": slot,
+        "archiver": "off",
+        "path_prefix": str(cluster.bindir),
+    }
     if codec != "none":
-        lines.append(f"compression = {codec}")
-    lines += [f"{key} = {value}" for key, value in extra.items()]
-    return "\n".join(lines) + "\n"
+        options["compression"] = codec
+    options.update(extra)
+    return "[pg]\n" + "".join(f"{key} = {value}\n" for key, value in options.items())
 
 
 @dataclass

@@ -30,7 +30,7 @@ from wvbench.tools import reap_strays
 MODES = ((0, False), (4, False), (0, True), (4, True))  # (-p jobs, shared ssh connection)
 
 
-def _harness() -> Any:
+def harness() -> Any:
     """tests/sshharness.py: an unprivileged sshd on a free loopback port, throwaway keys."""
     tests = HERE.parent / "tests"
     if str(tests) not in sys.path:
@@ -38,7 +38,7 @@ def _harness() -> Any:
     return importlib.import_module("sshharness")
 
 
-def _ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
+def ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
     """A directory holding an ``ssh`` that is ``ssh_command`` (the harness's key and options),
     with connection sharing when ``shared``."""
     bindir = directory / ("sshbin-shared" if shared else "sshbin")
@@ -54,32 +54,42 @@ def _ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
     return bindir
 
 
-def ssh_restore(bench: Bench) -> None:
-    harness = _harness()
-    why = harness.sshd_available()
-    if why is None and os.geteuid() == 0:
+def loopback_sshd(bench: Bench, directory: Path) -> tuple[Any, str | None]:
+    """A started sshd of the test harness whose sessions find both tools on PATH, or
+    (None, why it cannot run here)."""
+    harness_module = harness()
+    why = harness_module.sshd_available()
+    if why is not None:
+        return None, why
+    if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
+    bins = [p.parent for p in (bench.tools.barman, bench.tools.walvault) if p is not None]
+    remote_path = ":".join([*(str(b) for b in bins), "/usr/local/bin", "/usr/bin", "/bin"])
+    sshd = harness_module.Sshd(directory, path=remote_path)
+    sshd.start()
+    return sshd, None
+
+
+def ssh_restore(bench: Bench) -> None:
     detail: dict[str, Any] = {}
     bench.results.details["ssh_restore"] = detail
     names = bench.segments[: bench.params.ssh_segments]
     detail["segments"] = len(names)
+    work = bench.work / "ssh"
+    work.mkdir()
+    homes = archived_homes(bench, names, detail)
+    sshd, why = loopback_sshd(bench, work / "sshd")
     if why is not None:
         detail["skipped"] = why
         bench.results.errors.append(f"ssh: {why}")
+        remove_homes(homes)
         return
-    homes = archived_homes(bench, names, detail)
-    work = bench.work / "ssh"
-    work.mkdir()
-    bins = [p.parent for p in (bench.tools.barman, bench.tools.walvault) if p is not None]
-    remote_path = ":".join([*(str(b) for b in bins), "/usr/local/bin", "/usr/bin", "/bin"])
-    sshd = harness.Sshd(work / "sshd", path=remote_path)
-    sshd.start()
     seconds: dict[str, float | None] = {}
     failed: dict[str, str] = {}
     try:
         target = work / "RECOVERYXLOG"
         for jobs, shared in MODES:
-            wrapper = _ssh_wrapper(work, sshd.ssh_command, shared)
+            wrapper = ssh_wrapper(work, sshd.ssh_command, shared)
             path = f"{wrapper}:{os.environ.get('PATH', '')}"
             for tool in ("barman", "walvault"):
                 key = replay_key(tool, jobs, shared)

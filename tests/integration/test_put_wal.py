@@ -11,14 +11,20 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from archiving import (
+    archived,
+    archiving_server,
+    assert_archived_identical,
+    enable_archive_command,
+    wait_shipped,
+)
 from sshharness import Sshd
 from tarstream import symlink_member, tar_stream
 from walsupply import catalogue_lines, copy_closed_segments
-from walvault.archive.compression import decompress_bytes, identify
+from walvault.archive.compression import identify
 from wvharness import WALVAULT, streaming_server, wait_for
 
 BIN = os.path.dirname(sys.executable)
@@ -27,23 +33,9 @@ WALVAULT_BIN = os.path.join(BIN, "walvault")
 READY = "Ready to accept WAL files for the server pg\n"
 
 
-def archiving_server(pg: Any, **overrides: Any) -> dict[str, Any]:
-    """A server fed by archive_command only."""
-    return streaming_server(
-        pg, archiver="on", streaming_archiver="off", slot_name=None, **overrides
-    )
-
-
 def client(wv: Any, *options: str) -> list[str]:
     """walvault-wal-archive in local mode for the server ``pg`` of ``wv``."""
     return [CLIENT, "-c", str(wv.conf), *options, "local", "pg"]
-
-
-def enable_archive_command(pg: Any, argv: list[str]) -> None:
-    """Make ``argv %p`` the archive_command (restarting); keep segments in pg_wal."""
-    command = shlex.join(argv) + " %p"
-    pg.configure({"archive_mode": True, "archive_command": command, "wal_keep_size": "256MB"})
-    pg.restart()
 
 
 def make_segments(pg: Any, count: int) -> list[str]:
@@ -53,33 +45,6 @@ def make_segments(pg: Any, count: int) -> list[str]:
         pg.sql(f"INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {100 + i}) g")
         names.append(pg.switch_wal())
     return names
-
-
-def wait_shipped(pg: Any, names: list[str], timeout: float = 90) -> None:
-    """Until PostgreSQL marks every one of ``names`` as archived (archive_command exit 0)."""
-    status = pg.wal_dir / "archive_status"
-    for name in names:
-        wait_for(lambda n=name: (status / f"{n}.done").exists(), timeout=timeout, what=name)
-
-
-def archived(wv: Any, name: str) -> Path:
-    return Path(wv.server().wals_directory, name[:16], name)
-
-
-def assert_archived_identical(pg: Any, wv: Any, names: list[str]) -> None:
-    """Every name is archived once, decompresses to pg_wal's copy and get-wal serves it."""
-    counts = Counter(line[0] for line in catalogue_lines(wv.server()))
-    for name in names:
-        original = (pg.wal_dir / name).read_bytes()
-        stored = archived(wv, name).read_bytes()
-        assert decompress_bytes(identify(stored), stored) == original
-        got = subprocess.run(
-            [*WALVAULT, "-c", str(wv.conf), "get-wal", "pg", name], capture_output=True
-        )
-        assert got.returncode == 0, got.stderr
-        assert got.stdout == original
-        assert counts[name] == 1, counts
-    assert max(counts.values()) == 1
 
 
 def visible(directory: str) -> list[str]:

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgharness import free_port, wait_until
+from archiving import base_backup, recover_from_backup
+from pgharness import free_port
 from sshharness import Sshd
 from walvault.clients.common import source_label
 from walvault.clients.spool import spool_key
@@ -43,25 +44,7 @@ def crashed_primary(pg: Any, wv: Any, tmp_path: Path, segments: int) -> dict[str
     """Backup, then ``segments`` full segments of commits, then a few in the .partial; crash."""
     receiver = start_receiver(wv, pg)
     pg.sql("CREATE TABLE rows (id int PRIMARY KEY, pad text)")
-    backup = tmp_path / "backup"
-    subprocess.run(
-        [
-            str(pg.bindir / "pg_basebackup"),
-            "-D",
-            str(backup),
-            "-d",
-            pg.streaming_conninfo(),
-            "-X",
-            "none",
-            "--no-slot",
-            "-c",
-            "fast",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    backup = base_backup(pg, tmp_path / "backup")
     next_id = 0
     for _ in range(segments):
         pg.sql(
@@ -86,16 +69,7 @@ def crashed_primary(pg: Any, wv: Any, tmp_path: Path, segments: int) -> dict[str
 
 def restore(pg: Any, crashed: dict[str, Any], name: str, restore_command: str) -> Any:
     """Start a cluster from the backup with ``restore_command``; wait for the promotion."""
-    cluster = pg.from_backup(crashed["backup"], name)
-    (cluster.data_dir / "recovery.signal").write_text("")
-    escaped = restore_command.replace("'", "''")
-    with (cluster.data_dir / "postgresql.auto.conf").open("a") as conf:
-        conf.write(f"restore_command = '{escaped}'\n")
-    cluster.start(timeout=120)
-    wait_until(
-        lambda: not cluster.is_in_recovery(), timeout=120, what="end of recovery", cluster=cluster
-    )
-    return cluster
+    return recover_from_backup(pg, crashed["backup"], name, restore_command)
 
 
 def check_everything_is_back(cluster: Any, crashed: dict[str, Any]) -> None:

@@ -31,18 +31,13 @@ reported as restored.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import io
 import os
-import signal
-import socket
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from walvault.clients.agentclient import SOCKET
+from walvault.clients.agentbase import AgentBase, Router, control_path, log, spawn
 from walvault.clients.common import ABORT, OK
 from walvault.clients.spool import LOCK, LOG, STATE, Spool, SpoolState, segment_problem
 from walvault.wal.names import Segment, is_segment, validate_wal_name
@@ -55,87 +50,24 @@ if TYPE_CHECKING:
 IDLE_EXIT = 30.0
 POLL = 0.01
 RETRY_FIRST, RETRY_MAX = 0.25, 4.0
-#: the longest request line a client may send (a name and an absolute path)
-MAX_REQUEST = 8192
-#: the longest ControlPath the agent gives ssh (a Unix socket path, plus ssh's temporary
-#: suffix, must fit in ~107 bytes)
-SSH_CONTROL_PATH_MAX = 90
 
 
 def start(spool: Spool, source: Source, server: str, depth: int) -> None:
     """Start a detached agent unless one is running (the caller returns at once)."""
     if spool.session_start() is not None:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        os.waitpid(pid, 0)  # the intermediate child exits at once
-        return
-    code = 1
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        os.chdir("/")
-        _redirect(os.path.join(spool.path, LOG))
-        router = _Router(sys.stderr)  # type: ignore[arg-type]
-        sys.stderr = router
-        code = Agent(spool, source, server, depth, router).run()
-    except BaseException as exc:  # a detached process must never raise into the client
-        with contextlib.suppress(Exception):
-            print(f"agent failed: {exc!r}", file=sys.stderr, flush=True)
-    finally:
-        os._exit(code)
+    spawn(
+        os.path.join(spool.path, LOG),
+        lambda router: Agent(spool, source, server, depth, router).run(),
+    )
 
 
-def _redirect(log_path: str) -> None:
-    """stdin from /dev/null, stdout and stderr to the log; nothing else inherited."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.closerange(3, 65536)
-
-
-def _log(text: str) -> None:
-    """A line of the agent's own log (never routed to a client)."""
-    stream = sys.stderr
-    target = stream.log if isinstance(stream, _Router) else stream
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {text}", file=target, flush=True)
-
-
-class _Router(io.TextIOBase):
-    """stderr of the agent: the lines a request's fetch prints go back to its client (for
-    PostgreSQL's log), everything else to the agent's log."""
-
-    def __init__(self, log: io.TextIOBase) -> None:
-        self.log = log
-        self._local = threading.local()
-
-    def collect(self) -> list[str]:
-        """Start collecting this thread's lines; returns the list they go to."""
-        lines: list[str] = []
-        self._local.lines = lines
-        return lines
-
-    def stop(self) -> None:
-        self._local.lines = None
-
-    def write(self, text: str) -> int:
-        lines = getattr(self._local, "lines", None)
-        if lines is None:
-            return self.log.write(text)
-        lines.extend(line for line in text.splitlines() if line)
-        return len(text)
-
-    def flush(self) -> None:
-        self.log.flush()
-
-
-class Agent:
+class Agent(AgentBase):
     """One agent session (see the module docstring)."""
+
+    lock_name = LOCK
+    title = "restore agent"
+    failure = ABORT
 
     def __init__(
         self,
@@ -143,114 +75,54 @@ class Agent:
         source: Source,
         server: str,
         depth: int,
-        router: _Router | None = None,
+        router: Router | None = None,
     ) -> None:
+        super().__init__(spool.path)
         self.spool = spool
         self.source = source
         self.server = server
         self.depth = max(0, depth)
         self.router = router  # None in-process (tests): messages stay on stderr
-        self.stopping = False
-        self.last_activity = time.monotonic()
         self._state_lock = threading.Lock()
 
-    def stop(self, *_: object) -> None:
-        """Ask the loop to end (SIGTERM handler): unconsumed files are still removed."""
-        self.stopping = True
-
-    def _lock(self) -> int | None:
-        fd = os.open(os.path.join(self.spool.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # also stamps the session start (mtime)
-        return fd
-
-    def run(self) -> int:
-        """Serve and prefetch until idle; return an exit status (0 also when another runs)."""
-        lock = self._lock()
-        if lock is None:
-            return 0
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.stop)
+    def prepare(self) -> None:
         share = getattr(self.source, "share_connection", None)
-        control = os.path.join(self.spool.path, "ssh.sock")
-        # ssh adds ~17 bytes to ControlPath while it sets the master up; past ~90 it fails
-        if share is not None and len(control) <= SSH_CONTROL_PATH_MAX and share(control):
-            _log("fetching through one shared ssh connection")
-        _log(
+        control = control_path(self.spool.path)
+        if share is not None and control is not None and share(control):
+            log("fetching through one shared ssh connection")
+        log(
             f"restore agent for '{self.server}' from {self.source.label}, "
             f"prefetching {self.depth} segments"
         )
         self._wipe()  # whatever is there predates this session
-        listener = self._listen()
+
+    def loop(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        try:
-            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-            with ThreadPoolExecutor(max_workers=max(1, self.depth)) as pool:
-                self._loop(pool)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.spool.path, SOCKET))
-            listener.close()
-            self._wipe()
-            close = getattr(self.source, "close", None)
-            if close is not None:
-                close()
-            os.close(lock)
-        _log("idle: stopped")
-        return 0
+        with ThreadPoolExecutor(max_workers=max(1, self.depth)) as pool:
+            self._loop(pool)
+
+    def finish(self) -> None:
+        self._wipe()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
 
     # ---------------------------------------------------------------- serving
 
-    def _listen(self) -> socket.socket:
-        path = os.path.join(self.spool.path, SOCKET)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a dead agent's (we hold the lock)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def answer(self, request: bytes) -> tuple[int, list[str]]:
+        """Serve one request; the lines its fetch printed go back to the client."""
+        lines = self.router.collect() if self.router is not None else []
         try:
-            os.chdir(self.spool.path)  # bound by its relative name: no length limit on the
-            listener.bind(SOCKET)  # spool path (a Unix socket path has ~107 bytes)
+            code = self.serve_one(request)
+        except Exception as exc:  # one request must not take the agent down
+            message = f"ERROR: restore agent: unexpected {type(exc).__name__}: {exc}"
+            print(message, file=sys.stderr)
+            code = ABORT
         finally:
-            os.fchdir(here)
-            os.close(here)
-            os.umask(old)
-        listener.listen(8)
-        return listener
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as stream:
-            line = stream.readline(MAX_REQUEST)
-            self.last_activity = time.monotonic()
-            lines = self.router.collect() if self.router is not None else []
-            try:
-                code = self.serve_one(line)
-            except Exception as exc:  # one request must not take the agent down
-                message = f"ERROR: restore agent: unexpected {type(exc).__name__}: {exc}"
-                print(message, file=sys.stderr)
-                code = ABORT
-            finally:
-                if self.router is not None:
-                    self.router.stop()
-            reply = "".join(f"LOG {text}\n" for text in lines) + f"EXIT {code}\n"
-            with contextlib.suppress(OSError):
-                stream.write(reply.encode("utf-8", "replace"))
-                stream.flush()
-            self.last_activity = time.monotonic()
+            if self.router is not None:
+                self.router.stop()
+        return code, lines
 
     def serve_one(self, request: bytes) -> int:
         """Answer one request line (see the module docstring); returns the exit status."""
@@ -274,14 +146,14 @@ class Agent:
             state = self.spool.take(name, dest)
             if state is not None:
                 self._progress(SpoolState(name, state.system_identifier, state.segment_size))
-                _log(f"served {name} from the spool")
+                log(f"served {name} from the spool")
                 return OK
         code = self.source.fetch(self.server, name, dest, partial=partial == "1")
         if code == OK and is_segment(name):
             fresh = self.spool.record(name, dest)
             if fresh is not None:
                 self._progress(fresh)
-        _log(f"fetched {name} on request: exit {code}")
+        log(f"fetched {name} on request: exit {code}")
         return code
 
     def _progress(self, state: SpoolState) -> None:
@@ -290,7 +162,7 @@ class Agent:
             try:
                 self.spool.write_state(state)
             except OSError as exc:
-                _log(f"cannot update the spool state: {exc}")
+                log(f"cannot update the spool state: {exc}")
 
     # ---------------------------------------------------------------- prefetching
 
@@ -351,7 +223,7 @@ class Agent:
         try:
             return self._fetch_checked(name, state)
         except Exception as exc:
-            _log(f"fetching {name} failed: {exc!r}")
+            log(f"fetching {name} failed: {exc!r}")
             return ABORT
 
     def _fetch_checked(self, name: str, state: SpoolState) -> int:
@@ -367,11 +239,11 @@ class Agent:
         finally:
             os.close(fd)
         if problem is not None:
-            _log(f"rejected {name}: {problem}")
+            log(f"rejected {name}: {problem}")
             self.spool.remove(os.path.basename(tmp))
             return ABORT
         os.rename(tmp, self.spool.file(name))
-        _log(f"spooled {name}")
+        log(f"spooled {name}")
         return OK
 
     def _drop_passed(self, wanted: str) -> None:

@@ -25,12 +25,12 @@ deleted and the segment is fetched directly.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 import sys
 
 # Only cheap modules here: a restore served from the spool must start in a few ms.
+from walvault.clients.agentclient import session_start
 from walvault.wal.pagecheck import (
     LONG_HEADER_SIZE,
     header_problems,
@@ -87,8 +87,9 @@ class SpoolState:
         return cls(parts[0], sysid, size) if valid_segment_size(size) else None
 
 
-def _own_dir(path: str) -> None:
-    """Create ``path`` (0700) or check an existing one is a real directory of ours, private."""
+def own_dir(path: str) -> None:
+    """Create ``path`` (0700) or check an existing one is a real directory of ours, private
+    (SpoolError when it cannot be used)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -109,15 +110,30 @@ def _own_dir(path: str) -> None:
         os.chmod(path, 0o700)
 
 
-def spool_key(server: str, source: str, config: str | None = None) -> str:
+def private_dir(root: str, key: str) -> str:
+    """``<root>/<key>``, both checked or created with :func:`own_dir`; an absolute path
+    (an agent works from "/": a relative path would move)."""
+    root = os.path.abspath(root)
+    own_dir(root)
+    path = os.path.join(root, key)
+    own_dir(path)
+    return path
+
+
+def spool_key(
+    server: str, source: str, config: str | None = None, *paths: str, role: str = ""
+) -> str:
     """The sub-directory name for one (server, source, configuration) triple, reduced to safe
     characters: two walvault configurations with a server of the same name never share an
-    agent or a spool (``config`` is named by a CRC of its absolute path)."""
-    raw = f"{server}@{source}"
-    if config:
+    agent or a spool (``config`` is named by a CRC of its absolute path, and so is each of
+    ``paths``, e.g. the archive agent's pg_wal).  ``role`` prefixes it (``archive@``: an
+    archive agent never shares a directory with a restore agent)."""
+    raw = f"{role}{server}@{source}"
+    if config or paths:
         import zlib
 
-        raw += f"@{zlib.crc32(os.path.abspath(config).encode()):08x}"
+        for path in (config, *paths):
+            raw += f"@{zlib.crc32(os.path.abspath(path).encode()):08x}" if path else "@"
     return "".join(c if c in _SAFE else "_" for c in raw).lstrip(".") or "_"
 
 
@@ -157,10 +173,7 @@ class Spool:
     """One (server, source) spool directory."""
 
     def __init__(self, root: str, key: str) -> None:
-        root = os.path.abspath(root)  # the agent works from "/": a relative path would move
-        _own_dir(root)
-        self.path = os.path.join(root, key)
-        _own_dir(self.path)
+        self.path = private_dir(root, key)
 
     def file(self, name: str) -> str:
         """Where a prefetched segment lives."""
@@ -187,19 +200,7 @@ class Spool:
 
     def session_start(self) -> int | None:
         """mtime (ns) of the live prefetcher's lock file, or None when none is running."""
-        try:
-            fd = os.open(os.path.join(self.path, LOCK), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return os.fstat(fd).st_mtime_ns
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
+        return session_start(os.path.join(self.path, LOCK))
 
     def take(self, name: str, dest: str) -> SpoolState | None:
         """Move a valid spooled ``name`` to ``dest``; return the state it was checked against.

@@ -23,10 +23,13 @@ from walvault.clients.common import (
     NOT_FOUND_MESSAGE,
     OK,
     SSH_FAILED,
+    chooses_own_master,
     error,
+    master_options,
     quote,
     source_label,
     ssh_argv,
+    stop_master,
     warning,
 )
 from walvault.errors import WalvaultError
@@ -441,16 +444,13 @@ class SshSource(CommandSource):
         self.ssh_command = ssh_command
         self.label = source_label(host, user, port)
 
-    #: how long a shared master connection outlives its last use (seconds)
-    SHARE_PERSIST = 60
-
     control_path: str | None = None
 
     def share_connection(self, control_path: str) -> bool:
         """Make every fetch go through one OpenSSH master connection at ``control_path``
         (the restore agent does, for the whole recovery); False when the ssh command already
         chooses its own ControlPath/ControlMaster (the user's choice wins)."""
-        if "controlpath" in self.ssh_command.lower() or "controlmaster" in self.ssh_command.lower():
+        if chooses_own_master(self.ssh_command):
             return False
         self.control_path = control_path
         return True
@@ -460,14 +460,7 @@ class SshSource(CommandSource):
 
         ssh = shlex.split(self.ssh_command)
         if self.control_path is not None:
-            ssh += [
-                "-o",
-                "ControlMaster=auto",
-                "-o",
-                f"ControlPath={self.control_path}",
-                "-o",
-                f"ControlPersist={self.SHARE_PERSIST}",
-            ]
+            ssh += master_options(self.control_path)
         return ssh
 
     def command(self, *get_wal_args: str) -> list[str]:
@@ -482,17 +475,8 @@ class SshSource(CommandSource):
 
     def close(self) -> None:
         """Stop the shared master connection, if this source started sharing one."""
-        if self.control_path is None:
-            return
-        import contextlib
-        import subprocess
-
-        argv = [*self._ssh(), "-O", "exit"]
-        if self.port:
-            argv += ["-p", str(self.port)]
-        argv.append(f"{self.user}@{self.host}")
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        if self.control_path is not None:
+            stop_master(self._ssh(), self.user, self.host, self.port)
 
     def _skip(self) -> int:
         """How many words of :meth:`walvault_argv` are the walvault command itself."""

@@ -2,12 +2,19 @@
 
     archive_command = 'walvault-wal-archive -U walvault backuphost pg %p'
     archive_command = 'walvault-wal-archive -c /etc/walvault.conf local pg %p'
+    archive_command = 'walvault-wal-archive -p 4 --spool-dir /var/lib/pgsql/spool bk pg %p'
 
-The payload is Barman's put-wal tar stream: the WAL file under its base name (compressed
-first with ``-z/-j/--xz/--zstd/--lz4``), then ``SHA256SUMS`` (``MD5SUMS`` with ``--md5``)
-over the bytes actually sent.  WALVAULT_HOST ``local`` pipes it into ``walvault put-wal``
-on this host (no ssh); any other value runs ``walvault put-wal`` there through
-``ssh -q -T``.  ``--walvault-command`` names the walvault program on the receiving side.
+The payload is Barman's put-wal tar stream (:mod:`walvault.clients.walstream`).
+WALVAULT_HOST ``local`` pipes it into ``walvault put-wal`` on this host (no ssh); any other
+value runs ``walvault put-wal`` there through ``ssh -q -T``.  ``--walvault-command`` names the
+walvault program on the receiving side.
+
+With ``--spool-dir`` (or ``-p N``) the call is a thin client of the archive agent
+(:mod:`walvault.clients.archagent`), which ships ahead and in parallel: the call exits 0 at
+once when the spool holds an acknowledgement matching the file as it is now (size and
+SHA-256, :mod:`walvault.clients.acks`); else it asks the agent (starting it when none runs)
+to ship the file and waits for its answer; else -- no agent can run -- it ships the file
+itself, as without ``--spool-dir``.
 
 Exit codes, for PostgreSQL: 0 only once put-wal has made the file durable (or found an
 identical copy already safe); put-wal's own failure code (1) passed through; 2 when the
@@ -16,29 +23,41 @@ receiver killed, interrupted); 3 a connection problem (ssh's 255).  Never a stat
 125: PostgreSQL's archiver would treat it as fatal.
 
 Start-up is kept lean (one call per segment): no configuration is read, psycopg is never
-imported, and the compression codecs only when asked for.
+imported, and the compression codecs only when asked for.  A call answered from the spool
+or by the agent imports only built-in modules, hashlib and this package's import-free
+modules: no argparse, subprocess, threading, socket or typing.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, BinaryIO
 
 from walvault import __version__
-from walvault.clients.common import LOCAL_HOST, SSH_FAILED, error, quote, ssh_argv
+from walvault.clients.common import (
+    LOCAL_HOST,
+    SEND_FAILED,
+    error,
+    quote,
+    source_label,
+    ssh_argv,
+    warning,
+)
 
+# ``typing`` costs ~5 ms (it imports re): mypy reads this name as typing.TYPE_CHECKING.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    import subprocess
+    from collections.abc import Sequence
+
+    from walvault.clients.archagent import Sender
+    from walvault.clients.fastargs import OptionTable
+    from walvault.clients.walstream import Options
 
 DEFAULT_USER = "walvault"
-OK, FAILED, CONNECTION = 0, 2, 3
-#: a compressed payload larger than this is spooled to a temporary file, not kept in memory
-MEMORY_SPOOL_MAX = 64 << 20
-_CHUNK = 1 << 20
-_BLOCK = 512  # tar block
+DEFAULT_SPOOL_DIR = "/var/tmp/walarchive"
+OK = 0
+FAILED = SEND_FAILED
 _COMPRESSIONS = (
     ("-z", "--gzip", "gzip"),
     ("-j", "--bzip2", "bzip2"),
@@ -49,7 +68,8 @@ _COMPRESSIONS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of barman-wal-archive (less -p), plus --ssh-command/--walvault-command."""
+    """The command line of barman-wal-archive, plus --ssh-command/--walvault-command and
+    --spool-dir; a usage error exits 2."""
     import argparse
 
     p = argparse.ArgumentParser(
@@ -87,10 +107,67 @@ def build_parser() -> argparse.ArgumentParser:
         help="the walvault program on the receiving host (default: 'walvault'; "
         "locally, the walvault installed beside this program when there is one)",
     )
+    p.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="ship through the archive agent, whose spool is in DIR (on this host)",
+    )
+    p.add_argument(
+        "-p",
+        "--parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the archive agent runs up to N put-wal at a time (implies the agent; "
+        f"default spool: {DEFAULT_SPOOL_DIR})",
+    )
     p.add_argument("walvault_host", metavar="WALVAULT_HOST", help="ssh host, or 'local'")
     p.add_argument("server_name", metavar="SERVER_NAME")
     p.add_argument("wal_path", metavar="WAL_PATH", nargs="?", help="%%p (not needed with -t)")
     return p
+
+
+_FAST_OPTIONS: OptionTable = {
+    "-U": ("user", str, None),
+    "--user": ("user", str, None),
+    "--port": ("port", str, None),
+    "-c": ("config", str, None),
+    "--config": ("config", str, None),
+    "-t": ("test", None, True),
+    "--test": ("test", None, True),
+    "--md5": ("md5", None, True),
+    "--compression-level": ("compression_level", str, None),
+    "--ssh-command": ("ssh_command", str, None),
+    "--walvault-command": ("walvault_command", str, None),
+    "--spool-dir": ("spool_dir", str, None),
+    "-p": ("parallel", int, None),
+    "--parallel": ("parallel", int, None),
+}
+for _short, _long, _algorithm in _COMPRESSIONS:
+    for _flag in (_short, _long):
+        if _flag:
+            _FAST_OPTIONS[_flag] = ("compression", None, _algorithm)
+_DEFAULTS: dict[str, object] = {
+    "user": DEFAULT_USER,
+    "port": None,
+    "config": None,
+    "test": False,
+    "md5": False,
+    "compression": None,
+    "compression_level": None,
+    "ssh_command": "ssh",
+    "walvault_command": None,
+    "spool_dir": None,
+    "parallel": 0,
+}
+_POSITIONALS = ("walvault_host", "server_name", "wal_path")
+
+
+def fast_parse(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The common command lines parsed without argparse (None: let argparse parse it)."""
+    from walvault.clients.fastargs import fast_parse as parse
+
+    return parse(argv, _FAST_OPTIONS, _DEFAULTS, _POSITIONALS, once=frozenset({"compression"}))
 
 
 def _split(command: str) -> list[str]:
@@ -129,114 +206,106 @@ def _child_env(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def result(args: argparse.Namespace, code: int) -> int:
-    """Map the receiver's exit status to archive_command's."""
-    if code == OK:
-        return OK
+    """Map the receiver's exit status to archive_command's (printing why it failed)."""
+    from walvault.clients.walstream import exit_status
+
+    status, message = exit_status(code, args.walvault_host == LOCAL_HOST)
+    if message is not None:
+        error(message)
+    return status
+
+
+def _options(args: argparse.Namespace) -> Options:
+    from walvault.clients.walstream import Options
+
+    return Options(args.compression, args.compression_level, args.md5)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def ship_here(args: argparse.Namespace) -> int:
+    """Send WAL_PATH from this process (no agent): archive_command's status."""
+    from walvault.clients.walstream import ship
+
     local = args.walvault_host == LOCAL_HOST
-    if code == SSH_FAILED and not local:
-        error("Connection problem with ssh")
-        return CONNECTION
-    if code < 0:
-        error(f"'walvault put-wal' was killed by signal {-code}")
-        return FAILED
-    error(f"{'Local' if local else 'Remote'} 'walvault put-wal' command has failed!")
-    return code if code <= 125 else FAILED
+    command = build_command(args)
+    return ship(
+        _options(args), command, [args.wal_path], _say, local=local, env=_child_env(args)
+    ).code
 
 
-def _payload(args: argparse.Namespace, handle: BinaryIO) -> tuple[BinaryIO, int]:
-    """The bytes to send for the open WAL file and their size (compressed if asked)."""
-    if args.compression is None:
-        return handle, os.fstat(handle.fileno()).st_size
-    import io
+def make_sender(args: argparse.Namespace) -> Sender:
+    """What the archive agent needs to run put-wal as this call would (built here: the
+    agent works from "/", and a relative path in the command line must not move)."""
+    from walvault.clients.archagent import Sender
 
-    from walvault.archive.compression import compress_stream
-
-    size = os.fstat(handle.fileno()).st_size
-    if size <= MEMORY_SPOOL_MAX:
-        spool: BinaryIO = io.BytesIO()
-    else:
-        import tempfile
-
-        spool = tempfile.TemporaryFile()  # noqa: SIM115 (returned open)
-    written = compress_stream(args.compression, args.compression_level, handle, spool)
-    spool.seek(0)
-    return spool, written
+    ssh = None if args.walvault_host == LOCAL_HOST else _split(args.ssh_command)
+    return Sender(
+        build_command(args),
+        _options(args),
+        local=ssh is None,
+        env=_child_env(args),
+        cwd=os.getcwd(),
+        ssh=ssh,
+        destination=(args.user, args.walvault_host, args.port),
+    )
 
 
-def _header(name: str, size: int, mtime: float) -> bytes:
-    """The PAX header block(s) of a regular member (tarfile's encoder)."""
-    import tarfile
+def _spool_path(args: argparse.Namespace, pg_wal: str) -> str | None:
+    """The agent's spool directory for this (server, source, configuration, pg_wal)."""
+    from walvault.clients.spool import SpoolError, private_dir, spool_key
 
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, int(mtime), 0o600
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def _padding(size: int) -> bytes:
-    return bytes(-size % _BLOCK)
-
-
-def _write_stream(args: argparse.Namespace, handle: BinaryIO, out: IO[bytes]) -> None:
-    """Write the tar stream (WAL file, its checksum file, end of archive) into ``out``.
-
-    Assembled here around tarfile's header encoder, so the data goes from the file to the
-    pipe in large pieces, hashed on the way (tarfile's stream writer copies 16 KiB at a
-    time through a buffer it keeps re-slicing).
-    """
-    import hashlib
-    import time
-
-    name = os.path.basename(args.wal_path)
-    mtime = os.fstat(handle.fileno()).st_mtime
-    payload, size = _payload(args, handle)
-    digest = hashlib.new("md5" if args.md5 else "sha256", usedforsecurity=False)
-    out.write(_header(name, size, mtime))
-    left = size
-    while left:
-        chunk = payload.read(min(_CHUNK, left))
-        if not chunk:
-            raise OSError(f"'{args.wal_path}' became shorter while it was being sent")
-        digest.update(chunk)
-        out.write(chunk)
-        left -= len(chunk)
-    sums = f"{digest.hexdigest()} *{name}\n".encode()
-    sums_name = "MD5SUMS" if args.md5 else "SHA256SUMS"
-    out.write(_padding(size) + _header(sums_name, len(sums), time.time()) + sums)
-    out.write(_padding(len(sums)) + bytes(2 * _BLOCK))
-
-
-def _send(args: argparse.Namespace, handle: BinaryIO, proc: subprocess.Popen[bytes]) -> int:
-    """Stream into the receiver; return its exit status (or FAILED for a local problem)."""
-    import contextlib
-
-    assert proc.stdin is not None
-    problem: str | None = None
+    label = source_label(args.walvault_host, args.user, args.port)
+    key = spool_key(args.server_name, label, args.config, pg_wal, role="archive@")
     try:
-        _write_stream(args, handle, proc.stdin)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # the receiver stopped reading: its exit status says why
-    except (OSError, ValueError) as exc:  # a local read or compression failure
-        problem = f"cannot send '{args.wal_path}': {exc}"
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # on a local failure, the receiver sees a truncated stream
-    code = proc.wait()
-    if problem is not None:
-        error(problem)
-        return FAILED
-    return result(args, code)
+        return private_dir(args.spool_dir or DEFAULT_SPOOL_DIR, key)
+    except (SpoolError, OSError) as exc:
+        warning(f"archive agent disabled: {exc}")
+        return None
+
+
+def through_agent(args: argparse.Namespace) -> int | None:
+    """archive_command's status from the spool or the archive agent, or None when no agent
+    could answer (the caller then ships the file itself)."""
+    from walvault.clients import acks
+    from walvault.clients.agentclient import ask_starting, plain_name
+
+    wal_path = os.path.abspath(args.wal_path)  # the agent does not share our directory
+    name = os.path.basename(wal_path)
+    if not plain_name(name) or name.startswith("."):
+        return None
+    pg_wal = os.path.dirname(wal_path)
+    spool_path = _spool_path(args, pg_wal)
+    if spool_path is None:
+        return None
+    if acks.take(spool_path, name, wal_path):
+        return OK
+
+    def start() -> None:
+        from walvault.clients import archagent
+
+        archagent.start(spool_path, make_sender(args), pg_wal, args.parallel)
+
+    code = ask_starting(spool_path, f"ARCHIVE {name} {wal_path}", start)
+    if code is None:
+        warning("the archive agent did not answer: sending this file in-process")
+    elif code > 125:  # never a status PostgreSQL's archiver takes as fatal
+        code = FAILED
+    return code
 
 
 def archive(args: argparse.Namespace) -> int:
     """Send WAL_PATH (or, with -t, ask put-wal whether it would accept files)."""
-    import subprocess
-
-    command = build_command(args)
-    env = _child_env(args)
     if args.test:
+        import subprocess
+
+        command = build_command(args)
         try:
-            code = subprocess.run(command, stdin=subprocess.DEVNULL, env=env).returncode
+            code = subprocess.run(
+                command, stdin=subprocess.DEVNULL, env=_child_env(args)
+            ).returncode
         except OSError as exc:
             error(f"cannot run '{command[0]}': {exc.strerror}")
             return FAILED
@@ -244,33 +313,29 @@ def archive(args: argparse.Namespace) -> int:
     if os.path.isdir(args.wal_path):
         error(f"WAL_PATH cannot be a directory: {args.wal_path}")
         return FAILED
-    try:
-        handle = open(args.wal_path, "rb")  # noqa: SIM115 (closed below)
-    except OSError as exc:
-        error(f"Cannot read '{args.wal_path}' (WAL_PATH): {exc.strerror}")
-        return FAILED
-    with handle:
-        try:
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
-        except OSError as exc:
-            error(f"cannot run '{command[0]}': {exc.strerror}")
-            return FAILED
-        return _send(args, handle, proc)
+    if args.spool_dir or args.parallel > 0:
+        answered = through_agent(args)
+        if answered is not None:
+            return answered
+    return ship_here(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code for PostgreSQL."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.wal_path is None and not args.test:
-        parser.error("the following arguments are required: WAL_PATH")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = fast_parse(arguments)
+    if args is None:
+        parser = build_parser()
+        args = parser.parse_args(arguments)
+        if args.wal_path is None and not args.test:
+            parser.error("the following arguments are required: WAL_PATH")
     if args.compression is not None and args.compression_level is not None:
         from walvault.archive.compression import resolve_level
 
         try:
             resolve_level(args.compression, args.compression_level)
         except ValueError as exc:
-            parser.error(str(exc))
+            build_parser().error(str(exc))
     try:
         return archive(args)
     except KeyboardInterrupt:
