@@ -15,7 +15,7 @@ import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from walvault.archive import compression
+from walvault import compression
 
 SEGMENT = 16 << 20
 PAGE = 8192

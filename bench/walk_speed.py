@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from walvault.archive.compression import compress_bytes, decompress_bytes
+from walvault.compression import compress_bytes, decompress_bytes
 from walvault.wal.records import Carry, walk_segment
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from walsupply import catalogue_lines
-from walvault.archive.compression import decompress_bytes, identify
+from walvault.compression import decompress_bytes, identify
 from wvharness import WALVAULT, streaming_server, wait_for
 
 

@@ -77,7 +77,7 @@ class Keyring:
 
 def _verify(keyring: Keyring, home: Home, names: list[str], hashes: dict[str, str]) -> str | None:
     """None when every archived file decrypts and decompresses to its original segment."""
-    from walvault.archive import compression
+    from walvault import compression
     from walvault.archive.encryption import identify_encryption
 
     for name in names:

@@ -133,7 +133,7 @@ def place_partial(streaming: Path, after: str) -> None:
 
 def decompressed_sha256(path: Path) -> str:
     """sha256 of the file's content after decompression (algorithm found by magic bytes)."""
-    from walvault.archive import compression
+    from walvault import compression
 
     algo = compression.identify_file(path)
     digest = hashlib.sha256()

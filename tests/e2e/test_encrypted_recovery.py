@@ -20,7 +20,7 @@ from walvault.archive.encryption import identify_encryption
 from wvharness import start_restored, streaming_server, wait_for
 
 
-def _rows(cluster: Any) -> list[tuple[int, str]]:
+def server_rows(cluster: Any) -> list[tuple[int, str]]:
     return [tuple(row) for row in cluster.sql("SELECT id, v FROM kept ORDER BY id")]
 
 
@@ -83,13 +83,13 @@ def test_recovery_from_an_encrypted_archive_brings_every_row_back(
         pg.switch_wal()
     last = pg.switch_wal()
     wait_for(lambda: _archived_encrypted(wv, last), what=f"{last} archived encrypted", timeout=120)
-    expected = _rows(pg)
+    expected = server_rows(pg)
     assert len(expected) == 20000
     assert wv.run("receive-wal", "--stop", "pg").returncode == 0
 
     by_restore = _recover_and_count(pg, wv, tmp_path, "restored", "--get-wal")
-    assert _rows(by_restore) == expected
+    assert server_rows(by_restore) == expected
     by_restore.stop()
     if where == "local":
         copied = _recover_and_count(pg, wv, tmp_path, "copied", "--no-get-wal")
-        assert _rows(copied) == expected
+        assert server_rows(copied) == expected

@@ -54,7 +54,7 @@ def _lsn(text: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
-def _rows(cluster: Any) -> list[str]:
+def server_rows(cluster: Any) -> list[str]:
     return [row[0] for row in cluster.sql("SELECT v FROM marks ORDER BY v")]
 
 
@@ -181,7 +181,7 @@ def test_failover_to_a_standby_behind_walvault_resumes_on_timeline_2(
     expected = sorted([*(f"before {n}" for n in range(1, 7)), "tl2 a", "tl2 b"])
     for mode in ("--no-get-wal", "--get-wal"):
         restored = _recover(wv, tmp_path, pg, f"restored{mode}", mode)
-        rows = _rows(restored)
+        rows = server_rows(restored)
         assert rows == expected, (mode, [r for r in rows if r != "pad"], rows.count("pad"))
         restored.stop()
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from walsupply import archived_files, catalogue_lines, copy_closed_segments
 from walvault.archive.archiver import archive_wal
-from walvault.archive.compression import compress_bytes, decompress_bytes, identify
 from walvault.archive.layout import archive_journal_path
+from walvault.compression import compress_bytes, decompress_bytes, identify
 from walvault.config import ServerConfig
 from wvharness import streaming_server
 

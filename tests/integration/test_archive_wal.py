@@ -13,7 +13,7 @@ import pytest
 
 from walfiles import MiB, backup_history
 from walsupply import archived_files, catalogue_lines, copy_closed_segments, stream_segments
-from walvault.archive.compression import ALGORITHMS, compress_bytes, decompress_bytes
+from walvault.compression import ALGORITHMS, compress_bytes, decompress_bytes
 from walvault.locks import ServerLock
 from walvault.wal.names import Segment
 from wvharness import streaming_server

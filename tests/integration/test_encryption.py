@@ -22,7 +22,7 @@ import pytest
 from gpgharness import decrypt_cli, encryption_options, passphrase_file, recipients
 from s3harness import TEST_ENVIRON, MotoServer
 from walvault.archive import encryption as enc
-from walvault.archive.compression import decompress_bytes, identify
+from walvault.compression import decompress_bytes, identify
 from walvault.storage.base import Storage
 from wvharness import WALVAULT, make_segments, start_receiver, streaming_server, wait_for
 

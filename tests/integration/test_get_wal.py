@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from walvault.archive.compression import ALGORITHMS, identify
+from walvault.compression import ALGORITHMS, identify
 from wvharness import (
     WALVAULT,
     make_segments,

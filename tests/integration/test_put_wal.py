@@ -24,7 +24,7 @@ from archiving import (
 from sshharness import Sshd
 from tarstream import symlink_member, tar_stream
 from walsupply import catalogue_lines, copy_closed_segments
-from walvault.archive.compression import identify
+from walvault.compression import identify
 from wvharness import WALVAULT, streaming_server, wait_for
 
 BIN = os.path.dirname(sys.executable)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from s3harness import MotoServer, free_port
-from walvault.archive.compression import decompress_bytes
+from walvault.compression import decompress_bytes
 from walvault.storage.base import Storage
 from wvharness import WALVAULT, make_segments, start_receiver, streaming_server, wait_for
 

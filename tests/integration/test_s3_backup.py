@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from s3harness import TEST_ENVIRON, MotoServer
-from walvault.archive.compression import decompress_bytes
 from walvault.backup import info as binfo
 from walvault.backup.info import DONE, FAILED
+from walvault.compression import decompress_bytes
 from walvault.storage.base import Storage
 from wvharness import start_restored, streaming_server, wait_for
 

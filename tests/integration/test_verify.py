@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pgharness import PgCluster
-from walvault.archive.compression import identify_file
+from walvault.compression import identify_file
 from walvault.wal.names import Segment
 from wvharness import PG_BIN, Walvault, start_receiver, stop_process, streaming_server, wait_for
 

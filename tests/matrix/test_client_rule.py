@@ -4,7 +4,7 @@ One server of every available major (14 to 18); the real pg_receivewal and pg_ba
 every major run against every server. Each either works (pg_receivewal streams up to the
 server's flush position and stops; pg_basebackup copies the cluster) or refuses with
 "incompatible server version" at once, and that outcome must be what
-``walvault.receiver.binary.serves`` says, for every one of the 25 pairs of each program --
+``walvault.postgres.programs.serves`` says, for every one of the 25 pairs of each program --
 the rule receive-wal, backup and ``check``'s ``pg_receivexlog compatible`` apply.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pgharness import requested_majors
-from walvault.receiver.binary import parse_version, serves
+from walvault.postgres.programs import parse_version, serves
 from walvault.wal.names import format_lsn, parse_lsn
 
 

@@ -1,4 +1,4 @@
-"""Tests for walvault.archive.compression: names, levels, magic, streaming round trips."""
+"""Tests for walvault.compression: names, levels, magic, streaming round trips."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walvault.archive import compression as comp
+from walvault import compression as comp
 
 ALGOS = comp.ALGORITHMS
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from walvault.archive import errors_dir, ingest, journal
 from walvault.archive.batch import INCOMING, STREAMING, Batch, next_batch
 from walvault.archive.catalogue import CatalogueEntry, RebuildResult, append_entries, rebuild
-from walvault.archive.compression import CompressionError, resolve_level
 from walvault.archive.encryption import GPG, EncryptionError, Gpg
 from walvault.archive.gpgkeys import resolve_recipient
 from walvault.archive.walstore import ArchivedFile, WalArchive
+from walvault.compression import CompressionError, resolve_level
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
 from walvault.fs import SyncBatch, cleanup_stale_temps, remove_files
@@ -192,16 +192,16 @@ class _Pass:
         assert staged is not None
         if found.header is not None:
             identity.record(self.server, found.header)
+        compress = self.algorithm is not None and staged.compression is None
+        key = self.archive.key(name, self.algorithm if compress else staged.compression)
+        directory = key.rpartition("/")[0]
+        if directory not in self.prepared:  # also for a twin: a killed run's temp lies beside it
+            self.archive.prepare(name)
+            self.prepared.add(directory)
         twin = self.archive.find(name)  # a store that does not answer stops the pass
         if twin is not None:
             self._twin(staged, twin)
             return
-        compress = self.algorithm is not None and staged.compression is None
-        key = self.archive.key(name, self.algorithm if compress else staged.compression)
-        directory = key.rpartition("/")[0]
-        if directory not in self.prepared:
-            self.archive.prepare(name)
-            self.prepared.add(directory)
         if self.pool is None:
             workers = _workers(self.archive.cloud)
             self.pool = ThreadPoolExecutor(workers, thread_name_prefix="archive-wal")

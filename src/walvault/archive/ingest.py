@@ -15,13 +15,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from walvault.archive import admission, errors_dir
 from walvault.archive.admission import Content, read_content
-from walvault.archive.compression import (
-    MAGIC_MAX_LEN,
-    CompressionError,
-    compress_stream,
-    identify,
-    iter_decompressed,
-)
 from walvault.archive.encryption import (
     HEAD_LEN,
     DecryptingReader,
@@ -32,6 +25,13 @@ from walvault.archive.encryption import (
     identify_encryption,
 )
 from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, DigestingReader, digest_stream
+from walvault.compression import (
+    MAGIC_MAX_LEN,
+    CompressionError,
+    compress_stream,
+    identify,
+    iter_decompressed,
+)
 from walvault.config import ServerConfig
 from walvault.identity import write_identity
 from walvault.storage.base import StorageError
@@ -374,7 +374,7 @@ def store_as_is(
 def stored_format(archive: WalArchive, twin: ArchivedFile) -> tuple[bool, str | None, str | None]:
     """(still there, codec, encryption) of an archived file, told by its first bytes: an
     encrypted file's codec is not known without decrypting it (None, as Barman records)."""
-    from walvault.archive.compression import identify as identify_codec
+    from walvault.compression import identify as identify_codec
 
     reader = archive.storage.open(twin.key)
     if reader is None:

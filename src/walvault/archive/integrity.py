@@ -209,7 +209,7 @@ class DigestingReader:
     """A binary file that digests what is read through it (for archive-wal's compressors).
 
     Passes ``read``/``readinto`` and the size probing of
-    :func:`walvault.archive.compression.compress_stream` (``seekable``, ``tell``, ``seek``)
+    :func:`walvault.compression.compress_stream` (``seekable``, ``tell``, ``seek``)
     through to ``handle``; :meth:`metadata` gives the digest and plain size once the whole
     file was read.
     """

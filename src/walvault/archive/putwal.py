@@ -44,9 +44,9 @@ from typing import IO, BinaryIO, NoReturn, Self, cast
 
 from walvault import fs
 from walvault.archive import admission, errors_dir, ingest
-from walvault.archive.compression import CompressionError, identify, iter_decompressed
 from walvault.archive.instream import BoundedInput, InputRefused
 from walvault.archive.walstore import ArchivedFile, WalArchive
+from walvault.compression import CompressionError, identify, iter_decompressed
 from walvault.config import ServerConfig
 from walvault.errors import InvalidWalName, WalvaultError
 from walvault.storage.base import StorageError

@@ -33,10 +33,10 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from walvault.archive.compression import MAGIC_MAX_LEN, frame_checksummed, identify
 from walvault.archive.encryption import HEAD_LEN, identify_encryption
 from walvault.archive.integrity import DIGEST_KEY, PLAIN_SIZE_KEY, IntegrityError, PlainCheck
 from walvault.archive.layout import ARCHIVE, lookup_order
+from walvault.compression import MAGIC_MAX_LEN, frame_checksummed, identify
 from walvault.errors import ArchiveReadError, WalvaultError
 from walvault.storage.base import StorageError
 from walvault.wal.names import Segment, WalKind, classify, validate_wal_name
@@ -453,7 +453,7 @@ def verified_pieces(found: FoundWal, tee: Callable[[bytes], None] | None = None)
 
     The only way to read an archived file's content: every sender goes through it.
     """
-    from walvault.archive import compression as codecs
+    from walvault import compression as codecs
 
     check = found.check
     stored = _raw_pieces(found)
@@ -518,7 +518,7 @@ def send_fd(
         for _ in verified_pieces(found, tee=forward):
             pass
         return written
-    from walvault.archive import compression as codecs
+    from walvault import compression as codecs
 
     with open(out_fd, "wb", closefd=False) as dst:
         plain = verified_pieces(found)
@@ -550,7 +550,7 @@ def segment_size_of(found: FoundWal) -> int | None:
     """The segment size in ``found``'s long page header (decoding its start if needed)."""
     head = found.head
     if found.compression is not None:
-        from walvault.archive import compression as codecs
+        from walvault import compression as codecs
 
         try:
             head = b""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from walvault.compression import BY_EXTENSION, EXTENSIONS
 from walvault.wal.names import WalKind, classify, hash_dir
 
 if TYPE_CHECKING:
@@ -35,17 +36,6 @@ if TYPE_CHECKING:
 
     from walvault.config import ServerConfig
     from walvault.storage.base import ObjectInfo, Reader, Storage, WriteBatch
-
-#: barman-cloud's file extensions per codec (``.snappy`` exists there but not in walvault).
-EXTENSIONS: dict[str | None, str] = {
-    None: "",
-    "gzip": ".gz",
-    "bzip2": ".bz2",
-    "xz": ".xz",
-    "zstd": ".zst",
-    "lz4": ".lz4",
-}
-_BY_EXTENSION = {ext: algo for algo, ext in EXTENSIONS.items() if ext}
 
 
 class ArchivedFile:
@@ -107,8 +97,8 @@ class WalArchive:
         name, compression = base, None
         if self.cloud:
             stem, dot, ext = base.rpartition(".")
-            if dot and f".{ext}" in _BY_EXTENSION and classify(stem) is not None:
-                name, compression = stem, _BY_EXTENSION[f".{ext}"]
+            if dot and f".{ext}" in BY_EXTENSION and classify(stem) is not None:
+                name, compression = stem, BY_EXTENSION[f".{ext}"]
         kind = classify(name)
         if kind is None or hash_dir(name) != directory:
             return None

@@ -397,7 +397,7 @@ def copy_backup(
     progress: Progress | None = None,
 ) -> BackupInfo:
     """Steps 1-4 (see the module docstring); the caller holds the server's backup lock."""
-    from walvault.receiver.binary import find_program, require_compatible
+    from walvault.postgres.programs import find_program, require_compatible
 
     progress = progress or Progress("Backup", None, enabled=False)
     facts = inspect_source(server)

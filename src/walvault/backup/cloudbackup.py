@@ -38,12 +38,12 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from walvault.archive.compression import compress_stream
 from walvault.backup.cloudstore import CloudBackups, backup_compression
 from walvault.backup.info import BackupInfo
 from walvault.backup.pgbasebackup import BaseBackupCommand, BaseBackupRun
 from walvault.backup.progress import Progress
 from walvault.backup.tarstream import TarError, TarWatcher
+from walvault.compression import compress_stream
 from walvault.config import ServerConfig
 from walvault.conninfo import mask_text
 from walvault.errors import WalvaultError

@@ -30,11 +30,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
-from walvault.archive.compression import CompressionError, open_decompressed
 from walvault.backup.cloudstore import BackupFile, CloudBackups
 from walvault.backup.info import BackupInfo, parse_tablespaces
 from walvault.backup.progress import Progress
 from walvault.backup.tarstream import unpack
+from walvault.compression import CompressionError, open_decompressed
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.storage.base import Storage

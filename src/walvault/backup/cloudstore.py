@@ -9,7 +9,7 @@ With ``basebackups_directory = s3://BUCKET[/PATH]`` a backup is, relative to PAT
 
 ``.ext`` is barman-cloud's (``.gz .bz2 .xz .zst .lz4``; ``.snappy`` is recognised and
 refused: walvault has no snappy codec), the same names as the WAL side
-(:data:`walvault.archive.walstore.EXTENSIONS`).  So barman-cloud-backup-list lists
+(:data:`walvault.compression.EXTENSIONS`).  So barman-cloud-backup-list lists
 walvault's backups, barman-cloud-restore restores them, and walvault lists and recovers what
 barman-cloud-backup wrote in the same bucket.
 
@@ -40,14 +40,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from walvault.archive.walstore import EXTENSIONS
+from walvault.compression import BY_EXTENSION, EXTENSIONS
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.storage.base import ObjectInfo, Storage
 
 INFO_NAME = "backup.info"
 _ID_RE = re.compile(r"\d{8}T\d{6}")
-_BY_EXTENSION = {ext: algo for algo, ext in EXTENSIONS.items() if ext}
 _TAR_RE = re.compile(r"(?P<name>data|[1-9][0-9]{0,9})(?:_(?P<part>[0-9]{4}))?\.tar(?P<ext>\.\w+)?")
 
 
@@ -170,14 +169,14 @@ class CloudBackups:
                 continue
             match = _TAR_RE.fullmatch(name)
             ext = match.group("ext") if match else None
-            if match is None or (ext is not None and ext not in _BY_EXTENSION):
+            if match is None or (ext is not None and ext not in BY_EXTENSION):
                 raise WalvaultError(
                     f"{self.storage.url(info.key)}: not a backup file walvault can read "
                     "(accepted: data[_NNNN].tar and <oid>[_NNNN].tar, uncompressed or "
-                    f"with one of {', '.join(sorted(_BY_EXTENSION))})"
+                    f"with one of {', '.join(sorted(BY_EXTENSION))})"
                 )
             part = int(match.group("part") or 0)
-            codec = _BY_EXTENSION[ext] if ext else None
+            codec = BY_EXTENSION[ext] if ext else None
             found.append(BackupFile(info.key, match.group("name"), part, codec, info.size))
         if not any(f.name == "data" for f in found):
             raise WalvaultError(

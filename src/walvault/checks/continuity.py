@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from walvault.archive.compression import decompress_bytes
 from walvault.backup.info import DONE, BackupInfo
 from walvault.checks import CheckResult
+from walvault.compression import decompress_bytes
 from walvault.config import ServerConfig
 from walvault.errors import StateFileError, WalvaultError
 from walvault.receiver.gaps import load_gaps
@@ -33,7 +33,7 @@ Path = list[tuple[int, int]]  # (timeline, first segment number read from it), o
 
 def _history(archive: WalArchive, tli: int) -> list[HistoryEntry] | None:
     """The parsed ``<tli>.history`` of the archive, None when absent or unusable."""
-    from walvault.archive.compression import identify
+    from walvault.compression import identify
 
     try:
         opened = archive.open(f"{tli:08X}.history")

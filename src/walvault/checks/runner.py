@@ -22,7 +22,7 @@ from walvault.checks.statefiles import check_state_files
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError, describe_os_error
 from walvault.humanize import pretty_size
-from walvault.receiver.binary import (
+from walvault.postgres.programs import (
     RECEIVEWAL_NAMES,
     find_program,
     major_name,

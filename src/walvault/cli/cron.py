@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
 def cron(ctx: Context, args: argparse.Namespace) -> int:
     """One pass over every server; a failing server does not stop the others."""
     from walvault import locks
+    from walvault.config import archivable_servers
     from walvault.supervise.cron import cron_server
 
     config = ctx.config
@@ -30,7 +31,7 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
         archive_only = False
         if server.disabled:
             if archivable is None:
-                archivable = _archivable_names(config.path)
+                archivable = archivable_servers(config.path)
             if server.name not in archivable:
                 ctx.info(f"Skipping temporarily disabled server '{server.name}'")
                 continue
@@ -55,21 +56,3 @@ def cron(ctx: Context, args: argparse.Namespace) -> int:
 def _reason(exc: Exception) -> str:
     """One line: the path and errno of an OSError (a full disk...), else the message."""
     return describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-
-
-def _archivable_names(path: str) -> set[str]:
-    """The active servers that nothing but their connection strings (libpq cannot parse
-    them) would disable: the configuration read without parsing conninfo.
-
-    archive-wal never connects, so such a server's WAL can still be archived: streamed WAL
-    must not pile up in ``streaming/`` because of a typo in a conninfo.  (An inactive server
-    is not archived by cron anyway.)
-    """
-    from walvault.config import load_config
-    from walvault.errors import ConfigError
-
-    try:
-        servers = load_config(path, check_conninfo=False).servers
-    except ConfigError:
-        return set()
-    return {name for name, server in servers.items() if server.active and not server.disabled}

@@ -91,11 +91,11 @@ def _programs(server: ServerConfig) -> dict[str, str | None]:
 
 def _server(server: ServerConfig) -> dict[str, Any]:
     from walvault.cli import backup as backup_cli
-    from walvault.cli.servers import _rows
+    from walvault.cli.servers import server_rows
     from walvault.cli.status import collect, rows_as_json
 
     entry: dict[str, Any] = {
-        "config": dict(_rows(server, False)),
+        "config": dict(server_rows(server, False)),
         "msg_list": list(server.messages),
     }
     entry["programs"] = _programs(server)

@@ -86,8 +86,10 @@ def walvault_directories(ctx: Context) -> tuple[str, ...]:
 
 def recover(ctx: Context, args: argparse.Namespace) -> int:
     """Validate, copy and configure."""
+    import os
+
     from walvault.backup.info import resolve_backup_id
-    from walvault.backup.recover import RecoverOptions
+    from walvault.backup.recover import RecoverOptions, tablespace_locations
     from walvault.backup.recover import recover as do_recover
     from walvault.backup.targets import parse_target
     from walvault.errors import WalvaultError
@@ -111,6 +113,10 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         raise WalvaultError(f"invalid --jobs {args.jobs}: accepted: 1-64")
     get_wal = args.get_wal if args.get_wal is not None else "get-wal" in server.recovery_options
     backup = resolve_backup_id(server, args.backup_id)
+    destination = os.path.abspath(args.destination_directory)
+    protected = walvault_directories(ctx)
+    # a wrong rule is named before any question about who may write where
+    tablespace_locations(server, backup, destination, tuple(args.tablespace), protected)
     service = _owner_checks(ctx, args, get_wal)
     options = RecoverOptions(
         destination=args.destination_directory,
@@ -120,7 +126,7 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         port=args.port,
         config_file=ctx.config.path,
         tablespaces=tuple(args.tablespace),
-        protected=walvault_directories(ctx),
+        protected=protected,
         jobs=args.jobs,
         progress_stream=None if ctx.quiet else ctx.err,
         service=service,

@@ -51,19 +51,19 @@ def show_servers(ctx: Context, args: argparse.Namespace) -> int:
     servers = ctx.servers(args.server_name)
     if ctx.output_format == "json":
         ctx.emit_json(
-            {s.name: {**dict(_rows(s, False)), "msg_list": list(s.messages)} for s in servers}
+            {s.name: {**dict(server_rows(s, False)), "msg_list": list(s.messages)} for s in servers}
         )
         return 0
     for server in servers:
         state = " (WARNING: disabled)" if server.disabled else ""
         state = state or (" (inactive)" if not server.active else "")
         ctx.result(f"Server {server.name}{state}:")
-        for key, value in _rows(server):
+        for key, value in server_rows(server):
             ctx.result(f"\t{key}: {value}")
     return 0
 
 
-def _rows(server: Any, with_messages: bool = True) -> list[tuple[str, str]]:
+def server_rows(server: Any, with_messages: bool = True) -> list[tuple[str, str]]:
     rows = [
         *server.shown,
         ("active", str(server.active)),

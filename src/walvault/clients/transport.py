@@ -513,7 +513,7 @@ def _run_decompressing(cmd: list[str], algorithm: str, fd: int, said: list[bool]
     import subprocess
     import threading
 
-    from walvault.archive.compression import CompressionError, iter_decompressed
+    from walvault.compression import CompressionError, iter_decompressed
 
     with (
         subprocess.Popen(

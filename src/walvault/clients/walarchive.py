@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wal_path is None and not args.test:
             parser.error("the following arguments are required: WAL_PATH")
     if args.compression is not None and args.compression_level is not None:
-        from walvault.archive.compression import resolve_level
+        from walvault.compression import resolve_level
 
         try:
             resolve_level(args.compression, args.compression_level)

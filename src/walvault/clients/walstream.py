@@ -105,7 +105,7 @@ def _payload(
         return None
     from typing import cast
 
-    from walvault.archive.compression import compress_stream
+    from walvault.compression import compress_stream
 
     size = os.fstat(handle.fileno()).st_size
     if size <= MEMORY_SPOOL_MAX:

@@ -498,3 +498,20 @@ def _check_cross_server_paths(servers: dict[str, ServerConfig]) -> dict[str, Ser
         else server
         for name, server in servers.items()
     }
+
+
+def archivable_servers(path: str) -> set[str]:
+    """The active servers that nothing but their connection strings (libpq cannot parse
+    them) would disable: the configuration read without parsing conninfo.
+
+    archive-wal never connects, so such a server's WAL can still be archived: streamed WAL
+    must not pile up in ``streaming/`` because of a typo in a conninfo.  (An inactive server
+    is not archived by cron anyway.)
+    """
+    from walvault.errors import ConfigError
+
+    try:
+        servers = load_config(path, check_conninfo=False).servers
+    except ConfigError:
+        return set()
+    return {name for name, server in servers.items() if server.active and not server.disabled}

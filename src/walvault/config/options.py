@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from walvault.compression import canonical_algorithm
 from walvault.config import parsers as p
 from walvault.config.server import PUT_WAL_TIMEOUT
 
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
 
 
 def _compression(raw: str) -> str | None:
-    from walvault.archive.compression import canonical_algorithm
-
     return canonical_algorithm(raw.strip())
 
 

@@ -32,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from walvault.archive.archiver import archive_wal
-from walvault.archive.compression import CompressionError, identify, open_decompressed
 from walvault.archive.ingest import UnreadableArchive
 from walvault.archive.layout import newest_archived_segment
+from walvault.compression import CompressionError, identify, open_decompressed
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.fs import durable_replace_bytes

@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from walvault.archive.compression import CompressionError
 from walvault.archive.ingest import UnreadableArchive
+from walvault.compression import CompressionError
 from walvault.config import ServerConfig
 from walvault.storage.base import StorageError
 from walvault.wal.header import LONG_HEADER_SIZE, check_segment, parse_long_header

@@ -12,18 +12,18 @@ from walvault.errors import LockBusy, WalvaultError
 from walvault.fs import durable_replace_bytes
 from walvault.locks import ServerLock
 from walvault.postgres.connection import connect_replication
+from walvault.postgres.programs import (
+    RECEIVEWAL_NAMES,
+    ClientProgram,
+    find_program,
+    require_compatible,
+)
 from walvault.postgres.replication import (
     SlotExists,
     create_physical_slot,
     drop_physical_slot,
 )
 from walvault.postgres.sources import WalSource, check_or_record_identity, inspect_wal_source
-from walvault.receiver.binary import (
-    RECEIVEWAL_NAMES,
-    ClientProgram,
-    find_program,
-    require_compatible,
-)
 from walvault.receiver.command import build_receiver_command
 from walvault.receiver.failover import current_position, follow_fork, is_fork_refusal
 from walvault.receiver.position import resume_segment, scan_streaming, truncate_bad_partial

@@ -459,14 +459,14 @@ class Service:
     # ---------------------------------------------------------------- configuration
     def apply_config(self, config: Config) -> None:
         """Bring the servers in line with ``config`` (at start and on SIGHUP)."""
-        from walvault.cli.cron import _archivable_names
+        from walvault.config import archivable_servers
 
         archivable: set[str] | None = None
         for name, server in config.servers.items():
             archive_only = False
             if server.disabled:
                 if archivable is None:
-                    archivable = _archivable_names(config.path)
+                    archivable = archivable_servers(config.path)
                 archive_only = name in archivable
             rt = self.runtimes.get(name)
             if rt is None:

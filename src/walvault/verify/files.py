@@ -20,7 +20,7 @@ from walvault.backup import info as binfo
 from walvault.backup.info import BackupInfo
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
-from walvault.receiver.binary import find_program, require_compatible
+from walvault.postgres.programs import find_program, require_compatible
 
 VERIFYBACKUP_NAMES = ("pg_verifybackup",)
 _SHOWN_ERRORS = 3

@@ -21,7 +21,7 @@ from walvault.archive.admission import (
     read_content,
     stored_limit,
 )
-from walvault.archive.compression import ALGORITHMS, LEVELS, compress_bytes
+from walvault.compression import ALGORITHMS, CODECS, compress_bytes
 from walvault.wal.names import WalKind
 from walvault.wal.pagecheck import MAX_SEGMENT_SIZE
 
@@ -48,7 +48,7 @@ def test_limits_by_kind() -> None:
 @pytest.mark.parametrize("algo", ALGORITHMS)
 def test_the_allowance_covers_every_codec_on_incompressible_data(algo: str) -> None:
     data = os.urandom(MiB)
-    levels = sorted(set(LEVELS[algo]))
+    levels = sorted(set(CODECS[algo].levels))
     for level in levels:
         assert len(compress_bytes(algo, data, level)) <= stored_limit(WalKind.SEGMENT, MiB)
     tiny = os.urandom(100)  # a small file: the fixed part of the allowance is far enough

@@ -23,8 +23,8 @@ from walsupply import (
 )
 from walvault.archive import archiver, catalogue
 from walvault.archive.archiver import archive_wal, rebuild_xlogdb
-from walvault.archive.compression import ALGORITHMS, compress_bytes, decompress_bytes
 from walvault.archive.layout import archive_journal_path
+from walvault.compression import ALGORITHMS, compress_bytes, decompress_bytes
 from walvault.config import ServerConfig
 from walvault.locks import ServerLock
 from walvault.storage.posix import PosixBatch

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from walsupply import make_server, synthetic_segment
 from walvault.archive import catalogue
 from walvault.archive.catalogue import CatalogueEntry, find_names, iter_entries, parse_line
-from walvault.archive.compression import compress_bytes
+from walvault.compression import compress_bytes
 
 BARMAN_LINES = [
     "000000010000000000000008\t1048576\t1795622445.0063925\tNone\tNone\n",

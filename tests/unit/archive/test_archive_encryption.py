@@ -25,7 +25,7 @@ import pytest
 from gpgharness import PASSPHRASE, decrypt_cli, gpg, passphrase_file, recipients
 from walvault.archive import encryption as enc
 from walvault.archive import gpgkeys
-from walvault.archive.compression import compress_bytes
+from walvault.compression import compress_bytes
 from walvault.errors import ArchiveReadError
 from walvault.storage.base import ObjectInfo
 from walvault.storage.posix import PosixReader

@@ -10,7 +10,6 @@ import pytest
 from walfiles import MiB, backup_history
 from walsupply import SYSID, make_server, synthetic_segment
 from walvault.archive import errors_dir
-from walvault.archive.compression import ALGORITHMS, compress_bytes, decompress_bytes
 from walvault.archive.ingest import (
     Staged,
     UnreadableArchive,
@@ -23,6 +22,7 @@ from walvault.archive.ingest import (
     store_as_is,
     store_compressed,
 )
+from walvault.compression import ALGORITHMS, compress_bytes, decompress_bytes
 
 NAME = "000000010000000000000006"
 

@@ -13,8 +13,8 @@ import pytest
 from tarstream import sums_text, symlink_member, tar_stream
 from walfiles import backup_history
 from walsupply import SYSID, make_server, segment_name, synthetic_segment
-from walvault.archive.compression import compress_bytes
 from walvault.archive.putwal import PutWalError, check_accepting, put_wal, ssh_suffix
+from walvault.compression import compress_bytes
 from walvault.config import ServerConfig
 
 NAME = segment_name(1, 6)

@@ -14,7 +14,6 @@ import pytest
 from tarstream import tar_stream
 from walfiles import MiB, backup_history
 from walsupply import make_server, segment_name, synthetic_segment
-from walvault.archive.compression import compress_bytes
 from walvault.archive.putwal import (
     MAX_WAL_FILES,
     STREAM_SEGMENTS,
@@ -23,6 +22,7 @@ from walvault.archive.putwal import (
     stream_budget,
 )
 from walvault.checks.local import summarise_errors
+from walvault.compression import compress_bytes
 from walvault.config import ServerConfig
 
 NAME = segment_name(1, 6)

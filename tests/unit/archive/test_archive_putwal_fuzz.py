@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from tarstream import tar_stream
 from walfiles import backup_history, history_text
 from walsupply import make_server, segment_name, synthetic_segment
-from walvault.archive.compression import compress_bytes
 from walvault.archive.putwal import put_wal
+from walvault.compression import compress_bytes
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
 from walvault.wal.names import is_any_wal_name

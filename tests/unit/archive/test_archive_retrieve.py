@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fakewal import MIB, archive_path, fake_segment, make_server
-from walvault.archive import compression as comp
+from walvault import compression as comp
 from walvault.archive import retrieve
 from walvault.archive.layout import ARCHIVE, lookup_order
 from walvault.config import ServerConfig

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from fakewal import archive_path, fake_segment, restore_in_a_fresh_interpreter, write_config
-from walvault.archive.compression import compress_bytes
 from walvault.clients.agentclient import SOCKET
 from walvault.clients.spool import LOCK, spool_key
+from walvault.compression import compress_bytes
 from walvault.config import load_config
 from walvault.wal.names import Segment
 

@@ -27,9 +27,9 @@ import pytest
 from fakewal import python_stdout
 from walsupply import SYSID, segment_name, synthetic_segment
 from walvault.archive import putwal
-from walvault.archive.compression import decompress_bytes
 from walvault.clients import acks, archagent, walarchive, walstream
 from walvault.clients.spool import spool_key
+from walvault.compression import decompress_bytes
 from walvault.config import load_config
 
 BIN = Path(sys.executable).parent

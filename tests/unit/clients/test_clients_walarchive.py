@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from walsupply import segment_name, synthetic_segment
-from walvault.archive.compression import decompress_bytes
 from walvault.clients import walarchive
+from walvault.compression import decompress_bytes
 from walvault.config import ServerConfig, load_config
 
 NAME = segment_name(1, 5)

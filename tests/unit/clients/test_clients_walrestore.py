@@ -193,7 +193,7 @@ def test_unexpected_errors_exit_126_after_sleep(
 
 
 def test_a_failed_send_leaves_no_destination(conf: Path, tmp_path: Path) -> None:
-    from walvault.archive import compression as comp
+    from walvault import compression as comp
 
     archive(conf, data=comp.compress_bytes("gzip", fake_segment(NAME))[:5000])
     dest = tmp_path / "RECOVERYXLOG"
@@ -215,7 +215,7 @@ def test_a_local_fetch_never_imports_psycopg(conf: Path, tmp_path: Path) -> None
     """The in-process fetch (no agent) loads the configuration, the storage and archive code
     and the codec -- the import budget is the thin client's (test_clients_agent.py) -- but
     never psycopg, argparse or subprocess."""
-    from walvault.archive.compression import compress_bytes
+    from walvault.compression import compress_bytes
 
     data = fake_segment(NAME)
     archive(conf, data=compress_bytes("zstd", data))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from fakewal import SYSID, fake_segment, make_server
-from walvault.archive.compression import compress_bytes
+from walvault.compression import compress_bytes
 from walvault.config.server import ServerConfig
 from walvault.receiver.gaps import load_gaps, open_gaps, record_gap
 from walvault.receiver.position import (

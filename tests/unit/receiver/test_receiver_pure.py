@@ -10,7 +10,7 @@ import pytest
 
 from walvault.config.server import ServerConfig
 from walvault.errors import WalvaultError
-from walvault.receiver.binary import (
+from walvault.postgres.programs import (
     ClientProgram,
     find_program,
     parse_version,

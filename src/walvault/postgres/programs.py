@@ -116,7 +116,13 @@ RECEIVEWAL_NAMES = ("pg_receivewal", "pg_receivexlog")
 
 
 #: The oldest server major each client program works with (see the module docstring).
-OLDEST_SERVER = {"pg_receivewal": 90300, "pg_receivexlog": 90300, "pg_basebackup": 90100}
+OLDEST_SERVER = {
+    "pg_receivewal": 90300,
+    "pg_receivexlog": 90300,
+    "pg_basebackup": 90100,
+    # backup_manifest exists from PostgreSQL 13 on
+    "pg_verifybackup": 130000,
+}
 
 
 def serves(name: str, client: ClientVersion, server_version_num: int) -> bool:

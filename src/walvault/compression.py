@@ -1,19 +1,26 @@
 """WAL compression codecs (gzip, bzip2, xz, zstd, lz4) as bounded-memory streaming filters.
 
-Each codec's module is imported when that codec is first used, so identifying a file or
-reading an uncompressed one costs no codec imports (get-wal's start-up budget).
+Every fact about a codec is one row of :data:`CODECS` (its name and aliases, magic number,
+barman-cloud's file extension, Barman's level mapping, whether a frame carries a content
+checksum, how to make its compressor and decoder, the errors its decoder raises): a new
+codec is one row.  This module is a leaf (it imports nothing of walvault but ``errors``), so
+the configuration can name codecs without importing the archive.  Each codec's own library
+is imported when that codec is first used, so identifying a file or reading an uncompressed
+one costs no codec imports.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from walvault.errors import WalvaultError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from typing import IO, Protocol
 
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -46,33 +53,6 @@ CHUNK_SIZE = 1 << 20
 _PIECE_SIZE = 64 << 10
 _ZSTD_SLICE = 4 << 10
 
-ALGORITHMS: tuple[str, ...] = ("gzip", "bzip2", "xz", "zstd", "lz4")
-ALIASES: dict[str, str] = {"pygzip": "gzip", "pigz": "gzip", "pybzip2": "bzip2"}
-# algorithm -> (low, medium, high, minimum, maximum), as Barman maps ``compression_level``.
-# gzip differs on purpose: levels 1-3 are ISA-L's (igzip), 4-9 zlib-ng's, and "medium" is 2:
-# on PostgreSQL WAL, ISA-L level 2 compresses ~7x faster than zlib-ng's level 6 (~20x faster
-# than Python's gzip, Barman's) for files ~10 % larger. ``compression_level = 6`` is Barman's.
-# zstd keeps Barman's 4: zstd's own default, 3, was only 5-7 % faster on real WAL (157
-# against 146 segments/s on two cores, in memory) for files 0.5 % larger -- not worth
-# archives that differ from Barman's for the same configuration.
-LEVELS: dict[str, tuple[int, int, int, int, int]] = {
-    "gzip": (1, 2, 9, 1, 9),
-    "bzip2": (1, 5, 9, 1, 9),
-    "xz": (1, 3, 5, 1, 9),
-    "zstd": (1, 4, 9, -22, 22),
-    "lz4": (0, 6, 10, 0, 16),
-}
-_NAMED_LEVELS = {"low": 0, "medium": 1, "high": 2}
-
-_MAGICS: tuple[tuple[bytes, str], ...] = (
-    (b"\x1f\x8b\x08", "gzip"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-)
-MAGIC_MAX_LEN = max(len(magic) for magic, _ in _MAGICS)
-
 
 class CompressionError(WalvaultError):
     """Compressed data is corrupt, truncated or not in the expected format (or a file
@@ -98,7 +78,7 @@ def resolve_level(algorithm: str | None, level: str | int | None) -> int:
     algo = canonical_algorithm(algorithm)
     if algo is None:
         return 0
-    low, medium, high, minimum, maximum = LEVELS[algo]
+    low, medium, high, minimum, maximum = CODECS[algo].levels
     if level is None:
         return medium
     if isinstance(level, str):
@@ -116,9 +96,9 @@ def resolve_level(algorithm: str | None, level: str | int | None) -> int:
 
 def identify(head: bytes) -> str | None:
     """Name the algorithm whose magic number starts ``head`` (None for anything else)."""
-    for magic, algo in _MAGICS:
-        if head.startswith(magic):
-            return algo
+    for codec in CODECS.values():
+        if head.startswith(codec.magic):
+            return codec.name
     return None
 
 
@@ -131,13 +111,20 @@ def frame_checksummed(algorithm: str | None, head: bytes) -> bool:
     descriptor bit 2, lz4's FLG bit 2): walvault writes them with it, Barman without.
     Uncompressed data never does.  Only the first frame of ``head`` is looked at.
     """
-    if algorithm in ("gzip", "bzip2"):
-        return True
-    if algorithm == "xz":
-        return len(head) > 7 and head[7] & 0x0F != 0  # stream flags: check type, 0 = none
-    if algorithm in ("zstd", "lz4"):
-        return len(head) > 4 and head[4] & 0x04 != 0
-    return False
+    codec = CODECS.get(algorithm) if algorithm else None
+    return codec is not None and codec.checksummed(head)
+
+
+def _always(_head: bytes) -> bool:
+    return True
+
+
+def _xz_checked(head: bytes) -> bool:
+    return len(head) > 7 and head[7] & 0x0F != 0  # stream flags: check type, 0 = none
+
+
+def _flag_bit_2(head: bytes) -> bool:
+    return len(head) > 4 and head[4] & 0x04 != 0  # zstd's descriptor, lz4's FLG
 
 
 def identify_file(path: str | os.PathLike[str]) -> str | None:
@@ -171,7 +158,7 @@ class _Lz4Compressor:
 ISAL_MAX_LEVEL = 3
 
 
-def _gzip_compressor(level: int) -> _Compressor:
+def _gzip_compressor(level: int, _size: int | None = None) -> _Compressor:
     """A gzip-container deflate stream: ISA-L for levels 1-3 (when installed), else zlib-ng."""
     if level <= ISAL_MAX_LEVEL:
         try:
@@ -185,33 +172,32 @@ def _gzip_compressor(level: int) -> _Compressor:
     return zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
 
 
-def _new_compressor(algo: str, level: int, size: int | None = None) -> _Compressor:
-    """Create a fresh, unshared compressor (so concurrent threads never share state).
+def _bz2_compressor(level: int, _size: int | None) -> _Compressor:
+    import bz2
 
-    ``size``, when known, is the exact number of bytes that will be fed (zstd uses it).
-    """
-    if algo == "gzip":
-        obj: _Compressor = _gzip_compressor(level)
-    elif algo == "bzip2":
-        import bz2
+    return bz2.BZ2Compressor(level)
 
-        obj = bz2.BZ2Compressor(level)
-    elif algo == "xz":
-        import lzma
 
-        obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level)
-    elif algo == "zstd":
-        pledged = -1 if size is None else size  # -1: unknown
-        # write_checksum: an XXH64 of the content closes the frame and the decoder checks it;
-        # without it (python-zstandard's default, and Barman's files) most bit flips decode
-        # into wrong WAL without an error.
-        import zstandard
+def _xz_compressor(level: int, _size: int | None) -> _Compressor:
+    import lzma
 
-        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        obj = cast("_Compressor", compressor.compressobj(size=pledged))
-    else:
-        obj = _Lz4Compressor(level)
-    return obj
+    return lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=level)
+
+
+def _zstd_compressor(level: int, size: int | None) -> _Compressor:
+    """``size``, when known, is the exact number of bytes that will be fed: the frame header
+    records it, as one-shot compression does."""
+    # write_checksum: an XXH64 of the content closes the frame and the decoder checks it;
+    # without it (python-zstandard's default, and Barman's files) most bit flips decode
+    # into wrong WAL without an error.
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return cast("_Compressor", compressor.compressobj(size=-1 if size is None else size))
+
+
+def _lz4_compressor(level: int, _size: int | None) -> _Compressor:
+    return _Lz4Compressor(level)
 
 
 def _size_left(src: IO[bytes]) -> int | None:
@@ -260,7 +246,8 @@ def compress_stream(
     if algo is None:
         return _copy(src, dst)
     size = _size_left(src)
-    comp = _new_compressor(algo, resolve_level(algo, level), size if algo == "zstd" else None)
+    # a fresh, unshared compressor: concurrent threads never share state
+    comp = CODECS[algo].compressor(resolve_level(algo, level), size)
     seen = written = 0
     for piece in _pieces(src, size is not None):
         seen += len(memoryview(piece))
@@ -371,32 +358,30 @@ def _lz4_decoder() -> _Decoder:
     return _LimitedDecoder(lz4.frame.LZ4FrameDecompressor())
 
 
-_DECODERS: dict[str, Callable[[], _Decoder]] = {
-    "gzip": _ZlibDecoder,
-    "bzip2": _bz2_decoder,
-    "xz": _xz_decoder,
-    "zstd": _ZstdDecoder,
-    "lz4": _lz4_decoder,
-}
 _COMMON_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, RuntimeError, ValueError)
 
 
-def _codec_errors(algo: str) -> tuple[type[Exception], ...]:
-    """The exceptions the ``algo`` decoder raises on bad input."""
-    if algo == "gzip":
-        from zlib_ng import zlib_ng
-
-        error: type[Exception] = zlib_ng.error  # type: ignore[assignment] # stub: an instance
-        return (error, *_COMMON_ERRORS)
-    if algo == "xz":
-        import lzma
-
-        return (lzma.LZMAError, *_COMMON_ERRORS)
-    if algo == "zstd":
-        import zstandard
-
-        return (zstandard.ZstdError, *_COMMON_ERRORS)
+def _common_errors() -> tuple[type[Exception], ...]:
     return _COMMON_ERRORS
+
+
+def _zlib_errors() -> tuple[type[Exception], ...]:
+    from zlib_ng import zlib_ng
+
+    error: type[Exception] = zlib_ng.error  # type: ignore[assignment] # stub: an instance
+    return (error, *_COMMON_ERRORS)
+
+
+def _lzma_errors() -> tuple[type[Exception], ...]:
+    import lzma
+
+    return (lzma.LZMAError, *_COMMON_ERRORS)
+
+
+def _zstd_errors() -> tuple[type[Exception], ...]:
+    import zstandard
+
+    return (zstandard.ZstdError, *_COMMON_ERRORS)
 
 
 def iter_decompressed(src: IO[bytes], algorithm: str | None) -> Iterator[bytes]:
@@ -413,7 +398,8 @@ def iter_decompressed(src: IO[bytes], algorithm: str | None) -> Iterator[bytes]:
         while chunk := src.read(CHUNK_SIZE):
             yield chunk
         return
-    errors = _codec_errors(algo)
+    codec = CODECS[algo]
+    errors = codec.errors()
     decoder: _Decoder | None = None
     streams = 0
     while data := src.read(CHUNK_SIZE):
@@ -422,7 +408,7 @@ def iter_decompressed(src: IO[bytes], algorithm: str | None) -> Iterator[bytes]:
                 data = data.lstrip(b"\0") if streams else data
                 if not data:
                     break
-                decoder = _DECODERS[algo]()
+                decoder = codec.decoder()
                 streams += 1
             try:
                 yield from decoder.feed(data)
@@ -479,3 +465,99 @@ def compress_bytes(algorithm: str | None, data: bytes, level: str | int | None =
 def decompress_bytes(algorithm: str | None, data: bytes) -> bytes:
     """Decompress ``data`` in memory (a convenience for tests and small payloads)."""
     return b"".join(iter_decompressed(io.BytesIO(data), algorithm))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Everything walvault knows about one codec."""
+
+    name: str
+    #: what a stream starts with (:func:`identify`)
+    magic: bytes
+    #: barman-cloud's file extension (objects, backup tars)
+    extension: str
+    #: (low, medium, high, minimum, maximum), as Barman maps ``compression_level``
+    levels: tuple[int, int, int, int, int]
+    #: whether a stream starting with these bytes carries a content checksum its decoder checks
+    checksummed: Callable[[bytes], bool]
+    #: (level, exact input size or None) -> a fresh compressor
+    compressor: Callable[[int, int | None], _Compressor]
+    decoder: Callable[[], _Decoder]
+    #: the exceptions its decoder raises on bad input
+    errors: Callable[[], tuple[type[Exception], ...]]
+    #: other names Barman's configuration accepts for it
+    aliases: tuple[str, ...] = ()
+
+
+# gzip's levels differ from Barman's on purpose: 1-3 are ISA-L's (igzip), 4-9 zlib-ng's, and
+# "medium" is 2: on PostgreSQL WAL, ISA-L level 2 compresses ~7x faster than zlib-ng's level 6
+# (~20x faster than Python's gzip, Barman's) for files ~10 % larger. ``compression_level = 6``
+# is Barman's.  zstd keeps Barman's 4: zstd's own default, 3, was only 5-7 % faster on real
+# WAL (157 against 146 segments/s on two cores, in memory) for files 0.5 % larger -- not worth
+# archives that differ from Barman's for the same configuration.  (barman-cloud's ``.snappy``
+# is not a walvault codec: such files are refused, by extension.)
+CODECS: dict[str, Codec] = {
+    codec.name: codec
+    for codec in (
+        Codec(
+            name="gzip",
+            magic=b"\x1f\x8b\x08",
+            extension=".gz",
+            levels=(1, 2, 9, 1, 9),
+            checksummed=_always,
+            compressor=_gzip_compressor,
+            decoder=_ZlibDecoder,
+            errors=_zlib_errors,
+            aliases=("pygzip", "pigz"),
+        ),
+        Codec(
+            name="bzip2",
+            magic=b"BZh",
+            extension=".bz2",
+            levels=(1, 5, 9, 1, 9),
+            checksummed=_always,
+            compressor=_bz2_compressor,
+            decoder=_bz2_decoder,
+            errors=_common_errors,
+            aliases=("pybzip2",),
+        ),
+        Codec(
+            name="xz",
+            magic=b"\xfd7zXZ\x00",
+            extension=".xz",
+            levels=(1, 3, 5, 1, 9),
+            checksummed=_xz_checked,
+            compressor=_xz_compressor,
+            decoder=_xz_decoder,
+            errors=_lzma_errors,
+        ),
+        Codec(
+            name="zstd",
+            magic=b"\x28\xb5\x2f\xfd",
+            extension=".zst",
+            levels=(1, 4, 9, -22, 22),
+            checksummed=_flag_bit_2,
+            compressor=_zstd_compressor,
+            decoder=_ZstdDecoder,
+            errors=_zstd_errors,
+        ),
+        Codec(
+            name="lz4",
+            magic=b"\x04\x22\x4d\x18",
+            extension=".lz4",
+            levels=(0, 6, 10, 0, 16),
+            checksummed=_flag_bit_2,
+            compressor=_lz4_compressor,
+            decoder=_lz4_decoder,
+            errors=_common_errors,
+        ),
+    )
+}
+ALGORITHMS: tuple[str, ...] = tuple(CODECS)
+ALIASES: dict[str, str] = {alias: c.name for c in CODECS.values() for alias in c.aliases}
+#: the extension of an archived file per codec (None: uncompressed, no extension)
+EXTENSIONS: dict[str | None, str] = {None: "", **{c.name: c.extension for c in CODECS.values()}}
+#: extension -> codec
+BY_EXTENSION: dict[str, str] = {c.extension: c.name for c in CODECS.values()}
+MAGIC_MAX_LEN = max(len(c.magic) for c in CODECS.values())
+_NAMED_LEVELS = {"low": 0, "medium": 1, "high": 2}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from walvault.cli.cron import _archivable_names
+from walvault.config import archivable_servers
 
 BAD = "postgresql://walvault:hunter2@[db.example/postgres"
 GOOD = "host=127.0.0.1 user=walvault dbname=postgres"
@@ -30,8 +30,8 @@ def _conf(tmp_path: Path, **options: str) -> str:
     ],
 )
 def test_archivable(tmp_path: Path, options: dict[str, str], archivable: bool) -> None:
-    assert ("pg" in _archivable_names(_conf(tmp_path, **options))) is archivable
+    assert ("pg" in archivable_servers(_conf(tmp_path, **options))) is archivable
 
 
 def test_an_unknown_server_is_not_archivable(tmp_path: Path) -> None:
-    assert ("other" in _archivable_names(_conf(tmp_path, conninfo=GOOD))) is False
+    assert ("other" in archivable_servers(_conf(tmp_path, conninfo=GOOD))) is False
