@@ -145,6 +145,12 @@ class AgentReport:
     peak_kib: int = 0  # the largest VmHWM among them
     shared_ssh: bool = False  # an agent's log says it shares one ssh connection
     stopped: int = 0  # processes stopped (agents, their ssh master connections)
+    #: from agent.log: requests served from the spool, requests fetched there and then,
+    #: segments prefetched into the spool (more prefetched + fetched than requested means
+    #: some segments were fetched twice)
+    served_from_spool: int = 0
+    fetched_on_request: int = 0
+    prefetched: int = 0
 
     def detail(self) -> dict[str, Any]:
         return {
@@ -152,6 +158,9 @@ class AgentReport:
             "peak_kib": self.peak_kib,
             "shared_ssh": self.shared_ssh,
             "processes_stopped": self.stopped,
+            "served_from_spool": self.served_from_spool,
+            "fetched_on_request": self.fetched_on_request,
+            "prefetched": self.prefetched,
         }
 
 
@@ -167,8 +176,18 @@ def stop_agents(spool: Path) -> AgentReport:
                 report.agents += 1
                 report.peak_kib = max(report.peak_kib, peak)
         with contextlib.suppress(OSError):
-            if SHARED_SSH_LOG in (directory / "agent.log").read_text(errors="replace"):
-                report.shared_ssh = True
+            text = (directory / "agent.log").read_text(errors="replace")
+            report.shared_ssh = report.shared_ssh or SHARED_SSH_LOG in text
+            for line in text.splitlines():
+                # the agent's own log lines: "served NAME from the spool", "fetched NAME
+                # on request: exit N", "spooled NAME"
+                words = line.split()
+                if "served" in words and line.endswith("from the spool"):
+                    report.served_from_spool += 1
+                elif "fetched" in words and "on request:" in line:
+                    report.fetched_on_request += 1
+                elif len(words) >= 2 and words[-2] == "spooled":
+                    report.prefetched += 1
     report.stopped = len(reap_strays(str(spool)))
     return report
 
