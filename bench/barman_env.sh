@@ -9,10 +9,15 @@
 # (`barman_user = root` in the bench configuration); PostgreSQL runs as an unprivileged user.
 # psycopg2 is built from source: it needs gcc and libpq-dev (pg_config). `barman recover`
 # needs rsync. Missing Debian packages are installed with apt-get (as root).
-# Idempotent: an existing venv that already runs Barman 3.20.1 is left as it is.
+# boto3 is installed too: the `s3` section runs Barman's cloud WAL storage
+# (`wals_directory = s3://...`) and barman-cloud-wal-restore, which need it (the versions
+# .ci/install-barman pins for the interop tests).
+# Idempotent: an existing venv that already runs Barman 3.20.1 with boto3 is left as it is
+# (one without boto3 gets it).
 set -euo pipefail
 
 BARMAN_VERSION=3.20.1
+CLOUD_REQUIREMENTS=(boto3==1.44.18 botocore==1.44.18 s3transfer==0.19.3)
 VENV=${1:-${BARMAN_VENV:-/var/tmp/walvault-bench/barman-venv}}
 
 log() { printf 'barman_env: %s\n' "$*" >&2; }
@@ -38,7 +43,18 @@ if ((${#missing[@]})); then
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# boto3 for Barman's cloud WAL storage and the barman-cloud clients
+ensure_cloud() {
+    if "$VENV/bin/python" -c 'import boto3, barman.cloud_providers.aws_s3' 2>/dev/null; then
+        return
+    fi
+    log "installing ${CLOUD_REQUIREMENTS[*]} into $VENV (Barman's cloud WAL storage)"
+    "$VENV/bin/python" -m pip install -q "${CLOUD_REQUIREMENTS[@]}"
+    "$VENV/bin/python" -c 'import boto3, barman.cloud_providers.aws_s3'
+}
+
 if [[ -x "$VENV/bin/barman" && "$(barman_version "$VENV/bin/barman")" == "$BARMAN_VERSION" ]]; then
+    ensure_cloud
     log "Barman $BARMAN_VERSION already installed in $VENV"
     echo "$VENV/bin/barman"
     exit 0
@@ -83,12 +99,13 @@ fi
 mkdir -p "$(dirname "$VENV")"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "barman[lz4,zstandard]==$BARMAN_VERSION"
+"$VENV/bin/python" -m pip install -q "barman[lz4,zstandard]==$BARMAN_VERSION" "${CLOUD_REQUIREMENTS[@]}"
 
 got=$(barman_version "$VENV/bin/barman" || true)
 if [[ "$got" != "$BARMAN_VERSION" ]]; then
     log "installed Barman reports version '$got', expected $BARMAN_VERSION"
     exit 1
 fi
+ensure_cloud
 log "Barman $got installed in $VENV"
 echo "$VENV/bin/barman"

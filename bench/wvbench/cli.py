@@ -14,8 +14,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wvbench import archive, encryption, getwal, lag, recovery, scale, sshpush, sshrestore
-from wvbench.common import BARMAN_VERSION, BASE, HERE, SECTIONS, SEG, BenchError, Params, log
+from wvbench import archive, encryption, getwal, lag, recovery, s3, scale, sshpush, sshrestore
+from wvbench.common import (
+    BARMAN_VERSION,
+    BASE,
+    HERE,
+    SECTIONS,
+    SEG,
+    BenchError,
+    Params,
+    log,
+    scratch_dir,
+)
 from wvbench.install import SYSTEM_PYTHON, Install, install_walvault
 from wvbench.report import Results, machine_info, table, walvault_tree
 from wvbench.runner import Bench
@@ -121,6 +131,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
                     "getwal": getwal.getwal,
                     "ssh": sshrestore.ssh_restore,
                     "sshpush": sshpush.ssh_push,
+                    "s3": s3.s3,
                     "lag": lag.lag,
                     "recovery": recovery.recovery,
                 }[section](bench)
@@ -144,7 +155,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
             log(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(BASE / "tmp", ignore_errors=True)
+        shutil.rmtree(scratch_dir(), ignore_errors=True)
 
     elapsed = time.monotonic() - started
     results.details.setdefault("loadavg_1min", {})["end"] = os.getloadavg()[0]

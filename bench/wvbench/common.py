@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import statistics
@@ -23,9 +24,25 @@ SEG = 16 << 20
 PAGE = 8192
 SEGS_PER_LOG = 0x100000000 // SEG
 CODECS = ("none", "gzip", "zstd", "lz4")
-SECTIONS = ("archive", "encryption", "scale", "getwal", "ssh", "sshpush", "lag", "recovery")
+SECTIONS = (
+    "archive",
+    "encryption",
+    "scale",
+    "getwal",
+    "ssh",
+    "sshpush",
+    "s3",
+    "lag",
+    "recovery",
+)
 BARMAN_VERSION = "3.20.1"
 GNU_TIME = "/usr/bin/time"
+
+
+def scratch_dir() -> Path:
+    """This run's scratch files (captured output, GNU time's reports).  Per process: other
+    runs of the bench may share the machine and ``BASE``, and each removes only its own."""
+    return BASE / "tmp" / str(os.getpid())
 
 
 class BenchError(Exception):
@@ -49,11 +66,14 @@ class Params:
     scale_repeats: int
     barman_scale_limit: float  # seconds
     single_calls: int
+    first_calls: int  # first restore_command calls (each starts a restore agent)
     restore_segments: int
     ssh_segments: int  # restores over ssh, per tool and mode
     push_segments: int  # archive_command calls over ssh, per tool and mode
     lag_seconds: int  # pgbench -T while the lag is sampled, per tool
     recovery_segments: int  # WAL written after the backups, in 16 MiB segments
+    s3_archive_segments: int  # segments per archive-wal run into the bucket
+    s3_restore_segments: int  # segments restored from the bucket, per tool and mode
 
     @classmethod
     def make(cls, quick: bool) -> Params:
@@ -71,11 +91,14 @@ class Params:
                 scale_repeats=3,
                 barman_scale_limit=60.0,
                 single_calls=10,
+                first_calls=3,
                 restore_segments=60,
                 ssh_segments=20,
                 push_segments=40,
                 lag_seconds=10,
                 recovery_segments=5,
+                s3_archive_segments=30,
+                s3_restore_segments=20,
             )
         return cls(
             quick=False,
@@ -90,11 +113,14 @@ class Params:
             scale_repeats=5,
             barman_scale_limit=120.0,
             single_calls=20,
+            first_calls=5,
             restore_segments=200,
             ssh_segments=60,
             push_segments=100,
             lag_seconds=20,
             recovery_segments=10,
+            s3_archive_segments=60,
+            s3_restore_segments=60,
         )
 
 

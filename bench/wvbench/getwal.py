@@ -1,15 +1,21 @@
-"""Section `getwal`: single get-wal and restore_command calls, and a replay-style restore."""
+"""Section `getwal`: single get-wal and restore_command calls, and a replay-style restore.
+
+Each tool serves its own zstd archive of the same consecutive segments.  Barman's
+restore_command on its own host is ``barman get-wal pg %f > %p`` (barman-wal-restore needs
+ssh); walvault's is ``walvault-wal-restore local``, whose first call starts a restore agent
+that answers the later calls (see :mod:`wvbench.restores`).  So walvault's single call is
+measured three ways: the *first* call of a recovery (a new spool each time: it starts the
+agent), a *warm* call answered by a running agent (every later call of a recovery), and
+``--no-agent`` (fetched in-process).  Barman starts every call cold.
+"""
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import time
-from pathlib import Path
 from typing import Any
 
-from wvbench.common import SEG, log, median, sha256_file
+from wvbench.common import log, median
 from wvbench.homes import (
     Home,
     archive_cmd,
@@ -20,8 +26,9 @@ from wvbench.homes import (
     verify_archive,
 )
 from wvbench.report import Row
+from wvbench.restores import interleaved, one_call, replay, stop_agents
 from wvbench.runner import Bench, no_figure
-from wvbench.tools import has_local_mode, reap_strays, run_timed
+from wvbench.tools import Run, has_local_mode, run_timed
 
 # ---- get-wal and restore_command
 
@@ -68,39 +75,14 @@ def remove_homes(homes: dict[str, Home]) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def replay_key(tool: str, jobs: int, shared_ssh: bool = False) -> str:
+def replay_key(tool: str, jobs: int, shared_ssh: bool = False, agent: bool = True) -> str:
     """How a restore run is named in the log and the JSON: ``walvault -p 4``, ..."""
-    return tool + (f" -p {jobs}" if jobs else "") + (" shared ssh" if shared_ssh else "")
-
-
-def replay(
-    bench: Bench, names: list[str], command: str, target: Path
-) -> tuple[float, int, str | None]:
-    """Run ``command`` (%f, %p unexpanded) for each name in turn, as PostgreSQL would.
-
-    Like PostgreSQL, which replays RECOVERYXLOG and then removes it, each restored segment
-    is checked and deleted: keeping them would pile up dirty page cache, and the kernel's
-    writeback throttling would then slow every later write of both tools.  Returns the sum
-    of the calls' own wall times, the largest peak RSS, and the first problem (or None).
-    """
-    elapsed = 0.0
-    maxrss = 0
-    bad: list[str] = []
-    for name in names:
-        target.unlink(missing_ok=True)
-        expanded = command.replace("%f", name).replace("%p", shlex.quote(str(target)))
-        run = run_timed(["/bin/sh", "-c", expanded], capture=True)
-        if not run.ok:
-            target.unlink(missing_ok=True)
-            return elapsed, maxrss, run.describe()
-        elapsed += run.elapsed
-        maxrss = max(maxrss, run.maxrss_kib)
-        if sha256_file(target) != bench.hashes[name]:
-            bad.append(name)
-    target.unlink(missing_ok=True)
-    if bad:
-        return elapsed, maxrss, f"{len(bad)} restored segments differ (first {bad[0]})"
-    return elapsed, maxrss, None
+    return (
+        tool
+        + (f" -p {jobs}" if jobs else "")
+        + (" shared ssh" if shared_ssh else "")
+        + ("" if agent else " --no-agent")
+    )
 
 
 def getwal(bench: Bench) -> None:
@@ -109,7 +91,16 @@ def getwal(bench: Bench) -> None:
     detail: dict[str, Any] = {"segments": len(names), "compression": "zstd"}
     bench.results.details["get_wal"] = detail
     homes = archived_homes(bench, names, detail)
+    try:
+        _measure(bench, names, homes, detail)
+    finally:
+        remove_homes(homes)
 
+
+def _measure(
+    bench: Bench, names: list[str], homes: dict[str, Home], detail: dict[str, Any]
+) -> None:
+    p = bench.params
     can = {
         ("barman", "get-wal"): "barman" in homes,
         ("walvault", "get-wal"): "walvault" in homes and bench.tools.has("get-wal"),
@@ -125,93 +116,149 @@ def getwal(bench: Bench) -> None:
     def text(tool: str, what: str) -> str | None:
         return no_figure(tool, (), can[(tool, what)])
 
-    # -- single calls
-    singles: dict[str, dict[str, list[float]]] = {}
-    rss_single: dict[str, dict[str, list[int]]] = {}
+    def fail(what: str, run: Run) -> None:
+        bench.results.errors.append(f"{what}: {run.describe()}")
+
+    # -- single calls, the kinds interleaved
     picks = [names[(i * 7) % len(names)] for i in range(p.single_calls)]
-    for what in ("get-wal", "restore"):
-        for tool in ("barman", "walvault"):
-            singles.setdefault(what, {})[tool] = []
-            rss_single.setdefault(what, {})[tool] = []
-        for i, name in enumerate(picks):
-            order = ("barman", "walvault") if i % 2 == 0 else ("walvault", "barman")
-            for tool in order:
-                if not can[(tool, what)]:
-                    continue
-                if what == "get-wal":
-                    run = run_timed(get_wal_cmd(bench.tools, homes[tool], name), capture=False)
-                else:
-                    cmd = restore_command(bench.tools, homes[tool], 0, restore_dir / "spool")
-                    cmd = cmd.replace("%f", name).replace("%p", shlex.quote(str(target)))
-                    # PostgreSQL removes RECOVERYXLOG before it runs restore_command: a
-                    # 16 MiB file left from the call before would cost both tools its
-                    # truncation (several ms), which a real recovery never pays
-                    target.unlink(missing_ok=True)
-                    run = run_timed(["/bin/sh", "-c", cmd], capture=True)
-                    if run.ok and target.stat().st_size != SEG:
-                        run.returncode = -1
-                        run.stderr = f"{target} has {target.stat().st_size} bytes"
-                if not run.ok:
-                    bench.results.errors.append(f"one {what} call ({tool}): {run.describe()}")
-                    can[(tool, what)] = False
-                    continue
-                singles[what][tool].append(run.elapsed)
-                rss_single[what][tool].append(run.maxrss_kib)
-    detail["single_calls"] = singles
-    for what, label in (
-        ("get-wal", "one `get-wal` call (to /dev/null): seconds"),
-        ("restore", "one restore_command call: seconds"),
-    ):
+    get_wal = {
+        tool: (
+            lambda name, t=tool: run_timed(get_wal_cmd(bench.tools, homes[t], name), capture=False)
+        )
+        for tool in ("barman", "walvault")
+        if can[(tool, "get-wal")]
+    }
+    warm_spool = bench.new_spool()
+    restores: dict[str, Any] = {}
+    if can[("barman", "restore")]:
+        cmd_b = restore_command(bench.tools, homes["barman"], 0, bench.new_spool())
+        restores["barman"] = lambda name: one_call(cmd_b, name, target)
+    if can[("walvault", "restore")]:
+        cmd_w = restore_command(bench.tools, homes["walvault"], 0, warm_spool)
+        cmd_n = restore_command(bench.tools, homes["walvault"], 0, bench.new_spool(), agent=False)
+        warm_up = one_call(cmd_w, names[-1], target)  # starts the agent (not timed)
+        if not warm_up.ok:
+            fail("the call that starts walvault's restore agent", warm_up)
+        else:
+            restores["walvault"] = lambda name: one_call(cmd_w, name, target)
+        restores["walvault --no-agent"] = lambda name: one_call(cmd_n, name, target)
+    runs = interleaved(get_wal, picks)
+    runs |= {f"restore {k}": v for k, v in interleaved(restores, picks).items()}
+    warm_agent = stop_agents(warm_spool)
+    detail["warm_agent"] = warm_agent.detail()
+    # -- the first call of a recovery: a new spool (and agent) each time
+    firsts: list[Run] = []
+    first_peaks: list[int] = []
+    if can[("walvault", "restore")]:
+        for name in picks[: p.first_calls]:
+            spool = bench.new_spool()
+            run = one_call(restore_command(bench.tools, homes["walvault"], 0, spool), name, target)
+            firsts.append(run)
+            first_peaks.append(stop_agents(spool).peak_kib)
+            if not run.ok:
+                break
+    runs["restore walvault first"] = firsts
+    target.unlink(missing_ok=True)
+
+    seconds: dict[str, float | None] = {}
+    rss: dict[str, int] = {}
+    for key, key_runs in runs.items():
+        bad = [r for r in key_runs if not r.ok]
+        if bad:
+            fail(f"one call ({key})", bad[0])
+            seconds[key] = None
+            continue
+        seconds[key] = median([r.elapsed for r in key_runs])
+        rss[key] = max((r.maxrss_kib for r in key_runs), default=0)
+    detail["single_calls"] = {k: [r.elapsed for r in v] for k, v in runs.items()}
+    detail["single_calls_maxrss_kib"] = rss
+
+    def failed_text(key: str, tool: str, what: str) -> str | None:
+        if runs.get(key) and seconds.get(key) is None:
+            return "failed"
+        return text(tool, what)
+
+    def single_row(label: str, walvault_key: str, note: str) -> None:
         bench.results.add(
             Row(
                 "get-wal",
                 label,
                 "s",
                 "lower",
-                median(singles[what]["barman"]),
-                median(singles[what]["walvault"]),
-                text("barman", what),
-                text("walvault", what),
-                note=f"median of {p.single_calls}",
+                seconds.get("restore barman"),
+                seconds.get(walvault_key),
+                failed_text("restore barman", "barman", "restore"),
+                failed_text(walvault_key, "walvault", "restore"),
+                note=note,
             )
         )
 
-    # -- replay-style restore of consecutive segments (see `replay`).  The time is the sum
-    # of the restore_command calls' own wall times; the loop's wall time (the checks
-    # included) is in the JSON.
+    bench.results.add(
+        Row(
+            "get-wal",
+            "one `get-wal` call (to /dev/null): seconds",
+            "s",
+            "lower",
+            seconds.get("barman"),
+            seconds.get("walvault"),
+            failed_text("barman", "barman", "get-wal"),
+            failed_text("walvault", "walvault", "get-wal"),
+            note=f"median of {p.single_calls}",
+        )
+    )
+    single_row(
+        "one restore_command call, warm: seconds",
+        "restore walvault",
+        f"median of {p.single_calls}; Barman: `barman get-wal pg %f > %p` (every call starts "
+        "cold); walvault: `walvault-wal-restore local`, answered by the restore agent that "
+        "an earlier call started (every call of a recovery but the first)",
+    )
+    single_row(
+        "first restore_command call (walvault: starts the agent): seconds",
+        "restore walvault first",
+        f"walvault: median of {p.first_calls} first calls, each with a new spool directory, "
+        "so each starts a restore agent; Barman column: its one-call median",
+    )
+    single_row(
+        "one restore_command call, walvault --no-agent: seconds",
+        "restore walvault --no-agent",
+        "walvault fetches in the client's own process (no agent, no spool)",
+    )
+
+    # -- replay-style restore of consecutive segments (see `replay`)
     replays: dict[str, Any] = {}
     modes = [("barman", 0), ("walvault", 0), ("walvault", 4)]
     for tool, prefetch in modes:
         if not can[(tool, "restore")]:
             continue
-        spool = restore_dir / f"spool-{tool}-{prefetch}"
-        cmd = restore_command(bench.tools, homes[tool], prefetch, spool)
-        start = time.perf_counter()
-        elapsed, maxrss, problem = replay(bench, names, cmd, target)
-        loop_seconds = time.perf_counter() - start
+        spool = bench.new_spool()
+        result = replay(
+            bench.hashes, names, restore_command(bench.tools, homes[tool], prefetch, spool), target
+        )
         key = replay_key(tool, prefetch)
-        if prefetch:
-            # the prefetch worker outlives the last call (it stops when idle): stop it
-            strays = reap_strays(str(spool))
-            detail.setdefault("prefetch_workers_stopped_after_run", {})[key] = len(strays)
-        shutil.rmtree(spool, ignore_errors=True)
-        if problem:
-            bench.results.errors.append(f"restore of {len(names)} segments ({key}): {problem}")
-            replays[key] = {"error": problem}
+        replays[key] = result.detail()
+        if tool == "walvault":
+            agent = stop_agents(spool)
+            replays[key]["agent"] = agent.detail()
+            rss[f"agent {key}"] = agent.peak_kib
+        if result.problem:
+            bench.results.errors.append(
+                f"restore of {len(names)} segments ({key}): {result.problem}"
+            )
             continue
-        replays[key] = {"seconds": elapsed, "loop_seconds": loop_seconds, "maxrss_kib": maxrss}
         log(
-            f"  restore {len(names)} segments, {key:12}: {elapsed:6.1f} s "
-            f"({len(names) / elapsed:.1f} seg/s)"
+            f"  restore {len(names)} segments, {key:12}: {result.seconds:6.1f} s "
+            f"({len(names) / result.seconds:.1f} seg/s; first call {result.first:.3f} s, "
+            f"then median {result.rest_median:.3f} s)"
         )
     detail["replay"] = replays
 
     def rsec(key: str) -> float | None:
-        seconds = replays.get(key, {}).get("seconds")
-        return None if seconds is None else float(seconds)
+        entry = replays.get(key, {})
+        return None if entry.get("error") or "seconds" not in entry else float(entry["seconds"])
 
     def rtext(key: str, tool: str) -> str | None:
-        if key in replays and "error" in replays[key]:
+        if replays.get(key, {}).get("error"):
             return "failed"
         return text(tool, "restore")
 
@@ -225,9 +272,9 @@ def getwal(bench: Bench) -> None:
             rsec("walvault"),
             rtext("barman", "barman"),
             rtext("walvault", "walvault"),
-            note="Barman: `barman get-wal pg %f > %p`; walvault: `walvault-wal-restore local`; "
-            "the sum of the calls' wall times, each segment checked (sha256) and removed "
-            "after its call, as PostgreSQL removes RECOVERYXLOG",
+            note="Barman: `barman get-wal pg %f > %p`; walvault: `walvault-wal-restore local` "
+            "(its first call starts the agent); the sum of the calls' wall times, each segment "
+            "checked (sha256) and removed after its call, as PostgreSQL removes RECOVERYXLOG",
         )
     )
     bench.results.add(
@@ -243,10 +290,11 @@ def getwal(bench: Bench) -> None:
             note="Barman column: its serial figure (Barman has no local prefetch)",
         )
     )
-    mem = {
-        t: max(rss_single["get-wal"][t] + rss_single["restore"][t] or [0]) / 1024
-        for t in ("barman", "walvault")
+    call_keys = {
+        "barman": ("barman", "restore barman"),
+        "walvault": ("walvault", "restore walvault", "restore walvault --no-agent"),
     }
+    mem = {t: max((rss.get(k, 0) for k in keys), default=0) / 1024 for t, keys in call_keys.items()}
     bench.results.add(
         Row(
             "get-wal",
@@ -256,9 +304,25 @@ def getwal(bench: Bench) -> None:
             mem["barman"] or None,
             mem["walvault"] or None,
             text("barman", "get-wal"),
-            text("walvault", "restore") if not can[("walvault", "get-wal")] else None,
-            note="prefetch workers that outlive a call are not counted",
+            text("walvault", "restore"),
+            note="GNU time: the call and the children it waits for; walvault's agent is "
+            "detached and counted in the next row",
         )
     )
-    remove_homes(homes)
+    agent_peak = max([warm_agent.peak_kib, *first_peaks, rss.get("agent walvault", 0)])
+    agent_peak = max(agent_peak, rss.get("agent walvault -p 4", 0))
+    bench.results.add(
+        Row(
+            "get-wal",
+            "walvault's restore agent: peak memory",
+            "MiB",
+            "lower",
+            None,
+            agent_peak / 1024 if agent_peak else None,
+            "(no agent)",
+            text("walvault", "restore"),
+            note="VmHWM of the agent process (/proc/PID/status) just before the bench stops "
+            "it, the largest over the runs above (with -p 4: four prefetch threads)",
+        )
+    )
     shutil.rmtree(restore_dir, ignore_errors=True)

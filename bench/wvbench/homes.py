@@ -96,10 +96,20 @@ def get_wal_cmd(tools: Tools, home: Home, name: str) -> list[str]:
 
 
 def restore_command(
-    tools: Tools, home: Home, prefetch: int, spool: Path, ssh: tuple[str, int] | None = None
+    tools: Tools,
+    home: Home,
+    prefetch: int,
+    spool: Path,
+    ssh: tuple[str, int] | None = None,
+    agent: bool = True,
 ) -> str:
     """The ``restore_command`` each tool's documentation gives (%f, %p unexpanded): on the
-    backup host itself, or with ``ssh`` = (user, port) through ssh to 127.0.0.1."""
+    backup host itself, or with ``ssh`` = (user, port) through ssh to 127.0.0.1.
+
+    Every client gets ``--spool-dir spool``, never the default ``/var/tmp/walrestore``
+    that other runs on this machine may share: walvault's restore agent lives there (the
+    bench stops it through that path), and so do both tools' prefetched segments.
+    ``agent`` False: walvault's ``--no-agent`` (fetch in-process, no prefetch)."""
     if ssh is None and home.tool == "barman":
         # Barman's advice for a restore on the Barman host itself (barman-wal-restore needs ssh)
         barman, conf = shlex.quote(str(tools.exe("barman"))), shlex.quote(str(home.conf))
@@ -114,7 +124,11 @@ def restore_command(
         parts += ["-U", ssh[0], "--port", str(ssh[1])]
     parts += ["-c", str(home.conf)]
     if prefetch:
-        parts += ["-p", str(prefetch), "--spool-dir", str(spool)]
+        parts += ["-p", str(prefetch)]
+    parts += ["--spool-dir", str(spool)]
+    if not agent:
+        assert home.tool == "walvault"
+        parts.append("--no-agent")
     # WALVAULT_HOST 'local' (walvault only): read the archive on this host, no ssh
     host = "127.0.0.1" if ssh is not None else "local"
     return " ".join(shlex.quote(p) for p in parts) + f" {host} pg %f %p"

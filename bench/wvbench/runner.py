@@ -39,6 +39,7 @@ class Bench:
         self.sysid = 0
         self.first_page = b""
         self._homes = 0
+        self._spools = 0
 
     # ---- setup
 
@@ -88,6 +89,16 @@ class Bench:
         self._homes += 1
         root = self.work / "homes" / f"{self._homes:03d}-{tool}-{codec}"
         return make_home(tool, root, self.cluster, codec, self.sysid, extra, slot)
+
+    def new_spool(self) -> Path:
+        """A fresh spool directory for one run of restore clients (not created).
+
+        The name is short and fixed-width (``sp001``...): no spool's path is a prefix of
+        another's (the bench stops an agent by its spool's path), and walvault's agent puts
+        its ssh ControlPath inside it, which must stay under ~90 characters.
+        """
+        self._spools += 1
+        return self.work / f"sp{self._spools:03d}"
 
     def live_cluster(self) -> Cluster:
         """The bench cluster, started again if a section before stopped it."""

@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from wvbench.common import BARMAN_VERSION, BASE, GNU_TIME, HERE, PG_MAJOR, BenchError, log, tail
+from wvbench.common import (
+    BARMAN_VERSION,
+    GNU_TIME,
+    HERE,
+    PG_MAJOR,
+    BenchError,
+    log,
+    scratch_dir,
+    tail,
+)
 
 # --------------------------------------------------------------------------- running commands
 
@@ -67,7 +76,7 @@ def run_timed(
     stderr is captured through a file (no pipe that could fill up while we wait). With
     ``timeout`` the whole process group is killed when it is exceeded.
     """
-    scratch = BASE / "tmp"
+    scratch = scratch_dir()
     scratch.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}.{threading.get_ident()}"
     err_file = open(scratch / f"stderr.{tag}", "w+b")  # noqa: SIM115
