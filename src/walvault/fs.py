@@ -285,6 +285,19 @@ def truncate_torn_tail(path: StrPath, terminator: bytes = b"\n") -> int:
         return end - keep
 
 
+def tree_size(path: StrPath) -> int:
+    """The bytes of the regular files under ``path`` (symlinks not followed; files that
+    vanish meanwhile count nothing)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
 def ensure_dir(path: StrPath, mode: int = 0o700) -> Path:
     """Create ``path`` and missing parents (``mode`` less umask), fsyncing each new entry."""
     target = Path(path)

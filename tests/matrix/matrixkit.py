@@ -99,9 +99,9 @@ class Receiver:
         wait_for(lambda: not receivewal_programs(streaming), what="pg_receivewal stopped")
 
 
-def backup(wv: Any) -> str:
-    """``backup --wait pg``; the new backup's id."""
-    result = wv.run("backup", "--wait", "pg", timeout=240)
+def backup(wv: Any, *args: str) -> str:
+    """``backup --wait [ARGS] pg``; the new backup's id."""
+    result = wv.run("backup", "--wait", *args, "pg", timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     match = re.search(r"^Backup (\d{8}T\d{6}) of server pg: DONE$", result.stdout, re.MULTILINE)
     assert match, result.stdout

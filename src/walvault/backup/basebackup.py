@@ -32,7 +32,9 @@ from datetime import datetime
 import psycopg
 
 from walvault import locks
+from walvault.backup import chain
 from walvault.backup import info as binfo
+from walvault.backup.chain import INCREMENTAL_SINCE
 from walvault.backup.info import (
     DEFAULT_WAIT_TIMEOUT,
     FAILED,
@@ -47,6 +49,7 @@ from walvault.backup.progress import Progress
 from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
+from walvault.fs import tree_size
 from walvault.humanize import pretty_duration, pretty_size
 from walvault.postgres.connection import (
     ConnectionFailed,
@@ -72,6 +75,9 @@ class SourceFacts:
     hba_file: str | None
     ident_file: str | None
     tablespaces: list[Tablespace]
+    data_checksums: str | None = None
+    summarize_wal: str | None = None  # None before PostgreSQL 17
+    cluster_size: int | None = None
 
 
 def _setting(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str | None:
@@ -96,10 +102,11 @@ def inspect_source(server: ServerConfig) -> SourceFacts:
     assert server.conninfo
     with connect(server.conninfo, timeout=server.check_timeout or 10) as conn:
         info = server_info(conn)
-        settings = {
-            key: _setting(conn, key)
-            for key in ("data_directory", "config_file", "hba_file", "ident_file")
-        }
+        names = ["data_directory", "config_file", "hba_file", "ident_file", "data_checksums"]
+        if info.version_num >= INCREMENTAL_SINCE:
+            names.append("summarize_wal")
+        settings = {key: _setting(conn, key) for key in names}
+        cluster_size = _cluster_size(conn)
         rows = conn.execute(
             "SELECT spcname::text, oid::bigint, pg_tablespace_location(oid) FROM pg_tablespace "
             "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
@@ -131,7 +138,21 @@ def inspect_source(server: ServerConfig) -> SourceFacts:
         settings["hba_file"],
         settings["ident_file"],
         spaces,
+        settings["data_checksums"],
+        settings.get("summarize_wal"),
+        cluster_size,
     )
+
+
+def _cluster_size(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    """The sum of pg_database_size (Barman's ``cluster_size``; None when not allowed)."""
+    try:
+        row = conn.execute(
+            "SELECT sum(pg_database_size(oid))::bigint FROM pg_database WHERE datallowconn"
+        ).fetchone()
+    except psycopg.Error:
+        return None
+    return int(str(row[0])) if row and row[0] is not None else None
 
 
 def copied_system_identifier(data: str) -> str | None:
@@ -179,17 +200,6 @@ def _new_backup(server: ServerConfig) -> tuple[str, locks.ServerLock]:
         time.sleep(1)
 
 
-def _tree_size(path: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
-
-
 def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -210,7 +220,7 @@ def _finish_info(
         manifest_text=_read(os.path.join(data, "backup_manifest")),
         seg_size=seg_size,
         end_hint=end_hint,
-        size=_tree_size(backup_dir),
+        size=tree_size(backup_dir),
         where=data,
     )
 
@@ -365,13 +375,16 @@ def _copy(
     echo: Echo,
     debug: Echo,
     progress: Progress,
+    parent_manifest: str | None = None,
 ) -> BackupInfo:
     """Run pg_basebackup and read where the copy starts and ends (raises on failure)."""
     if server.basebackups_in_object_storage:
         return _copy_to_bucket(server, info, facts, program, echo, debug, progress)
     backup_dir = os.path.dirname(binfo.data_dir(server, info.backup_id))
     echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
-    command = build_basebackup_command(server, program, backup_dir, facts.tablespaces)
+    command = build_basebackup_command(
+        server, program, backup_dir, facts.tablespaces, parent_manifest
+    )
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
     echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
     started = time.monotonic()
@@ -395,12 +408,25 @@ def copy_backup(
     echo: Echo,
     debug: Echo,
     progress: Progress | None = None,
+    incremental: str | None = None,
 ) -> BackupInfo:
-    """Steps 1-4 (see the module docstring); the caller holds the server's backup lock."""
+    """Steps 1-4 (see the module docstring); the caller holds the server's backup lock.
+
+    ``incremental`` names the parent (``--incremental``): the copy holds only what changed
+    since it (:mod:`walvault.backup.chain`)."""
     from walvault.postgres.programs import find_program, require_compatible
 
     progress = progress or Progress("Backup", None, enabled=False)
     facts = inspect_source(server)
+    parent, manifest = (None, None)
+    if incremental is not None:
+        parent, manifest = chain.parent_for(
+            server,
+            incremental,
+            facts.info.version_num,
+            facts.summarize_wal,
+            facts.info.system_identifier,
+        )
 
     program = find_program(BASEBACKUP_NAMES, server.search_path)
     require_compatible(program, "pg_basebackup", facts.info.version_num)
@@ -422,10 +448,14 @@ def copy_backup(
             hba_file=facts.hba_file,
             ident_file=facts.ident_file,
             tablespaces=binfo.format_tablespaces(facts.tablespaces),
+            data_checksums=facts.data_checksums,
+            summarize_wal=facts.summarize_wal,
+            cluster_size=facts.cluster_size,
+            parent_backup_id=parent.backup_id if parent else None,
         )
         binfo.save(server, info)
         try:
-            info = _copy(server, info, facts, program.path, echo, debug, progress)
+            info = _copy(server, info, facts, program.path, echo, debug, progress, manifest)
         except WalvaultError as exc:
             _fail(server, info, exc.message)
             raise WalvaultError(
@@ -435,7 +465,12 @@ def copy_backup(
             _fail(server, info, f"interrupted ({type(exc).__name__}: {exc})")
             raise
         info = info.with_(status=WAITING_FOR_WALS)
+        if not server.basebackups_in_object_storage:
+            chain.keep_manifest(server, backup_id)
         binfo.save(server, info)
+        if parent is not None:
+            chain.add_child(server, parent.backup_id, backup_id)
+            echo(f"Incremental backup of {parent.backup_id} ({parent.backup_type})")
     finally:
         lock.release()
     echo(_lsn_line("start", info.begin_xlog, info.begin_wal, info.begin_offset))
@@ -487,6 +522,7 @@ def take_backup(
     wait: bool = False,
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     progress: Progress | None = None,
+    incremental: str | None = None,
 ) -> BackupInfo:
     """The whole ``backup`` command for one server; returns the final metadata.
 
@@ -512,7 +548,7 @@ def take_backup(
         ) from None
     try:
         started = time.monotonic()
-        info = copy_backup(server, name, echo, debug, progress)
+        info = copy_backup(server, name, echo, debug, progress, incremental)
         mark_end(server, info.backup_id, warn)
         warn_without_receiver(server, warn)
         info = check_backup(server, info.backup_id, wait=30)

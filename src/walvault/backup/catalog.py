@@ -15,6 +15,7 @@ from datetime import datetime
 
 from walvault.archive.catalogue import CatalogueEntry, iter_entries
 from walvault.backup import info as binfo
+from walvault.backup.chain import ancestors, root_id
 from walvault.backup.info import FAILED, BackupInfo
 from walvault.backup.retention import retention_report
 from walvault.config import ServerConfig
@@ -40,6 +41,9 @@ class BackupSummary:
     retention: str
     previous: str | None
     next: str | None
+    #: the full backup at the root of an incremental's chain, and the chain's copies' size
+    root: str | None = None
+    chain_size: int = 0
 
     @property
     def total_size(self) -> int:
@@ -61,6 +65,7 @@ def summarize(
     """Pure: the summaries of ``backups`` (oldest first) given the catalogue ``entries``."""
     wal = [e for e in entries if classify(e.name) not in (None, WalKind.HISTORY)]
     usable = [b for b in backups if b.status != FAILED and b.begin_wal]
+    sizes = {b.backup_id: b.size or 0 for b in backups}
     result = []
     for backup in backups:
         later = [b for b in usable if b.backup_id > backup.backup_id]
@@ -84,9 +89,19 @@ def summarize(
                 report.get(backup.backup_id, "-"),
                 earlier[-1].backup_id if earlier else None,
                 later[0].backup_id if later else None,
+                _root(backups, backup),
+                sizes[backup.backup_id] + sum(sizes[a] for a in ancestors(backups, backup)),
             )
         )
     return result
+
+
+def _root(backups: Sequence[BackupInfo], backup: BackupInfo) -> str | None:
+    """The root of an incremental's chain; None for a full backup or a broken chain."""
+    root = root_id(backups, backup) if backup.is_incremental else None
+    if root is None or root == backup.backup_id:
+        return None
+    return root
 
 
 def server_backups(server: ServerConfig, now: datetime | None = None) -> list[BackupSummary]:

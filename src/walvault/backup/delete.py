@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from walvault import locks
 from walvault.archive.purge import PurgeResult, has_obsolete_wal, remove_wal_before
 from walvault.backup import info as binfo
+from walvault.backup.chain import drop_manifest, remove_child
 from walvault.backup.info import DONE, STARTED, WAITING_FOR_WALS, BackupInfo
 from walvault.backup.walcheck import id_lock, remove_backup_data
 from walvault.config import ServerConfig
@@ -62,15 +63,33 @@ def _refuse_if_needed(server: ServerConfig, info: BackupInfo, check_redundancy: 
         raise DeleteRefused(
             f"Cannot delete backup {info.backup_id} of server {server.name}: it is in progress"
         )
-    if not check_redundancy or info.status != DONE:
+    if not check_redundancy or info.status != DONE or info.is_incremental:
         return
-    done = sum(1 for b in binfo.iter_backups(server) if b.status == DONE)
+    done = sum(1 for b in binfo.iter_backups(server) if b.status == DONE and not b.is_incremental)
     if done <= server.minimum_redundancy:
         raise DeleteRefused(
             f"Skipping delete of backup {info.backup_id} for server {server.name} due to "
             f"minimum redundancy requirements (minimum redundancy = "
-            f"{server.minimum_redundancy}, current redundancy = {done})"
+            f"{server.minimum_redundancy}, current redundancy = {done} full backups)"
         )
+
+
+def deletion_order(server: ServerConfig, backup_id: str, with_incrementals: bool) -> list[str]:
+    """The backups ``delete`` removes for ``backup_id``: itself, after every incremental
+    backup built on it when ``with_incrementals`` (newest first); refused when it has some
+    and ``with_incrementals`` is not given -- an incremental without its parent cannot be
+    restored."""
+    from walvault.backup.chain import descendants
+
+    children = descendants(list(binfo.iter_backups(server)), backup_id)
+    if children and not with_incrementals:
+        shown = ", ".join(c.backup_id for c in reversed(children))
+        raise DeleteRefused(
+            f"Cannot delete backup {backup_id} of server {server.name} alone: the incremental "
+            f"backups {shown} are built on it and could not be restored without it. Delete "
+            f"them first, or delete the whole chain with --with-incrementals"
+        )
+    return [c.backup_id for c in children] + [backup_id]
 
 
 def purge_unneeded_wal(
@@ -152,9 +171,14 @@ def delete_backup(
     with id_lock(server, backup_id):
         info = binfo.load(server, backup_id)
         _refuse_if_needed(server, info, check_redundancy)
+        deletion_order(server, backup_id, with_incrementals=False)  # never orphan a child
         echo(f"Deleting backup {backup_id} for server {server.name}")
         remove_backup_data(server, backup_id)
+        if not server.basebackups_in_object_storage:
+            drop_manifest(server, backup_id)
         binfo.remove(server, backup_id)
+        if info.parent_backup_id is not None:
+            remove_child(server, info.parent_backup_id, backup_id)
         log.info(
             "server %s: deleted backup %s (%s, ended %s): %s",
             server.name,
@@ -168,3 +192,20 @@ def delete_backup(
     elapsed = pretty_duration(time.monotonic() - started)
     echo(f"Deleted backup {backup_id} (start time: {began}, elapsed time: {elapsed})")
     return result
+
+
+def delete_with_incrementals(
+    server: ServerConfig, backup_id: str, echo: Echo, *, lock_wait: float = 60.0
+) -> list[DeleteResult]:
+    """``delete --with-incrementals``: the backup and every incremental built on it (the
+    newest first, so no step leaves an orphan), then the WAL none of the rest needs.  Every
+    refusal (keep request, minimum redundancy, a backup in progress) is found before the
+    first removal."""
+    order = deletion_order(server, backup_id, with_incrementals=True)
+    for member in order:
+        _refuse_if_needed(server, binfo.load(server, member), check_redundancy=True)
+    if len(order) > 1:
+        echo(f"Deleting backup {backup_id} and its incremental backups: {', '.join(order[:-1])}")
+    results = [delete_backup(server, member, echo, purge_wal=False) for member in order]
+    results[-1].wal = purge_unneeded_wal(server, echo, lock_wait=lock_wait)
+    return results

@@ -67,16 +67,47 @@ class BackupInfo:
     tablespaces: str | None = None  # Barman's repr: [('t', 16385, '/x')]
     size: int | None = None
     error: str | None = None
+    #: Barman 3.11+'s fields for PostgreSQL 17 incremental backups (``on``/``off``, the
+    #: parent's id, the children's ids comma-separated, pg_database_size's sum at the start)
+    data_checksums: str | None = None
+    summarize_wal: str | None = None
+    parent_backup_id: str | None = None
+    children_backup_ids: str | None = None
+    cluster_size: int | None = None
     extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def with_(self, **changes: object) -> BackupInfo:
         """A copy with ``changes``."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    @property
+    def is_incremental(self) -> bool:
+        """Taken with ``pg_basebackup --incremental`` on a parent (Barman's rule)."""
+        return self.parent_backup_id is not None
 
-_INTS = {"begin_offset", "end_offset", "timeline", "xlog_segment_size", "version", "size"}
+    @property
+    def backup_type(self) -> str:
+        """``full`` or ``incremental`` (Barman's ``backup_type`` for postgres backups)."""
+        return "incremental" if self.is_incremental else "full"
+
+    @property
+    def children(self) -> list[str]:
+        """The ids in ``children_backup_ids``."""
+        return self.children_backup_ids.split(",") if self.children_backup_ids else []
+
+
+_INTS = {
+    "begin_offset",
+    "end_offset",
+    "timeline",
+    "xlog_segment_size",
+    "version",
+    "size",
+    "cluster_size",
+}
 _TIMES = {"begin_time", "end_time"}
 _KNOWN = {f.name for f in fields(BackupInfo)} - {"extra"}
+_EXPLAINED = {"status", "begin_wal", "end_wal", "parent_backup_id", "children_backup_ids"}
 
 
 @dataclass(frozen=True)
@@ -165,6 +196,12 @@ def _decode(key: str, raw: str) -> object:
         raise ValueError("unknown status")
     if key in ("begin_wal", "end_wal") and not is_segment(raw):
         raise ValueError("not a WAL segment name")
+    if key == "parent_backup_id" and not BACKUP_ID_RE.fullmatch(raw):
+        raise ValueError("not a backup id")
+    if key == "children_backup_ids" and not all(
+        BACKUP_ID_RE.fullmatch(part) for part in raw.split(",")
+    ):
+        raise ValueError("not backup ids separated by commas")
     return raw
 
 
@@ -185,7 +222,7 @@ def loads(text: str, backup_id: str, server_name: str) -> BackupInfo:
         try:
             values[key] = _decode(key, raw)
         except ValueError as exc:
-            reason = str(exc) if key in ("status", "begin_wal", "end_wal") else "not valid"
+            reason = str(exc) if key in _EXPLAINED else "not valid"
             raise ValueError(f"line {number}: {key}: {reason}") from None
     if values["backup_id"] != backup_id:
         shown = values["backup_id"]

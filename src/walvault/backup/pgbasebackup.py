@@ -35,10 +35,11 @@ def build_basebackup_command(
     program_path: str,
     backup_dir: str,
     tablespaces: list[Tablespace],
+    incremental: str | None = None,
 ) -> BaseBackupCommand:
     """``pg_basebackup --dbname=... -v --no-password --pgdata=<backup_dir>/data --no-slot
     --wal-method=none [--checkpoint=fast] [--max-rate=<bandwidth_limit>k]
-    [--tablespace-mapping=OLD=<backup_dir>/<oid>]``.
+    [--tablespace-mapping=OLD=<backup_dir>/<oid>] [--incremental=<parent's manifest>]``.
 
     Tablespaces are mapped into the backup directory (Barman's ``base/<id>/<oid>``), so a
     plain-format copy never writes into the server's own tablespace paths.
@@ -64,6 +65,8 @@ def build_basebackup_command(
         argv.append(
             f"--tablespace-mapping={_escape_mapping(space.location)}={_escape_mapping(target)}"
         )
+    if incremental is not None:
+        argv.append(f"--incremental={incremental}")
     env["LC_MESSAGES"] = "C"  # its progress lines are parsed
     return BaseBackupCommand(tuple(argv), env)
 

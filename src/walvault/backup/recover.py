@@ -337,6 +337,10 @@ def recover(
         unpack_backup(
             server, backup, destination, locations, echo, jobs=options.jobs, progress=progress
         )
+    elif backup.is_incremental:
+        from walvault.backup.combine import combine_backup
+
+        combine_backup(server, backup, destination, locations, echo, options.progress_stream)
     else:
         echo("Copying the base backup.")
         shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)

@@ -5,6 +5,10 @@
   DONE backup that ended inside the window, plus the newest one that ended before it (the
   one a recovery to the start of the window begins from).
 * Never fewer than ``minimum_redundancy`` DONE backups are kept.
+* Chains of incremental backups (:mod:`walvault.backup.chain`) count as one: REDUNDANCY and
+  ``minimum_redundancy`` count full backups, each kept with every incremental built on it;
+  RECOVERY WINDOW judges every backup, and a kept incremental keeps its whole chain.  So
+  an obsolete backup never has a kept descendant, and they are deleted newest first.
 * Only DONE backups are ever obsolete: a FAILED one is left for the user, a WAITING_FOR_WALS
   or STARTED one is not finished.
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from walvault.backup import info as binfo
+from walvault.backup.chain import ancestors, descendants
 from walvault.backup.info import DONE, BackupInfo
 from walvault.config import ServerConfig
 from walvault.config.parsers import RetentionPolicy
@@ -49,11 +54,12 @@ def retention_report(
     """
     done = sorted((b for b in backups if b.status == DONE), key=lambda b: b.backup_id)
     newest_first = list(reversed(done))
+    fulls = [b for b in newest_first if not b.is_incremental]
     keep: set[str] = set()
     if policy is None:
         keep = {b.backup_id for b in done}
     elif policy.kind == "redundancy":
-        keep = {b.backup_id for b in newest_first[: policy.value]}
+        keep = {b.backup_id for b in fulls[: policy.value]}
     else:
         start = window_start(policy, now)
         before_found = False
@@ -66,7 +72,14 @@ def retention_report(
             elif not before_found:
                 keep.add(backup.backup_id)
                 before_found = True
-    keep.update(b.backup_id for b in newest_first[:minimum_redundancy])
+    keep.update(b.backup_id for b in fulls[:minimum_redundancy])
+    keep.update(kept or {})
+    for backup in done:  # a kept incremental needs its chain
+        if backup.backup_id in keep:
+            keep.update(ancestors(done, backup))
+    for backup_id in list(keep):  # a kept full keeps what is built on it (redundancy)
+        if policy is not None and policy.kind == "redundancy":
+            keep.update(b.backup_id for b in descendants(done, backup_id))
     report = {b.backup_id: VALID if b.backup_id in keep else OBSOLETE for b in done}
     for backup_id, target in (kept or {}).items():
         if backup_id in report:
@@ -119,7 +132,8 @@ def enforce_retention(
     when = now or datetime.now().astimezone()
     backups = list(binfo.iter_backups(server))
     kept = kept_backups(server, (b.backup_id for b in backups))
-    for backup_id in obsolete_backups(backups, policy, server.minimum_redundancy, when, kept):
+    obsolete = obsolete_backups(backups, policy, server.minimum_redundancy, when, kept)
+    for backup_id in reversed(obsolete):  # an incremental before its parent
         echo(
             f"Enforcing retention policy: removing backup {backup_id} for server "
             f"{server.name} (retention: {policy})"

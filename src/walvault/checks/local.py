@@ -156,9 +156,9 @@ def check_wal_maximum_age(server: ServerConfig) -> CheckResult:
 
 def check_backups(server: ServerConfig) -> list[CheckResult]:
     """``failed backups`` and ``minimum redundancy requirements``."""
-    found = backups(server)
-    failed = sum(1 for _, status, _ in found if status == "FAILED")
-    done = sum(1 for _, status, _ in found if status == "DONE")
+    found = list(iter_backups(server))
+    failed = sum(1 for b in found if b.status == "FAILED")
+    done = sum(1 for b in found if b.status == "DONE" and not b.is_incremental)
     want = server.minimum_redundancy
     return [
         CheckResult("failed backups", failed == 0, f"there are {failed} failed backups"),

@@ -93,6 +93,8 @@ def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
         return L.check_backups(server)
 
     yield from guarded("failed backups", backup_lines)
+    if any(b.is_incremental for b in backups):
+        yield from guarded("summarize_wal", lambda: _summarize_wal(facts))
     yield from guarded("systemid coherence", lambda: _systemid_coherence(server, facts))
     if server.streaming_archiver:
         yield from _receiver(server, facts)
@@ -104,6 +106,19 @@ def iter_checks(server: ServerConfig) -> Iterator[CheckResult]:
     yield from guarded("free space", lambda: check_free_space(server))
     yield from guarded("state files", lambda: check_state_files(server))
     yield from guarded("WAL verification", lambda: _wal_verification(server))
+
+
+def _summarize_wal(facts: RemoteFacts) -> CheckResult:
+    """With incremental backups in the catalogue: the next one needs ``summarize_wal``."""
+    info = facts.main.info
+    if info is None:
+        return CheckResult("summarize_wal", False, f"cannot read it: {facts.main.error}")
+    ok = info.summarize_wal == "on"
+    hint = (
+        f"it is '{info.summarize_wal or 'not available'}': incremental backups "
+        "(backup --incremental) need summarize_wal = on (PostgreSQL 17+)"
+    )
+    return CheckResult("summarize_wal", ok, "" if ok else hint)
 
 
 def _wal_verification(server: ServerConfig) -> CheckResult:

@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     p.add_argument("server_name", nargs="+", help="server names, or 'all'")
     p.add_argument("--name", help="a name for the backup (usable wherever an id is)")
     p.add_argument(
+        "--incremental",
+        metavar="PARENT",
+        help="an incremental backup (PostgreSQL 17+, summarize_wal = on) of PARENT: a backup "
+        "id or name, latest/last or latest-full/last-full",
+    )
+    p.add_argument(
         "-w", "--wait", action="store_true", help="wait until every WAL it needs is archived"
     )
     p.add_argument(
@@ -70,6 +76,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("delete", help="delete a backup and the WAL only it needed")
     p.add_argument("server_name")
     p.add_argument("backup_id", help="id, name, latest/last or oldest/first")
+    p.add_argument(
+        "--with-incrementals",
+        action="store_true",
+        help="also delete every incremental backup built on it (otherwise refused)",
+    )
     p.set_defaults(func=delete)
     p = sub.add_parser(
         "check-backup", help="settle a WAITING_FOR_WALS backup: DONE when its WAL is archived"
@@ -122,6 +133,7 @@ def backup(ctx: Context, args: argparse.Namespace) -> int:
                 wait=args.wait,
                 wait_timeout=args.wait_timeout,
                 progress=Progress("Backup", ctx.err, enabled=not ctx.quiet),
+                incremental=args.incremental,
             )
             if args.wait:
                 ctx.info(f"Backup {info.backup_id} of server {server.name}: {info.status}")
@@ -147,7 +159,7 @@ def list_line(server: str, summary: BackupSummary) -> str:
     """Barman's ``list-backups`` line."""
     info = summary.info
     name = f" '{info.backup_name}'" if info.backup_name else ""
-    head = f"{server} {info.backup_id}{name}"
+    head = f"{server} {info.backup_id}{name} - {info.backup_type[0].upper()}"
     if info.status not in ("DONE", "WAITING_FOR_WALS"):
         return f"{head} - {info.status}"
     line = (
@@ -168,6 +180,8 @@ def _as_json(summary: BackupSummary) -> dict[str, Any]:
         "backup_id": info.backup_id,
         "backup_name": info.backup_name,
         "status": info.status,
+        "backup_type": info.backup_type,
+        "parent_backup_id": info.parent_backup_id,
         "end_time": moment.astimezone().ctime() if moment else None,
         "end_time_timestamp": str(int(moment.timestamp())) if moment else None,
         "size": pretty_size(summary.total_size),
@@ -218,6 +232,7 @@ def show_sections(summary: BackupSummary) -> list[tuple[str, list[tuple[str, str
         ("System Id", str(info.systemid)),
         ("Status", info.status),
         ("PostgreSQL Version", str(info.version)),
+        ("Backup Type", info.backup_type),
         ("PGDATA directory", str(info.pgdata)),
     ]
     if info.error:
@@ -253,6 +268,14 @@ def show_sections(summary: BackupSummary) -> list[tuple[str, list[tuple[str, str
         ("Previous Backup", summary.previous or "- (this is the oldest base backup)"),
         ("Next Backup", summary.next or "- (this is the latest base backup)"),
     ]
+    if info.is_incremental:
+        catalog += [
+            ("Root Backup", summary.root or "- (missing)"),
+            ("Parent Backup", str(info.parent_backup_id)),
+            ("Backup chain size", pretty_size(summary.chain_size)),
+        ]
+    if info.children:
+        catalog.append(("Children Backup(s)", ",".join(info.children)))
     return [
         ("", head),
         ("Base backup information", base),
@@ -299,10 +322,13 @@ def show_backup(ctx: Context, args: argparse.Namespace) -> int:
 
 def delete(ctx: Context, args: argparse.Namespace) -> int:
     """Delete the backup, then the WAL no remaining backup needs."""
-    from walvault.backup.delete import delete_backup
+    from walvault.backup.delete import delete_backup, delete_with_incrementals
 
     server, info = _find(ctx, args)
-    delete_backup(server, info.backup_id, ctx.info)
+    if args.with_incrementals:
+        delete_with_incrementals(server, info.backup_id, ctx.info)
+    else:
+        delete_backup(server, info.backup_id, ctx.info)
     return 0
 
 

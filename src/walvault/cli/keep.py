@@ -52,6 +52,12 @@ def keep(ctx: Context, args: argparse.Namespace) -> int:
             f"Cannot add keep to backup {info.backup_id} because it has status {info.status}. "
             "Only backups with status DONE can be kept."
         )
+    if info.is_incremental:  # as Barman: a kept link would pin a chain nobody asked for
+        raise WalvaultError(
+            f"Unable to keep backup {info.backup_id}: it is an incremental backup; only full "
+            "backups can be kept (keep the chain's full backup, "
+            f"{info.parent_backup_id} or an older one)"
+        )
     set_keep(server, info.backup_id, args.target)
     ctx.info(
         f"Backup {info.backup_id} of server {server.name} is kept ({args.target}): retention "

@@ -122,6 +122,8 @@ OLDEST_SERVER = {
     "pg_basebackup": 90100,
     # backup_manifest exists from PostgreSQL 13 on
     "pg_verifybackup": 130000,
+    # incremental backups exist from PostgreSQL 17 on
+    "pg_combinebackup": 170000,
 }
 
 

@@ -35,6 +35,7 @@ class ServerInfo:
     wal_segment_size: int
     wal_level: str
     synchronous_standby_names: str
+    summarize_wal: str | None = None  # None before PostgreSQL 17
 
     @property
     def major(self) -> int:
@@ -63,7 +64,8 @@ def server_info(conn: Conn) -> ServerInfo:
         "ELSE pg_current_wal_lsn()::text END, "
         "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
         "current_setting('wal_level'), current_setting('synchronous_standby_names'), "
-        "(SELECT timeline_id FROM pg_control_checkpoint())",
+        "(SELECT timeline_id FROM pg_control_checkpoint()), "
+        "current_setting('summarize_wal', true)",
     )
     lsn = str(row[3]) if row[3] is not None else None
     return ServerInfo(
@@ -75,6 +77,7 @@ def server_info(conn: Conn) -> ServerInfo:
         wal_segment_size=int(str(row[4])),
         wal_level=str(row[5]),
         synchronous_standby_names=str(row[6]),
+        summarize_wal=str(row[8]) if row[8] is not None else None,
     )
 
 

@@ -128,7 +128,7 @@ def test_retention_redundancy_two(server: ServerConfig, tmp_path: Path) -> None:
     srv = make_server(tmp_path, retention_policy=parse_retention_policy("REDUNDANCY 2"))
     ids = [backup(srv, n, age_days=4 - n) for n in range(4)]  # begin 2, 4, 6, 8
     result = enforce_retention(srv, print)
-    assert result.deleted == ids[:2]
+    assert result.deleted == ids[1::-1]  # newest first: an incremental before its parent
     assert [b.backup_id for b in binfo.iter_backups(srv)] == ids[2:]
     assert min(n for n in on_disk(srv) if n[0] == "0" and "history" not in n) == seg(1, 6)
     assert "00000002.history" in on_disk(srv) and on_disk(srv) == catalogued(srv)
