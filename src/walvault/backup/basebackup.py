@@ -316,8 +316,10 @@ def _copy_to_bucket(
     echo: Echo,
     debug: Echo,
     progress: Progress,
+    parent_manifest: str | None = None,
 ) -> BackupInfo:
-    """Stream pg_basebackup's tar into the bucket (:mod:`walvault.backup.cloudbackup`)."""
+    """Stream pg_basebackup's tar into the bucket (:mod:`walvault.backup.cloudbackup`), then
+    its manifest (before ``backup.info``, which makes the backup visible)."""
     from walvault.backup import cloudbackup
     from walvault.backup.cloudstore import CloudBackups, backup_compression
 
@@ -325,7 +327,7 @@ def _copy_to_bucket(
     echo(f"Starting backup using postgres method for server {server.name} in {where}")
     echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
     started = time.monotonic()
-    command = cloudbackup.stream_command(server, program)
+    command = cloudbackup.stream_command(server, program, parent_manifest)
     try:
         if facts.tablespaces:  # one tar per tablespace: through a bounded local spool
             from walvault.backup.tarspool import spool_to_bucket
@@ -364,6 +366,8 @@ def _copy_to_bucket(
         )
     except ValueError as exc:
         raise _Failed(f"cannot read the backup's WAL position: {exc}") from None
+    if manifest:
+        CloudBackups(server).write_manifest(info.backup_id, manifest)
     return cloudbackup.cloud_info_fields(done, backup_compression(server))
 
 
@@ -379,7 +383,7 @@ def _copy(
 ) -> BackupInfo:
     """Run pg_basebackup and read where the copy starts and ends (raises on failure)."""
     if server.basebackups_in_object_storage:
-        return _copy_to_bucket(server, info, facts, program, echo, debug, progress)
+        return _copy_to_bucket(server, info, facts, program, echo, debug, progress, parent_manifest)
     backup_dir = os.path.dirname(binfo.data_dir(server, info.backup_id))
     echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
     command = build_basebackup_command(

@@ -15,7 +15,9 @@ backup at its root first.  So:
 * a backup with children is never deleted alone, and retention counts chains
   (:mod:`walvault.backup.retention`).
 
-Backups in object storage are never parents or children here (refused when asked).
+In object storage the chain is the same; the manifest is kept in the bucket
+(:meth:`walvault.backup.cloudstore.CloudBackups.manifest_key`), and a local copy of a parent's
+is made in ``meta/`` when a child is taken.
 """
 
 from __future__ import annotations
@@ -57,7 +59,21 @@ def drop_manifest(server: ServerConfig, backup_id: str) -> None:
 
 
 def parent_manifest(server: ServerConfig, parent: BackupInfo) -> str:
-    """The manifest ``pg_basebackup --incremental`` reads for a child of ``parent``."""
+    """The manifest ``pg_basebackup --incremental`` reads for a child of ``parent`` (for a
+    backup in object storage, fetched from the bucket into :func:`manifest_copy`)."""
+    if server.basebackups_in_object_storage:
+        from walvault.backup.cloudstore import CloudBackups
+
+        data = CloudBackups(server).read_manifest(parent.backup_id)
+        if data is None:
+            raise WalvaultError(
+                f"backup {parent.backup_id} has no backup_manifest in the bucket (taken by "
+                "barman-cloud, or by walvault before incremental backups): it cannot be the "
+                "parent of an incremental backup"
+            )
+        os.makedirs(server.meta_directory, exist_ok=True)
+        durable_replace_bytes(manifest_copy(server, parent.backup_id), data)
+        return manifest_copy(server, parent.backup_id)
     for path in (
         manifest_copy(server, parent.backup_id),
         os.path.join(binfo.data_dir(server, parent.backup_id), "backup_manifest"),
@@ -72,11 +88,6 @@ def parent_manifest(server: ServerConfig, parent: BackupInfo) -> str:
 
 def resolve_parent(server: ServerConfig, wanted: str) -> BackupInfo:
     """``--incremental latest|last|latest-full|last-full|ID|NAME`` -> the parent, checked."""
-    if server.basebackups_in_object_storage:
-        raise WalvaultError(
-            f"incremental backups of server '{server.name}' are not supported with "
-            "basebackups_directory in object storage: take full backups there"
-        )
     backups = [b for b in binfo.iter_backups(server) if b.status == DONE]
     if wanted in FULL_SHORTCUTS:
         fulls = [b for b in backups if not b.is_incremental]

@@ -62,9 +62,12 @@ class CopyFailed(WalvaultError):
     """The stream to the bucket failed: the reason recorded in backup.info."""
 
 
-def stream_command(server: ServerConfig, program_path: str) -> BaseBackupCommand:
+def stream_command(
+    server: ServerConfig, program_path: str, incremental: str | None = None
+) -> BaseBackupCommand:
     """``pg_basebackup --dbname=... -v --progress --no-password --format=tar --pgdata=-
-    --no-slot --wal-method=none [--checkpoint=fast]`` (the password in the environment)."""
+    --no-slot --wal-method=none [--checkpoint=fast] [--incremental=<parent's manifest>]``
+    (the password in the environment)."""
     conninfo = server.streaming_conninfo
     assert conninfo, "a server without a streaming conninfo cannot be backed up"
     dsn, env, _ = client_connection(server, conninfo, server.streaming_backup_name)
@@ -81,6 +84,8 @@ def stream_command(server: ServerConfig, program_path: str) -> BaseBackupCommand
     ]
     if server.immediate_checkpoint:
         argv.append("--checkpoint=fast")
+    if incremental is not None:
+        argv.append(f"--incremental={incremental}")
     env["LC_MESSAGES"] = "C"  # its progress lines are parsed
     return BaseBackupCommand(tuple(argv), env)
 

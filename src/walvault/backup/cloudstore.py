@@ -6,6 +6,9 @@ With ``basebackups_directory = s3://BUCKET[/PATH]`` a backup is, relative to PAT
                                                    data_0001.tar[.ext]... past 100 GB)
     <server>/base/<backup id>/<oid>.tar[.ext]      one per tablespace (<oid>_0001.tar...)
     <server>/base/<backup id>/backup.info          written LAST, after every tar is complete
+    <server>/walvault-meta/backups/<id>/backup_manifest   the backup's manifest, which an
+                                                   incremental backup on it reads (outside
+                                                   base/, where barman-cloud never looks)
 
 ``.ext`` is barman-cloud's (``.gz .bz2 .xz .zst .lz4``; ``.snappy`` is recognised and
 refused: walvault has no snappy codec), the same names as the WAL side
@@ -98,6 +101,23 @@ class CloudBackups:
 
     def info_key(self, backup_id: str) -> str:
         return self.prefix(backup_id) + INFO_NAME
+
+    def manifest_key(self, backup_id: str) -> str:
+        """``<server>/walvault-meta/backups/<id>/backup_manifest``."""
+        self.prefix(backup_id)  # validates the id
+        return f"{self.server.name}/walvault-meta/backups/{backup_id}/backup_manifest"
+
+    def write_manifest(self, backup_id: str, text: str) -> None:
+        """Store the backup's manifest (before its ``backup.info``: create-only)."""
+        self.storage.put(self.manifest_key(backup_id), text.encode(), create_only=True)
+
+    def read_manifest(self, backup_id: str) -> bytes | None:
+        """The backup's manifest, None when it has none (barman-cloud's backups)."""
+        reader = self.storage.open(self.manifest_key(backup_id))
+        if reader is None:
+            return None
+        with reader:
+            return reader.read()
 
     def tar_key(self, backup_id: str, name: str, compression: str | None, part: int = 0) -> str:
         """The key of the tar of PGDATA (``name`` "data") or of tablespace ``name`` (an oid)."""
@@ -195,6 +215,8 @@ class CloudBackups:
         self.storage.abort_incomplete(prefix)
         keys = [info.key for info in self.storage.list(prefix)]
         info_key = self.info_key(backup_id)
-        ordered = [k for k in keys if k != info_key] + [k for k in keys if k == info_key]
-        self.storage.delete(ordered)
-        return len(ordered)
+        manifest = self.manifest_key(backup_id)
+        ordered = [k for k in keys if k != info_key] + [manifest]
+        ordered += [k for k in keys if k == info_key]
+        self.storage.delete(ordered)  # the manifest's key may not exist: S3 says nothing
+        return len(keys)

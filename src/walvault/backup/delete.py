@@ -174,8 +174,7 @@ def delete_backup(
         deletion_order(server, backup_id, with_incrementals=False)  # never orphan a child
         echo(f"Deleting backup {backup_id} for server {server.name}")
         remove_backup_data(server, backup_id)
-        if not server.basebackups_in_object_storage:
-            drop_manifest(server, backup_id)
+        drop_manifest(server, backup_id)  # the local copy (the bucket's goes with the tars)
         binfo.remove(server, backup_id)
         if info.parent_backup_id is not None:
             remove_child(server, info.parent_backup_id, backup_id)

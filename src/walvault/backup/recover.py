@@ -328,7 +328,19 @@ def recover(
     except WalvaultError as exc:
         warn(f"archive-wal before the restore failed ({exc}); using what is archived")
     os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-    if cloud:
+    if backup.is_incremental:
+        from walvault.backup.combine import combine_backup
+
+        combine_backup(
+            server,
+            backup,
+            destination,
+            locations,
+            echo,
+            options.progress_stream,
+            jobs=options.jobs,
+        )
+    elif cloud:
         from walvault.backup.cloudrecover import unpack_backup
         from walvault.backup.progress import Progress
 
@@ -337,10 +349,6 @@ def recover(
         unpack_backup(
             server, backup, destination, locations, echo, jobs=options.jobs, progress=progress
         )
-    elif backup.is_incremental:
-        from walvault.backup.combine import combine_backup
-
-        combine_backup(server, backup, destination, locations, echo, options.progress_stream)
     else:
         echo("Copying the base backup.")
         shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)

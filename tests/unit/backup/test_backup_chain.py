@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from walvault.backup.combine import combine_command, tablespace_moves
 from walvault.backup.info import DONE, BackupInfo, dumps, loads
 from walvault.backup.retention import OBSOLETE, VALID, obsolete_backups, retention_report
 from walvault.config.parsers import parse_retention_policy
+from walvault.errors import WalvaultError
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 BARMAN_INCREMENTAL = """backup_id=20261201T000000
@@ -147,35 +149,24 @@ def test_no_kept_backup_has_an_obsolete_ancestor(
             assert not obsolete & set(ancestors(backups, backup)), (backup, obsolete)
 
 
-def test_combine_maps_tablespaces_out_of_the_backup(tmp_path: object) -> None:
-    from pathlib import Path
-
-    from walvault.config import ServerConfig
-
-    root = Path(str(tmp_path))
-    server = ServerConfig(
-        name="pg",
-        walvault_home=str(root),
-        lock_directory=str(root),
-        basebackups_directory=str(root / "base"),
-    )
+def test_combine_maps_tablespaces_out_of_the_backup(tmp_path: Path) -> None:
     spaces = "[('extra', 16390, '/srv/tbs')]"
     last = BackupInfo("20261102T000000", "pg", status=DONE, tablespaces=spaces)
-    base = Path(server.basebackups_directory)
-    links = base / last.backup_id / "data" / "pg_tblspc"
-    links.mkdir(parents=True)
-    (links / "16390").symlink_to(base / last.backup_id / "16390")
-    moves = tablespace_moves(server, last, "/restore/data", {})
-    assert moves == {
-        "16390": (str(base / last.backup_id / "16390"), "/restore/data_tablespaces/16390")
-    }
-    relocated = tablespace_moves(server, last, "/restore/data", {"16390": "/fast/tbs"})
-    full = BackupInfo("20261101T000000", "pg", status=DONE)
-    argv = combine_command("pg_combinebackup", server, [full, last], "/restore/data", relocated)
+    data = tmp_path / last.backup_id / "data"
+    (data / "pg_tblspc").mkdir(parents=True)
+    copy = tmp_path / last.backup_id / "16390"
+    (data / "pg_tblspc" / "16390").symlink_to(copy)
+    moves = tablespace_moves(str(data), last, "/restore/data", {})
+    assert moves == {"16390": (str(copy), "/restore/data_tablespaces/16390")}
+    relocated = tablespace_moves(str(data), last, "/restore/data", {"16390": "/fast/t=1"})
+    argv = combine_command("pg_combinebackup", ["/b/1/data", str(data)], "/restore/data", relocated)
     assert argv == [
         "pg_combinebackup",
         "--output=/restore/data",
-        f"--tablespace-mapping={base / last.backup_id / '16390'}=/fast/tbs",
-        str(base / full.backup_id / "data"),
-        str(base / last.backup_id / "data"),
+        f"--tablespace-mapping={copy}=/fast/t\\=1",
+        "/b/1/data",
+        str(data),
     ]
+    (data / "pg_tblspc" / "16390").unlink()
+    with pytest.raises(WalvaultError, match="has no tablespace link"):
+        tablespace_moves(str(data), last, "/restore/data", {})

@@ -147,10 +147,16 @@ def test_remove_aborts_uploads_then_deletes_tars_before_backup_info(
 ) -> None:
     for name in ("backup.info", "data.tar.zst", "16385.tar.zst"):
         store.put(f"pg/base/{ID}/{name}", b"x")
+    store.put(f"pg/walvault-meta/backups/{ID}/backup_manifest", b"{}")
     assert CloudBackups(server).remove(ID) == 3
     assert store.aborted == [f"pg/base/{ID}/"]
-    assert store.deletes == [
-        [f"pg/base/{ID}/16385.tar.zst", f"pg/base/{ID}/data.tar.zst", f"pg/base/{ID}/backup.info"]
+    assert store.deletes == [  # the manifest with the tars, backup.info last
+        [
+            f"pg/base/{ID}/16385.tar.zst",
+            f"pg/base/{ID}/data.tar.zst",
+            f"pg/walvault-meta/backups/{ID}/backup_manifest",
+            f"pg/base/{ID}/backup.info",
+        ]
     ]
     assert not list(store.list(""))
 
