@@ -1,9 +1,9 @@
 """Incremental backups in object storage (moto's S3 server), PostgreSQL 17.
 
-The WAL stays on local disk (as ``wals_directory`` allows); the chain goes to the bucket as full backups do (barman-cloud's keys, ``backup.info`` last),
-each manifest beside it under ``<server>/walvault-meta/backups/``; recover downloads the chain
-into a staging directory beside the destination, combines it, removes the staging, and
-PostgreSQL replays to every row.  Deleting the chain removes every object of it.
+The WAL stays on local disk; the chain goes to the bucket as full backups do (barman-cloud's
+keys, ``backup.info`` last), each manifest under ``<server>/walvault-meta/backups/``.  recover
+downloads the chain into a staging directory beside the destination, combines it, removes
+the staging, and PostgreSQL replays to every row.  Deleting the chain removes all of it.
 """
 
 from __future__ import annotations
