@@ -427,3 +427,35 @@ def test_s3_store_that_hangs_fails_in_bounded_time_with_one_line() -> None:
             message = _one_line_failure(operation, limit=12)
             assert "s3://hung-bucket/p" in message, name
             assert "timed out" in message, message
+
+
+def test_s3_requests_are_counted_for_serves_metrics(s3_storage: Storage, tmp_path: Any) -> None:
+    from walvault import counters
+
+    counters.drain()
+    s3_storage.put("count/a", b"x" * 10)
+    with pytest.raises(ObjectExists):
+        s3_storage.put("count/a", b"y")
+    assert s3_storage.head("count/a") is not None
+    assert s3_storage.head("count/none") is None  # answered: not an error
+    reader = s3_storage.open("count/a")
+    assert reader is not None
+    reader.close()
+    assert [o.key for o in s3_storage.list("count/")] == ["count/a"]
+    s3_storage.delete(["count/a"])
+    rows = {(d, op): (n, failed) for d, op, n, failed in counters.drain()}
+    assert rows == {
+        ("s3", "put"): (2, 1),
+        ("s3", "head"): (2, 0),
+        ("s3", "get"): (1, 0),
+        ("s3", "list"): (1, 0),
+        ("s3", "delete"): (1, 0),
+    }, rows
+    server = MotoServer(tmp_path / "moto-gone.log")  # a store that went away: errors counted
+    server.start()
+    bucket = server.create_bucket("gone-count")
+    gone = make_storage(f"s3://{bucket}/p", server.endpoint, aws_retries="0")
+    server.stop()
+    with pytest.raises(StorageError):
+        gone.put("wals/seg", b"x")
+    assert counters.drain() == [["s3", "put", 1, 1]]

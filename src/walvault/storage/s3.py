@@ -153,8 +153,11 @@ class S3Storage:
         return self._store
 
     def _fail(self, op: str, key: str, exc: BaseException) -> StorageError:
-        """The one-line error for ``exc`` raised by obstore while doing ``op`` on ``key``."""
+        """The one-line error for ``exc`` raised by obstore while doing ``op`` on ``key``
+        (counted as a failed request of ``op``'s first word)."""
         import obstore.exceptions as oe
+
+        _count(op, ok=False)
 
         where = self.url(key)
         if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError) and op == "PUT":
@@ -199,6 +202,7 @@ class S3Storage:
                 )
             except Exception as exc:
                 raise self._fail("PUT", key, exc) from None
+            _count("PUT")
             return ObjectInfo(key, len(head), time.time(), meta)
         if create_only and self.head(key) is not None:
             raise ObjectExists(f"{self.url(key)} already exists: not overwritten")
@@ -216,6 +220,7 @@ class S3Storage:
             )
         except Exception as exc:
             raise self._fail("PUT (multipart)", key, exc) from None
+        _count("PUT")
         return ObjectInfo(key, counter.total, time.time(), meta)
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -231,6 +236,7 @@ class S3Storage:
             except Exception as exc:
                 what = batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} keys)"
                 raise self._fail("DELETE", what, exc) from None
+            _count("DELETE")
 
     def abort_incomplete(self, prefix: str) -> int:
         """Abort every incomplete multipart upload under ``prefix``; return how many."""
@@ -248,9 +254,12 @@ class S3Storage:
                         Bucket=self.location.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     aborted += 1
+                    _count("ABORT")
+                _count("LIST")
         except StorageError:
             raise
         except Exception as exc:  # botocore's ClientError, EndpointConnectionError...
+            _count("LIST", ok=False)
             raise StorageError(
                 f"S3 ListMultipartUploads/AbortMultipartUpload {self.url(prefix)} failed: "
                 f"{self._reason(exc) if str(exc) else type(exc).__name__}"
@@ -294,11 +303,14 @@ class S3Storage:
 
         check_key(key)
         try:
-            return bytes(obstore.get_range(self._client(), key, start=start, end=end))
+            data = bytes(obstore.get_range(self._client(), key, start=start, end=end))
         except FileNotFoundError as exc:
+            _count("GET", ok=False)
             raise StorageError(f"S3 GET (range) {self.url(key)} failed: no such key") from exc
         except Exception as exc:
             raise self._fail("GET (range)", key, exc) from None
+        _count("GET")
+        return data
 
     def put_file(
         self,
@@ -323,9 +335,11 @@ class S3Storage:
             result = obstore.get(store, key)
         except FileNotFoundError as exc:
             self._check_not_found(key, str(exc), body_expected=True)
+            _count("GET")  # answered: no such key
             return None
         except Exception as exc:
             raise self._fail("GET", key, exc) from None
+        _count("GET")
         info, digest = _info(key, result.meta, result.attributes)
         return S3Reader(self, info, digest, result.stream(min_chunk_size=_STREAM_CHUNK))
 
@@ -338,9 +352,11 @@ class S3Storage:
             result = obstore.get(store, key, options={"head": True})
         except FileNotFoundError as exc:
             self._check_not_found(key, str(exc), body_expected=False)
+            _count("HEAD")  # answered: no such key
             return None
         except Exception as exc:
             raise self._fail("HEAD", key, exc) from None
+        _count("HEAD")
         return _info(key, result.meta, result.attributes)[0]
 
     def _check_not_found(self, key: str, text: str, *, body_expected: bool) -> None:
@@ -376,6 +392,7 @@ class S3Storage:
             except ValueError:  # an offset obstore does not take as a path: from the parent
                 stream = obstore.list(self._client(), parent, chunk_size=_LIST_PAGE)
             for page in stream:
+                _count("LIST")
                 for meta in page:
                     path = meta["path"]
                     if path.startswith(prefix):
@@ -386,6 +403,13 @@ class S3Storage:
             raise
         except Exception as exc:
             raise self._fail("LIST", prefix, exc) from None
+
+
+def _count(op: str, *, ok: bool = True) -> None:
+    """One request for ``walvault serve``'s ``walvault_storage_requests_total``."""
+    from walvault.counters import count_request
+
+    count_request("s3", op.split()[0].lower(), ok=ok)
 
 
 class S3Reader:
