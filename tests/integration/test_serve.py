@@ -350,3 +350,33 @@ def test_serve_settles_a_waiting_backup(pg: Any, walvault_factory: Any) -> None:
     assert time.time() - 300 < done <= time.time()
     coverage = serve.server()["coverage"]
     assert [b["status"] for b in coverage["backups"]] == ["DONE"]
+
+
+def test_storage_requests_of_an_archive_in_a_bucket_are_counted(
+    pg: Any, walvault_factory: Any, moto_server: Any, s3_bucket: str, aws_env: None
+) -> None:
+    options = streaming_server(
+        pg,
+        wals_directory=f"s3://{s3_bucket}/serve",
+        aws_endpoint_url=moto_server.endpoint,
+        compression="zstd",
+    )
+    wv = walvault_factory({"pg": options})
+    serve = Serve(wv, "--sample-interval", "1", "--check-interval", "2")
+    streaming_pid(serve)
+    pg.sql("CREATE TABLE t (i int)")
+    pg.switch_wal()
+    pg.sql("INSERT INTO t VALUES (1)")
+
+    def puts() -> float:
+        samples = parse_metrics(serve.metrics())
+        labels = {"server": "pg", "driver": "s3", "op": "put"}
+        return metric(samples, "walvault_storage_requests_total", **labels) or 0
+
+    wait_for(lambda: puts() >= 1, what="a PUT counted", timeout=30)
+    samples = parse_metrics(serve.metrics())
+    for op in ("put", "head"):
+        errors = metric(
+            samples, "walvault_storage_request_errors_total", server="pg", driver="s3", op=op
+        )
+        assert errors in (None, 0), (op, errors)

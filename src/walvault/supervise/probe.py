@@ -96,6 +96,9 @@ def probe_loop(
                 )
             if time.monotonic() >= next_check[server.name]:
                 next_check[server.name] = time.monotonic() + check_interval
+                from walvault import counters
+
+                counters.drain()  # what the sampling counted belongs to no server
                 results = results_for(server, None)
                 emit(
                     {
@@ -103,6 +106,7 @@ def probe_loop(
                         "server": server.name,
                         "at": time.time(),
                         "results": [{"name": r.name, "ok": r.ok, "hint": r.hint} for r in results],
+                        "storage": counters.drain(),  # the checks' requests to the store
                     }
                 )
         elapsed = time.monotonic() - round_start

@@ -404,6 +404,7 @@ class Service:
         )
 
     def _report_error(self, rt: ServerRuntime, source: str, data: dict[str, Any]) -> None:
+        rt.add_storage(data.get("storage", []))
         if data.get("error"):
             rt.error(source, str(data["error"]))
 
@@ -435,6 +436,7 @@ class Service:
             if data.get("segment_size"):
                 rt.segment_size = int(data["segment_size"])
         elif data.get("kind") == "checks":
+            rt.add_storage(data.get("storage", []))
             rt.checks = list(data.get("results") or [])
             rt.checks_at = float(data["at"])
 

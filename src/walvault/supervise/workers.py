@@ -91,10 +91,11 @@ def maintenance_target(server: ServerConfig) -> Callable[[Emit], int]:
             settle_backups(server, log.info)
             apply_retention(server, log.info)
         except WalvaultError as exc:
-            emit({"error": exc.message})
+            emit({"error": exc.message, "storage": counters.drain()})
             return exc.exit_code
         finally:
             lock.release()
+        emit({"storage": counters.drain()})
         return 0
 
     return run
