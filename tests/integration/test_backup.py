@@ -153,7 +153,7 @@ def test_failing_pg_basebackup_is_failed_without_leftovers(pg: Any, walvault_fac
     everything = result.stdout + result.stderr + (wv.home / "walvault.log").read_text()
     everything += Path(binfo.info_path(server, info.backup_id)).read_text()
     assert wrong not in everything
-    assert wv.run("list-backups", "pg").stdout == f"pg {info.backup_id} - FAILED\n"
+    assert wv.run("list-backups", "pg").stdout == f"pg {info.backup_id} - F - FAILED\n"
     check = wv.run("check", "pg").stdout
     assert "failed backups: FAILED (there are 1 failed backups)" in check
     deleted = wv.run("delete", "pg", info.backup_id)

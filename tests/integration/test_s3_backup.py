@@ -192,7 +192,7 @@ def test_a_backup_killed_mid_upload_is_never_done_and_cron_cleans_it(
     assert not keys(s3_storage, "pg/base/")  # nothing listed: no backup.info, no data.tar
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     listed = wv.run("list-backups", "pg")
-    assert f"pg {started.backup_id} - STARTED" in listed.stdout
+    assert f"pg {started.backup_id} - F - STARTED" in listed.stdout
     assert "DONE" not in listed.stdout
     # pg_basebackup died with its parent (no orphan copying on)
     wait_for(lambda: _backups_streaming(pg) == 0, what="pg_basebackup gone", timeout=30)
@@ -387,3 +387,51 @@ def test_tablespaces_go_through_the_spool_and_come_back_relocated(
     assert cluster.scalar("SELECT count(*) FROM t_one") == 3500
     assert cluster.scalar("SELECT count(*) FROM t_two") == 3000
     assert cluster.scalar("SELECT count(*) FROM t_main") == 5000
+
+
+def test_an_encrypted_backup_in_the_bucket_is_gpg_and_recovers(
+    pg: Any,
+    walvault_factory: Any,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    s3_storage: Storage,
+    aws_env: None,
+    gpg_keys: Any,
+    gnupg_home: Path,
+    tmp_path: Path,
+) -> None:
+    from gpgharness import encryption_options, passphrase_file
+    from walvault.archive.encryption import identify_encryption
+
+    crypt = encryption_options(gpg_keys.ecc, passphrase_file(tmp_path))
+    wv = walvault_factory({"pg": bucket_server(pg, s3_bucket, moto_server.endpoint, **crypt)})
+    streaming(pg, wv)
+    pg.sql("CREATE TABLE t (i int, pad text)")
+    pg.sql("INSERT INTO t SELECT g, repeat('secret', 30) FROM generate_series(1, 20000) g")
+    result = wv.run("backup", "--wait", "pg", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bid = backup_id(result)
+    objects = keys(s3_storage, f"pg/base/{bid}/")
+    assert objects == [f"pg/base/{bid}/backup.info", f"pg/base/{bid}/data.tar.zst.gpg"], objects
+    reader = s3_storage.open(f"pg/base/{bid}/data.tar.zst.gpg")
+    assert reader is not None
+    with reader:
+        stored = reader.read()
+    assert identify_encryption(stored[:16]) == "gpg" and b"secret" not in stored
+    assert "encryption=gpg\n" in (s3_storage.open(f"pg/base/{bid}/backup.info").read().decode())  # type: ignore[union-attr]
+    pg.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 21000) g")
+    closed = pg.switch_wal()
+
+    def archived() -> bool:
+        wv.run("archive-wal", "pg")
+        return any(
+            k.startswith(f"pg/wals/{closed[:16]}/{closed}") for k in keys(s3_storage, "pg/wals/")
+        )
+
+    wait_for(archived, what="the last segment archived in the bucket", timeout=90)
+    dest = tmp_path / "restored" / "data"
+    recovered = wv.run("recover", "pg", "latest", str(dest), "--get-wal")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    cluster = start_restored(pg, tmp_path / "restored", "restored")
+    wait_for(lambda: not cluster.is_in_recovery(), what="recovery to the end", timeout=120)
+    assert cluster.scalar("SELECT count(*) FROM t") == 21000

@@ -341,7 +341,7 @@ def archive_wal(
     Raises :class:`WalvaultError` when a batch cannot be committed (nothing is lost: the
     next run finishes it).
     """
-    encrypt = _encryption(server)
+    encrypt = encryption_for(server)
     result = ArchiveResult(server.name)
     os.makedirs(server.lock_directory, exist_ok=True)
     lock = ServerLock(server.lock_directory, server.name, ARCHIVE_WAL, wait=False)
@@ -382,9 +382,11 @@ def archive_wal(
     return result
 
 
-def _encryption(server: ServerConfig) -> ingest.Encrypt | None:
+def encryption_for(
+    server: ServerConfig, nothing: str = "nothing was archived"
+) -> ingest.Encrypt | None:
     """gpg and the public key of ``encryption = gpg``, checked before any file is touched
-    (EncryptionError, exit 1: nothing is archived unencrypted, nothing is moved)."""
+    (EncryptionError, exit 1, saying ``nothing``: nothing is stored unencrypted)."""
     if server.encryption != GPG:
         return None
     gpg = Gpg.for_server(server)
@@ -392,7 +394,7 @@ def _encryption(server: ServerConfig) -> ingest.Encrypt | None:
     try:
         recipient = resolve_recipient(gpg, server.encryption_key_id)
     except EncryptionError as exc:
-        raise EncryptionError(f"{exc.message}; nothing was archived") from None
+        raise EncryptionError(f"{exc.message}; {nothing}") from None
     return ingest.Encrypt(gpg, recipient)
 
 

@@ -327,17 +327,20 @@ def _copy_to_bucket(
     echo(f"Starting backup using postgres method for server {server.name} in {where}")
     echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
     started = time.monotonic()
+    from walvault.archive.archiver import encryption_for
+
+    encrypt = encryption_for(server, "nothing was backed up")  # the key, before pg_basebackup
     command = cloudbackup.stream_command(server, program, parent_manifest)
     try:
         if facts.tablespaces:  # one tar per tablespace: through a bounded local spool
             from walvault.backup.tarspool import spool_to_bucket
 
             watcher, run, stored, manifest = spool_to_bucket(
-                server, info.backup_id, command, debug, progress
+                server, info.backup_id, command, debug, progress, encrypt=encrypt
             )
         else:
             watcher, run, stored = cloudbackup.stream_to_bucket(
-                server, info.backup_id, command, debug, progress
+                server, info.backup_id, command, debug, progress, encrypt
             )
             manifest = None
     except cloudbackup.CopyFailed as exc:
@@ -368,7 +371,7 @@ def _copy_to_bucket(
         raise _Failed(f"cannot read the backup's WAL position: {exc}") from None
     if manifest:
         CloudBackups(server).write_manifest(info.backup_id, manifest)
-    return cloudbackup.cloud_info_fields(done, backup_compression(server))
+    return cloudbackup.cloud_info_fields(done, backup_compression(server), encrypt is not None)
 
 
 def _copy(
@@ -542,6 +545,12 @@ def take_backup(
         raise WalvaultError(f"server '{server.name}' needs conninfo and streaming_conninfo")
     if name is not None:
         name = validate_name(server, name)
+    if server.encryption == "gpg" and not server.basebackups_in_object_storage:
+        warn(
+            f"encryption = gpg: the backup of server '{server.name}' is a plain copy on local "
+            "disk and is NOT encrypted (walvault encrypts the WAL and backups in object "
+            "storage; protect basebackups_directory, e.g. with an encrypted filesystem)"
+        )
     os.makedirs(server.lock_directory, exist_ok=True)
     lock = locks.ServerLock(server.lock_directory, server.name, locks.BACKUP, wait=False)
     try:

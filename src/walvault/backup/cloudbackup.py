@@ -36,8 +36,9 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from walvault.archive.encryption import encrypting
 from walvault.backup.cloudstore import CloudBackups, backup_compression
 from walvault.backup.info import BackupInfo
 from walvault.backup.pgbasebackup import BaseBackupCommand, BaseBackupRun
@@ -49,6 +50,9 @@ from walvault.conninfo import mask_text
 from walvault.errors import WalvaultError
 from walvault.subprocesses import client_connection, die_with_parent
 from walvault.wal.names import parse_lsn
+
+if TYPE_CHECKING:
+    from walvault.archive.ingest import Encrypt
 
 log = logging.getLogger("walvault.backup")
 Echo = Callable[[str], None]
@@ -176,8 +180,10 @@ def upload_tar(
     progress: Progress,
     final_check: Callable[[], None],
     on_failure: Callable[[], None],
+    encrypt: Encrypt | None = None,
 ) -> int:
-    """Compress the tar read from ``source`` into the object ``key``; return the stored size.
+    """Compress (then, with ``encrypt``, encrypt) the tar read from ``source`` into the
+    object ``key``; return the stored size.
 
     The upload is completed only if, at the end of ``source``, the compressor finished,
     ``final_check()`` passed and the watcher saw the whole archive; otherwise it is aborted
@@ -192,7 +198,12 @@ def upload_tar(
         try:
             with open(write_end, "wb", buffering=_READ) as out:
                 watched = _Watching(source, watcher, progress)
-                compress_stream(codec, server.compression_level, watched, out)  # type: ignore[arg-type]
+                level = server.compression_level
+                if encrypt is None:
+                    compress_stream(codec, level, watched, out)  # type: ignore[arg-type]
+                else:
+                    with encrypting(encrypt.gpg, encrypt.recipient, out) as sink:
+                        compress_stream(codec, level, watched, sink)  # type: ignore[arg-type]
         except BaseException as exc:  # handed to the reading side
             failure.append(exc)
 
@@ -244,11 +255,14 @@ def stream_to_bucket(
     command: BaseBackupCommand,
     debug: Echo,
     progress: Progress,
+    encrypt: Encrypt | None = None,
 ) -> tuple[TarWatcher, BaseBackupRun, int]:
-    """Run pg_basebackup into ``data.tar[.ext]`` of ``backup_id``; return what the watcher
-    saw, how pg_basebackup ended and the stored size.  Raises :class:`CopyFailed`."""
+    """Run pg_basebackup into ``data.tar[.ext][.gpg]`` of ``backup_id``; return what the
+    watcher saw, how pg_basebackup ended and the stored size.  Raises :class:`CopyFailed`."""
     cloud = CloudBackups(server)
-    key = cloud.tar_key(backup_id, "data", backup_compression(server))
+    key = cloud.tar_key(
+        backup_id, "data", backup_compression(server), encrypted=encrypt is not None
+    )
     log.info("%s: running %s", server.name, command.shown())
     proc = start_basebackup(command, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -265,7 +279,7 @@ def stream_to_bucket(
         stop_process(proc)
         stderr.join()
 
-    stored = upload_tar(server, key, proc.stdout, watcher, progress, exited, stop)
+    stored = upload_tar(server, key, proc.stdout, watcher, progress, exited, stop, encrypt)
     run = BaseBackupRun(proc.returncode or 0, tuple(stderr.lines), stderr.end_lsn)
     return watcher, run, stored
 
@@ -296,8 +310,10 @@ def backup_position_texts(watcher: TarWatcher) -> tuple[str | None, str | None, 
     )
 
 
-def cloud_info_fields(info: BackupInfo, codec: str | None) -> BackupInfo:
-    """What barman-cloud records beside the positions: the tars' codec."""
-    extra = [(k, v) for k, v in info.extra if k != "compression"]
+def cloud_info_fields(info: BackupInfo, codec: str | None, encrypted: bool = False) -> BackupInfo:
+    """What barman-cloud records beside the positions: the tars' codec (and, as Barman's
+    ``backup.info`` does for its encrypted tar backups, ``encryption=gpg``)."""
+    extra = [(k, v) for k, v in info.extra if k not in ("compression", "encryption")]
     extra.append(("compression", str(codec)))
+    extra.append(("encryption", "gpg" if encrypted else "None"))
     return info.with_(extra=tuple(extra))

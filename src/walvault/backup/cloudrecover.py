@@ -116,7 +116,7 @@ class _Counted:
         self._reader.close()  # type: ignore[attr-defined]
 
 
-def _check_empty(path: str) -> None:
+def check_empty(path: str) -> None:
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise WalvaultError(
             f"'{path}' exists and is not an empty directory: recover only into new or empty "
@@ -150,7 +150,7 @@ def plan(
         )
     links = {oid: locations.get(oid) or f"{destination}_tablespaces/{oid}" for oid in spaces}
     for target in links.values():
-        _check_empty(target)
+        check_empty(target)
     return files, links
 
 
@@ -167,6 +167,24 @@ def unpack_backup(
     """Download and unpack ``backup`` into ``destination`` (see the module docstring)."""
     files, links = plan(server, backup, destination, locations)
     storage = CloudBackups(server).storage
+    unpack_files(server, storage, files, destination, links, echo, jobs=jobs, progress=progress)
+
+
+def unpack_files(
+    server: ServerConfig,
+    storage: Storage,
+    files: list[BackupFile],
+    destination: str,
+    links: dict[str, str],
+    echo: Echo,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+) -> None:
+    """Unpack the tars ``files`` of ``storage`` (checked: :func:`plan`) into ``destination``
+    and the tablespaces' ``links``; on failure remove what was written.  An encrypted tar
+    (``.gpg``) is decrypted by gpg on the way, with ``server``'s passphrase: no plaintext
+    of it ever touches the disk."""
     progress = progress or Progress("Recover", None, enabled=False)
     progress.set_total(sum(f.size for f in files))
     created = [destination, *links.values()]
@@ -176,7 +194,7 @@ def unpack_backup(
         for item in files:
             target = destination if item.name == "data" else links[item.name]
             os.makedirs(target, mode=0o700, exist_ok=True)
-            _unpack_one(storage, item, target, links, jobs, progress)
+            _unpack_one(server, storage, item, target, links, jobs, progress)
             if item.name != "data":
                 echo(f"Tablespace {item.name} restored to {target}")
         _link_tablespaces(destination, links)
@@ -188,7 +206,26 @@ def unpack_backup(
     progress.close()
 
 
+def _source(
+    server: ServerConfig, storage: Storage, item: BackupFile, jobs: int, progress: Progress
+) -> RangedReader | _Counted:
+    """The stored bytes of ``item`` as a stream (decrypted when it is encrypted)."""
+    where = storage.url(item.key)
+    ranged = jobs > 1 and item.size >= 2 * PART_SIZE and hasattr(storage, "read_range")
+    if ranged and not item.encrypted:
+        return RangedReader(storage, item.key, item.size, jobs, progress)
+    reader = storage.open(item.key)
+    if reader is None:
+        raise WalvaultError(f"{where} disappeared while recovering")
+    if not item.encrypted:
+        return _Counted(reader, progress)
+    from walvault.archive.encryption import DecryptingReader, Gpg
+
+    return _Counted(DecryptingReader(Gpg.for_server(server), reader, b"", where), progress)
+
+
 def _unpack_one(
+    server: ServerConfig,
     storage: Storage,
     item: BackupFile,
     target: str,
@@ -197,13 +234,7 @@ def _unpack_one(
     progress: Progress,
 ) -> None:
     where = storage.url(item.key)
-    if jobs > 1 and item.size >= 2 * PART_SIZE and hasattr(storage, "read_range"):
-        source: RangedReader | _Counted = RangedReader(storage, item.key, item.size, jobs, progress)
-    else:
-        reader = storage.open(item.key)
-        if reader is None:
-            raise WalvaultError(f"{where} disappeared while recovering")
-        source = _Counted(reader, progress)
+    source = _source(server, storage, item, jobs, progress)
     decoded = _Decoded(open_decompressed(item.compression, source))  # type: ignore[arg-type]
     try:
         unpack(

@@ -50,7 +50,10 @@ from walvault.storage.base import ObjectInfo, Storage
 
 INFO_NAME = "backup.info"
 _ID_RE = re.compile(r"\d{8}T\d{6}")
-_TAR_RE = re.compile(r"(?P<name>data|[1-9][0-9]{0,9})(?:_(?P<part>[0-9]{4}))?\.tar(?P<ext>\.\w+)?")
+_TAR_RE = re.compile(
+    r"(?P<name>data|[1-9][0-9]{0,9})(?:_(?P<part>[0-9]{4}))?\.tar(?P<ext>\.(?!gpg$)\w+)?"
+    r"(?P<gpg>\.gpg)?"
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class BackupFile:
     part: int
     compression: str | None
     size: int
+    #: a ``.gpg`` name: gpg(compressed tar), as Barman's ``encryption = gpg`` writes tars
+    encrypted: bool = False
 
 
 def open_backup_storage(server: ServerConfig) -> Storage:
@@ -119,12 +124,22 @@ class CloudBackups:
         with reader:
             return reader.read()
 
-    def tar_key(self, backup_id: str, name: str, compression: str | None, part: int = 0) -> str:
-        """The key of the tar of PGDATA (``name`` "data") or of tablespace ``name`` (an oid)."""
+    def tar_key(
+        self,
+        backup_id: str,
+        name: str,
+        compression: str | None,
+        part: int = 0,
+        *,
+        encrypted: bool = False,
+    ) -> str:
+        """The key of the tar of PGDATA (``name`` "data") or of tablespace ``name`` (an oid);
+        ``.gpg`` after the codec's extension when encrypted (Barman's tar backups' names)."""
         if not _TAR_RE.fullmatch(f"{name}.tar"):
             raise ValueError(f"'{name}' is no tar name of a backup (data or an oid)")
         roll = f"_{part:04d}" if part else ""
-        return f"{self.prefix(backup_id)}{name}{roll}.tar{EXTENSIONS[compression]}"
+        gpg = ".gpg" if encrypted else ""
+        return f"{self.prefix(backup_id)}{name}{roll}.tar{EXTENSIONS[compression]}{gpg}"
 
     def url(self, backup_id: str = "") -> str:
         """``s3://BUCKET/PATH/<server>/base/<id>`` (or the store itself), for messages."""
@@ -197,7 +212,10 @@ class CloudBackups:
                 )
             part = int(match.group("part") or 0)
             codec = BY_EXTENSION[ext] if ext else None
-            found.append(BackupFile(info.key, match.group("name"), part, codec, info.size))
+            encrypted = match.group("gpg") is not None
+            found.append(
+                BackupFile(info.key, match.group("name"), part, codec, info.size, encrypted)
+            )
         if not any(f.name == "data" for f in found):
             raise WalvaultError(
                 f"backup {backup_id} has no data.tar in {self.url(backup_id)}: incomplete or "

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from walvault.backup.info import DONE, BackupInfo, data_dir, parse_tablespaces
+from walvault.backup.tarbackup import recover_tar_backup, tar_files
 from walvault.backup.targets import RecoveryTarget, conf_quote
 from walvault.backup.walcopy import archived_timelines, copy_wal, needed_wal
 from walvault.config import ServerConfig
@@ -348,6 +349,10 @@ def recover(
         progress = Progress("Recover", options.progress_stream)
         unpack_backup(
             server, backup, destination, locations, echo, jobs=options.jobs, progress=progress
+        )
+    elif (tars := tar_files(source)) is not None:  # Barman's backup_compression_format = tar
+        recover_tar_backup(
+            server, backup, source, tars, destination, locations, echo, options.progress_stream
         )
     else:
         echo("Copying the base backup.")

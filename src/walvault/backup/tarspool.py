@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from walvault.backup.cloudbackup import (
     CopyFailed,
@@ -48,6 +49,9 @@ from walvault.backup.pgbasebackup import BaseBackupCommand, BaseBackupRun
 from walvault.backup.progress import Progress
 from walvault.backup.tarstream import TarWatcher
 from walvault.config import ServerConfig
+
+if TYPE_CHECKING:
+    from walvault.archive.ingest import Encrypt
 
 Echo = Callable[[str], None]
 DEFAULT_LIMIT = 256 << 20
@@ -194,6 +198,7 @@ def spool_to_bucket(
     progress: Progress,
     *,
     limit: int = DEFAULT_LIMIT,
+    encrypt: Encrypt | None = None,
 ) -> tuple[TarWatcher, BaseBackupRun, int, str | None]:
     """Run pg_basebackup into the spool and upload every tar as it is written; return the
     watcher of ``base.tar``, how pg_basebackup ended, the stored size and the manifest."""
@@ -221,12 +226,13 @@ def spool_to_bucket(
         try:
             return upload_tar(
                 server,
-                cloud.tar_key(backup_id, what, codec),
+                cloud.tar_key(backup_id, what, codec, encrypted=encrypt is not None),
                 reader,  # type: ignore[arg-type]
                 watcher,
                 progress,
                 lambda: None,
                 spool.release,
+                encrypt,
             )
         finally:
             reader.close()

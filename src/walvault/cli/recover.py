@@ -131,7 +131,10 @@ def recover(ctx: Context, args: argparse.Namespace) -> int:
         progress_stream=None if ctx.quiet else ctx.err,
         service=service,
     )
-    code = do_recover(server, backup, options, ctx.info, ctx.warn)
+    try:
+        code = do_recover(server, backup, options, ctx.info, ctx.warn)
+    except WalvaultError as exc:  # 200 belongs to restore_command: recover's failures are 1
+        raise WalvaultError(exc.message) from None
     if code == 0 and not getattr(args, "handover_by_root", False):
         from walvault.privileges import current_user
 
