@@ -19,7 +19,8 @@ from walvault.backup.walcheck import required_wals
 from wvharness import WALVAULT, start_restored, streaming_server, wait_for
 
 LIST_LINE = re.compile(
-    r"^pg (?P<id>\d{8}T\d{6})(?: '(?P<name>[^']*)')? - \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4} "
+    r"^pg (?P<id>\d{8}T\d{6})(?: '(?P<name>[^']*)')? - [FI] - "
+    r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4} "
     r"- Size: \d+(?:\.\d)? (?:B|KiB|MiB) - WAL Size: \d+(?:\.\d)? (?:B|KiB|MiB)(?P<rest>.*)$"
 )
 
@@ -375,3 +376,48 @@ def test_a_backup_waiting_for_its_wal_says_so_and_latest_names_it(
         f"backup {waiting.backup_id}, newer than {done}, is WAITING_FOR_WALS: 'latest' names "
         "the newest DONE backup"
     ) in shown.stderr
+
+
+def _on_a_terminal(wv: Any, *args: str) -> tuple[int, str]:
+    """``walvault -c CONF ARGS`` with stderr on a pseudo-terminal; (exit code, what it drew)."""
+    import pty
+    import subprocess
+
+    from wvharness import WALVAULT
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*WALVAULT, "-c", str(wv.conf), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    return proc.wait(timeout=300), drawn.decode("utf-8", "replace")
+
+
+def test_backup_and_recover_show_progress_on_a_terminal(
+    pg: Any, walvault_factory: Any, tmp_path: Path
+) -> None:
+    wv = walvault_factory({"pg": streaming_server(pg, immediate_checkpoint="true")})
+    _streaming(pg, wv)
+    pg.sql("CREATE TABLE t AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 100000) g")
+    code, drawn = _on_a_terminal(wv, "backup", "--wait", "pg")
+    assert code == 0, drawn
+    assert re.search(r"\rBackup: [\d.]+ \w+ of ~[\d.]+ \w+ \(\d+%\), ", drawn), drawn
+    assert "kB (" not in drawn  # pg_basebackup's own progress lines are not shown as lines
+    code, drawn = _on_a_terminal(wv, "recover", "pg", "latest", str(tmp_path / "r" / "data"))
+    assert code == 0, drawn
+    assert re.search(r"\rRecover: [\d.]+ \w+ of ~[\d.]+ \w+ \(\d+%\)", drawn), drawn
+    quiet = wv.run("-q", "backup", "--wait", "pg", timeout=240)  # not a terminal: no drawing
+    assert quiet.returncode == 0 and "\r" not in quiet.stderr, quiet.stderr

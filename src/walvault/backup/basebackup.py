@@ -390,12 +390,15 @@ def _copy(
     backup_dir = os.path.dirname(binfo.data_dir(server, info.backup_id))
     echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
     command = build_basebackup_command(
-        server, program, backup_dir, facts.tablespaces, parent_manifest
+        server, program, backup_dir, facts.tablespaces, parent_manifest, progress.shown
     )
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
     echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
     started = time.monotonic()
-    run = run_basebackup(server, command, debug)
+    try:
+        run = run_basebackup(server, command, debug, progress)
+    finally:
+        progress.close()
     if run.returncode != 0:
         raise _Failed(run.failure())
     echo(f"Copy done (time: {pretty_duration(time.monotonic() - started)})")

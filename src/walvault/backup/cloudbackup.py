@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any
 from walvault.archive.encryption import encrypting
 from walvault.backup.cloudstore import CloudBackups, backup_compression
 from walvault.backup.info import BackupInfo
-from walvault.backup.pgbasebackup import BaseBackupCommand, BaseBackupRun
+from walvault.backup.pgbasebackup import PROGRESS_RE, BaseBackupCommand, BaseBackupRun
 from walvault.backup.progress import Progress
 from walvault.backup.tarstream import TarError, TarWatcher
 from walvault.compression import compress_stream
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("walvault.backup")
 Echo = Callable[[str], None]
 _END_RE = re.compile(r"write-ahead log end point: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
-_PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
 _READ = 1 << 20
 KEPT_LINES = 20
 
@@ -122,7 +121,7 @@ class Stderr:
     def _line(self, line: str) -> None:
         if not line.strip():
             return
-        progress = _PROGRESS_RE.search(line)
+        progress = PROGRESS_RE.search(line)
         if progress:  # "NNN/TTT kB (NN%), 0/1 tablespace": the total is pg's estimate
             self._progress.set_total(int(progress.group(2)) * 1024)
             return

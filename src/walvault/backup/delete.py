@@ -70,7 +70,7 @@ def _refuse_if_needed(server: ServerConfig, info: BackupInfo, check_redundancy: 
         raise DeleteRefused(
             f"Skipping delete of backup {info.backup_id} for server {server.name} due to "
             f"minimum redundancy requirements (minimum redundancy = "
-            f"{server.minimum_redundancy}, current redundancy = {done} full backups)"
+            f"{server.minimum_redundancy}, current redundancy = {done})"
         )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from walvault.backup.info import Tablespace
+from walvault.backup.progress import Progress
 from walvault.config import ServerConfig
 from walvault.conninfo import mask_text
 from walvault.subprocesses import ClientCommand, client_connection, start_client
@@ -19,6 +20,8 @@ from walvault.wal.names import parse_lsn
 log = logging.getLogger("walvault.backup")
 BASEBACKUP_NAMES = ("pg_basebackup",)
 _END_RE = re.compile(r"write-ahead log end point: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
+#: ``--progress``'s line: ``NNN/TTT kB (NN%), 0/1 tablespace`` (TTT is its estimate)
+PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
 KEPT_LINES = 20
 
 
@@ -36,6 +39,7 @@ def build_basebackup_command(
     backup_dir: str,
     tablespaces: list[Tablespace],
     incremental: str | None = None,
+    progress: bool = False,
 ) -> BaseBackupCommand:
     """``pg_basebackup --dbname=... -v --no-password --pgdata=<backup_dir>/data --no-slot
     --wal-method=none [--checkpoint=fast] [--max-rate=<bandwidth_limit>k]
@@ -67,6 +71,8 @@ def build_basebackup_command(
         )
     if incremental is not None:
         argv.append(f"--incremental={incremental}")
+    if progress:  # only for a progress display: its lines are not logged
+        argv.append("--progress")
     env["LC_MESSAGES"] = "C"  # its progress lines are parsed
     return BaseBackupCommand(tuple(argv), env)
 
@@ -94,9 +100,13 @@ class BaseBackupRun:
 
 
 def run_basebackup(
-    server: ServerConfig, command: BaseBackupCommand, on_line: Callable[[str], None]
+    server: ServerConfig,
+    command: BaseBackupCommand,
+    on_line: Callable[[str], None],
+    progress: Progress | None = None,
 ) -> BaseBackupRun:
-    """Run pg_basebackup to its end; every output line (masked) goes to the log and ``on_line``.
+    """Run pg_basebackup to its end; every output line (masked) goes to the log and ``on_line``
+    but ``--progress``'s, which go to ``progress``.
 
     An interruption (KeyboardInterrupt) stops pg_basebackup before propagating.
     """
@@ -109,6 +119,12 @@ def run_basebackup(
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = mask_text(raw.rstrip("\n"), secrets)
+            if progress is not None and (counted := PROGRESS_RE.search(line)):
+                progress.set_total(int(counted.group(2)) * 1024)
+                progress.add(int(counted.group(1)) * 1024 - progress.done)
+                continue
+            if not line.strip():
+                continue
             log.info("%s: %s", server.name, line)
             lines.append(line)
             on_line(line)

@@ -9,6 +9,7 @@ recovering) and is left out without one.  Thread-safe: parallel downloads report
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TextIO
@@ -45,6 +46,14 @@ class Progress:
             if self._stream is not None and now - self._shown >= INTERVAL:
                 self._shown = now
                 self._draw(self.line(now - self._started))
+
+    def copy(self, source: str, target: str) -> object:
+        """``shutil.copy2`` that counts the file (a ``copytree`` ``copy_function``)."""
+        import shutil
+
+        result = shutil.copy2(source, target)
+        self.add(os.path.getsize(target))
+        return result
 
     def set_total(self, total: int | None) -> None:
         with self._lock:

@@ -272,7 +272,12 @@ def tablespace_locations(
     return locations
 
 
-def _copy_tablespaces(destination: str, echo: Echo, locations: dict[str, str]) -> None:
+def _copy_tablespaces(
+    destination: str,
+    echo: Echo,
+    locations: dict[str, str],
+    copy: Callable[[str, str], object] = shutil.copy2,
+) -> None:
     """Give the copy its own tablespaces: never leave links into the backup itself.
 
     ``pg_tblspc/<oid>`` links of the backup point at the backup's copy of each tablespace;
@@ -290,7 +295,7 @@ def _copy_tablespaces(destination: str, echo: Echo, locations: dict[str, str]) -
         target = os.path.realpath(link)
         new = locations.get(oid) or os.path.join(f"{destination}_tablespaces", oid)
         _check_destination(new)
-        shutil.copytree(target, new, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(target, new, symlinks=True, dirs_exist_ok=True, copy_function=copy)
         os.unlink(link)
         os.symlink(new, link)
         echo(f"Tablespace {oid} restored to {new}")
@@ -355,9 +360,17 @@ def recover(
             server, backup, source, tars, destination, locations, echo, options.progress_stream
         )
     else:
+        from walvault.backup.progress import Progress
+
         echo("Copying the base backup.")
-        shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
-        _copy_tablespaces(destination, echo, locations)
+        progress = Progress("Recover", options.progress_stream, total=backup.size)
+        try:
+            shutil.copytree(
+                source, destination, symlinks=True, dirs_exist_ok=True, copy_function=progress.copy
+            )
+            _copy_tablespaces(destination, echo, locations, progress.copy)
+        finally:
+            progress.close()
     os.chmod(destination, 0o700)
     for stale in ("postmaster.pid", "postmaster.opts"):
         if os.path.exists(os.path.join(destination, stale)):
