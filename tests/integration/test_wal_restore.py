@@ -190,6 +190,10 @@ def test_prefetch_recovery_over_a_shared_ssh_connection(
         assert [p.name for p in control.iterdir() if p.name.startswith("cm-")], "no master"
         log = (spool_dir / key / "agent.log").read_text()
         assert log.count(" spooled ") >= 4, log
+        # a remote stream-wal per fetch running at once (4 prefetching + 1 request), not a
+        # get-wal per file
+        assert 1 <= log.count("stream-wal session open") <= 5, log
+        assert "get-wal per file" not in log and "session broke" not in log, log
     finally:
         lock = spool_dir / key / ".prefetch.lock"
         pid = int(lock.read_text() or 0) if lock.exists() else 0
@@ -202,3 +206,38 @@ def test_prefetch_recovery_over_a_shared_ssh_connection(
                 timeout=10,
             )
         shutil.rmtree(control, ignore_errors=True)
+
+
+def test_prefetch_over_ssh_to_a_walvault_without_stream_wal_falls_back_to_get_wal(
+    pg: Any, walvault_factory: Any, tmp_path: Path, sshd: Sshd
+) -> None:
+    """The agent's stream-wal sessions need a walvault that has the command; against an older
+    one (or Barman) every file goes through get-wal, and every row still comes back."""
+    wv = walvault_factory({"pg": streaming_server(pg)})
+    crashed = crashed_primary(pg, wv, tmp_path, segments=4)
+    old = tmp_path / "old-walvault"
+    old.write_text(
+        "#!/bin/sh\n"
+        'for a; do [ "$a" = stream-wal ] && '
+        "{ echo \"walvault: error: invalid choice: 'stream-wal'\" >&2; exit 2; }; done\n"
+        f'exec {BIN / "walvault"} "$@"\n'
+    )
+    old.chmod(0o755)
+    spool_dir = tmp_path / "spool"
+    command = (
+        f"{RESTORE} -P -p 2 --spool-dir {spool_dir} --ssh-command {shlex.quote(sshd.ssh_command)} "
+        f"--walvault-command {old} -U {sshd.user} --port {sshd.port} -c {wv.conf} "
+        "127.0.0.1 pg %f %p"
+    )
+    key = spool_key("pg", source_label("127.0.0.1", sshd.user, str(sshd.port)), str(wv.conf))
+    try:
+        cluster = restore(pg, crashed, "restored", command)
+        check_everything_is_back(cluster, crashed)
+        log = (spool_dir / key / "agent.log").read_text()
+        assert "no stream-wal on the other end" in log, log
+        assert "stream-wal session open" not in log, log
+    finally:
+        lock = spool_dir / key / ".prefetch.lock"
+        pid = int(lock.read_text() or 0) if lock.exists() else 0
+        if pid:
+            os.kill(pid, signal.SIGTERM)

@@ -90,6 +90,9 @@ class Agent(AgentBase):
         control = control_path(self.spool.path)
         if share is not None and control is not None and share(control):
             log("fetching through one shared ssh connection")
+        stream = getattr(self.source, "stream", None)
+        if stream is not None:
+            stream()  # one remote stream-wal per fetching thread (falls back to get-wal)
         log(
             f"restore agent for '{self.server}' from {self.source.label}, "
             f"prefetching {self.depth} segments"

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import IO, Protocol
 
+    from walvault.clients.streamsession import StreamSessions
     from walvault.config import ServerConfig
 
     class Source(Protocol):
@@ -474,9 +475,35 @@ class SshSource(CommandSource):
         return ssh_argv(self._ssh(), self.user, self.host, self.port, remote)
 
     def close(self) -> None:
-        """Stop the shared master connection, if this source started sharing one."""
+        """End the stream sessions, then the shared master connection, if this source
+        started sharing one."""
+        if self._streams is not None:
+            self._streams.close()
         if self.control_path is not None:
             stop_master(self._ssh(), self.user, self.host, self.port)
+
+    _streams: StreamSessions | None = None
+
+    def stream(self) -> None:
+        """Fetch through long-lived ``stream-wal`` sessions (the restore agent does: one
+        remote process per fetching thread for the whole recovery); a remote end that does
+        not speak it (Barman, an older walvault) makes :meth:`fetch` run get-wal per file."""
+        if not self.compression:
+            from walvault.clients.streamsession import StreamSessions
+
+            self._streams = StreamSessions(lambda server: self.command_for_stream(server))
+
+    def command_for_stream(self, server: str) -> list[str]:
+        words = [quote(arg) for arg in self.walvault_argv()[self._skip() : -1]]
+        remote = [self.walvault_command, *words, "stream-wal", quote(server)]
+        return ssh_argv(self._ssh(), self.user, self.host, self.port, remote)
+
+    def fetch(self, server: str, name: str, dest: str, *, partial: bool) -> int:
+        if self._streams is not None:
+            code = self._streams.fetch(server, name, dest, partial=partial)
+            if code is not None:
+                return code
+        return super().fetch(server, name, dest, partial=partial)
 
     def _skip(self) -> int:
         """How many words of :meth:`walvault_argv` are the walvault command itself."""
