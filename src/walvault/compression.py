@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from walvault.errors import WalvaultError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import IO, Protocol
 
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -467,9 +465,9 @@ def decompress_bytes(algorithm: str | None, data: bytes) -> bytes:
     return b"".join(iter_decompressed(io.BytesIO(data), algorithm))
 
 
-@dataclass(frozen=True)
-class Codec:
-    """Everything walvault knows about one codec."""
+class Codec(NamedTuple):
+    """Everything walvault knows about one codec (a NamedTuple, not a dataclass: importing
+    dataclasses costs get-wal ~5 ms of start-up, for its ``inspect``)."""
 
     name: str
     #: what a stream starts with (:func:`identify`)

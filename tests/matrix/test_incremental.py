@@ -74,6 +74,9 @@ def test_a_chain_of_incrementals_recovers_every_row(
     ids, _location = _chain_of_three(pg, wv, tmp_path)
     full, first, second = ids
     add_rows(pg, 21001, 22000)  # after the last backup: from the WAL
+    at_point = fingerprint(pg)
+    pg.sql("SELECT pg_create_restore_point('after_chain')")
+    add_rows(pg, 22001, 22500)
     expected = fingerprint(pg)
     moved = pg.scalar("SELECT sum(i) FROM moved")
     archive_everything(wv, pg)
@@ -123,6 +126,28 @@ def test_a_chain_of_incrementals_recovers_every_row(
     restored.sql("CHECKPOINT")
     restored.stop()
     assert _snapshot(Path(server.basebackups_directory)) == before, "a backup was written to"
+
+    # PITR from the chain: to the restore point, without the rows after it
+    pitr = tmp_path / "pitr"
+    result = wv.run(
+        "recover",
+        "pg",
+        second,
+        str(pitr / "data"),
+        "--get-wal",
+        "--target-name",
+        "after_chain",
+        "--target-action",
+        "promote",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    at = pg.sibling("pitr", pitr)
+    at._write_settings()
+    at.start(timeout=120)
+    wait_for(lambda: not at.is_in_recovery(), what="PITR: end of recovery", timeout=180)
+    assert fingerprint(at) == at_point
+    at.stop()
 
 
 @pytest.mark.parametrize("major", [17], ids=["pg17"])
