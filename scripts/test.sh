@@ -17,7 +17,7 @@
 #     the Python version are unchanged), `pip install -e src[test]` into it and run
 #     every check as that user with a minimal environment (HOME, PATH, LANG, CI,
 #     TERM and WALVAULT_* are passed through). Runs are serialised with a lock.
-#     Then, when the whole suite ran (no arguments) or an argument names tests/deploy, root
+#     Then, when the whole suite ran (no test named: options only) or an argument names tests/deploy, root
 #     runs tests/deploy itself with the same venv: PostgreSQL as the system user
 #     walvault-pgtest (created if needed), walvault as walvault-test, root as the DBA
 #     (every process started through runuser as its user).
@@ -219,13 +219,15 @@ runuser -u "$TEST_USER" -- env -i "${env_args[@]}" \
 # after the suite (which skipped it), when the whole suite was asked for or tests/deploy was
 # named.  Root's pytest only orchestrates: every walvault and PostgreSQL process it starts
 # runs as its own user through runuser.
+# (options alone, e.g. .ci/run's --durations=30, still ask for the whole suite)
 deploy_args=()
-if [[ $# -eq 0 ]]; then
+named_tests=0
+for arg in "$@"; do
+    [[ "$arg" != -* ]] && named_tests=1
+    [[ "$arg" == tests/deploy* ]] && deploy_args+=("$arg")
+done
+if [[ $named_tests -eq 0 ]]; then
     deploy_args=(tests/deploy)
-else
-    for arg in "$@"; do
-        [[ "$arg" == tests/deploy* ]] && deploy_args+=("$arg")
-    done
 fi
 if [[ $rc -eq 0 && ${#deploy_args[@]} -gt 0 && "${WALVAULT_SKIP_PG:-0}" != 1 ]]; then
     section "two-user deployment test, as root: ${deploy_args[*]}"
