@@ -127,6 +127,17 @@ class Params:
 # --------------------------------------------------------------------------- small helpers
 
 
+def test_harness(name: str) -> Any:
+    """A module of the test suite's harness (``tests/<name>.py``): the bench runs the same
+    servers the tests do (sshd, moto) rather than copies of them."""
+    import importlib
+
+    tests = HERE.parent / "tests"
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    return importlib.import_module(name)
+
+
 def log(msg: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     print(f"[{stamp}] {msg}", file=sys.stderr, flush=True)

@@ -1,8 +1,8 @@
 """moto's S3 server on 127.0.0.1 for the `s3` section, and reading buckets back with boto3.
 
 The bench starts its own server (``python -m moto.server -H 127.0.0.1 -p PORT`` with the
-bench's own Python, which needs ``moto[server]``: the test venv has it), the way the test
-suite's harness does, without importing tests/.  moto keeps every object in memory and
+bench's own Python, which needs ``moto[server]``: the test venv has it) with the test
+suite's own harness (tests/s3harness.py).  moto keeps every object in memory and
 accepts any credentials; it runs in Python on the same cores as the tools, so its own cost
 is in every figure of both tools.  Buckets are read back with boto3 (which moto brings),
 independently of walvault's S3 driver, to check what each tool uploaded.
@@ -17,14 +17,11 @@ import io
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wvbench.common import BenchError, free_port, hash_dir, tail
+from wvbench.common import BenchError, hash_dir, tail, test_harness
 
 #: the (throwaway) credentials every S3 client of the bench uses; moto takes any key
 CREDENTIALS = {
@@ -62,67 +59,40 @@ def environ(endpoint: str) -> dict[str, str]:
 
 
 class Moto:
-    """moto's standalone S3 server as a child process, on a free loopback port."""
+    """moto's standalone S3 server, the test suite's (``tests/s3harness.py``), plus what the
+    bench reads of it: a reset between runs, its CPU time and its memory."""
 
     def __init__(self, log_path: Path) -> None:
+        self.server = test_harness("s3harness").MotoServer(log_path)
         self.log_path = log_path
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return str(self.server.endpoint)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        proc: subprocess.Popen[bytes] | None = self.server.proc
+        return proc
 
     def start(self, timeout: float = 60.0) -> None:
-        for _attempt in range(3):  # another process may take the free port first
-            self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, "MOTO_PORT": str(self.port)},
-                )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if self._request("GET", "/") is not None:
-                    return
-                time.sleep(0.1)
-            self.stop()
-        log_text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        raise BenchError(f"moto's S3 server did not start: {tail(log_text, 5)}")
-
-    def _request(self, method: str, path: str) -> int | None:
-        request = urllib.request.Request(f"{self.endpoint}{path}", method=method, data=b"")
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status: int = response.status
-                return status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return None
+            self.server.start(timeout)
+        except RuntimeError:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            raise BenchError(f"moto's S3 server did not start: {tail(text, 5)}") from None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
+        self.server.stop()
 
     def fresh_buckets(self, *names: str) -> None:
         """Forget every bucket and object (moto's memory), then create ``names`` empty."""
-        self._request("POST", "/moto-api/reset")
+        self.server.reset()
         for name in names:
-            status = self._request("PUT", f"/{name}")
-            if status != 200:
-                raise BenchError(f"moto: creating bucket {name} answered {status}")
+            try:
+                self.server.create_bucket(name)
+            except RuntimeError as exc:
+                raise BenchError(str(exc)) from None
 
     def cpu_seconds(self) -> float:
         """moto's CPU time so far (user + system): the store's share of a run's cost."""

@@ -21,15 +21,13 @@ runs once, serially without the wrapper's sharing, for reference.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from wvbench.common import HERE, log
+from wvbench.common import log, test_harness
 from wvbench.getwal import archived_homes, remove_homes, replay_key
 from wvbench.homes import restore_command
 from wvbench.report import Row
@@ -40,14 +38,6 @@ from wvbench.tools import reap_strays
 MODES = ((0, False), (4, False), (0, True), (4, True))  # (-p jobs, shared ssh connection)
 #: (tool, agent) run in each mode; walvault --no-agent only serially, without sharing
 RUNS = (("barman", True), ("walvault", True), ("walvault", False))
-
-
-def harness() -> Any:
-    """tests/sshharness.py: an unprivileged sshd on a free loopback port, throwaway keys."""
-    tests = HERE.parent / "tests"
-    if str(tests) not in sys.path:
-        sys.path.insert(0, str(tests))
-    return importlib.import_module("sshharness")
 
 
 def ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
@@ -69,7 +59,7 @@ def ssh_wrapper(directory: Path, ssh_command: str, shared: bool) -> Path:
 def loopback_sshd(bench: Bench, directory: Path) -> tuple[Any, str | None]:
     """A started sshd of the test harness whose sessions find both tools on PATH, or
     (None, why it cannot run here)."""
-    harness_module = harness()
+    harness_module = test_harness("sshharness")  # an unprivileged sshd, throwaway keys
     why = harness_module.sshd_available()
     if why is not None:
         return None, why

@@ -34,7 +34,6 @@ import psycopg
 from walvault import locks
 from walvault.backup import chain
 from walvault.backup import info as binfo
-from walvault.backup.chain import INCREMENTAL_SINCE
 from walvault.backup.info import (
     DEFAULT_WAIT_TIMEOUT,
     FAILED,
@@ -103,7 +102,7 @@ def inspect_source(server: ServerConfig) -> SourceFacts:
     with connect(server.conninfo, timeout=server.check_timeout or 10) as conn:
         info = server_info(conn)
         names = ["data_directory", "config_file", "hba_file", "ident_file", "data_checksums"]
-        if info.version_num >= INCREMENTAL_SINCE:
+        if info.version_num >= chain.INCREMENTAL_SINCE:
             names.append("summarize_wal")
         settings = {key: _setting(conn, key) for key in names}
         cluster_size = _cluster_size(conn)

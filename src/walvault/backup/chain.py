@@ -88,9 +88,8 @@ def parent_manifest(server: ServerConfig, parent: BackupInfo) -> str:
 
 def resolve_parent(server: ServerConfig, wanted: str) -> BackupInfo:
     """``--incremental latest|last|latest-full|last-full|ID|NAME`` -> the parent, checked."""
-    backups = [b for b in binfo.iter_backups(server) if b.status == DONE]
     if wanted in FULL_SHORTCUTS:
-        fulls = [b for b in backups if not b.is_incremental]
+        fulls = [b for b in binfo.iter_backups(server) if b.status == DONE and not b.is_incremental]
         if not fulls:
             raise WalvaultError(
                 f"--incremental {wanted}: server '{server.name}' has no DONE full backup"

@@ -77,8 +77,8 @@ def retention_report(
     for backup in done:  # a kept incremental needs its chain
         if backup.backup_id in keep:
             keep.update(ancestors(done, backup))
-    for backup_id in list(keep):  # a kept full keeps what is built on it (redundancy)
-        if policy is not None and policy.kind == "redundancy":
+    if policy is not None and policy.kind == "redundancy":  # a kept full keeps its children
+        for backup_id in list(keep):
             keep.update(b.backup_id for b in descendants(done, backup_id))
     report = {b.backup_id: VALID if b.backup_id in keep else OBSOLETE for b in done}
     for backup_id, target in (kept or {}).items():

@@ -110,11 +110,11 @@ class _Session:
     def fetch(self, name: str, dest: str, partial: bool) -> int:
         from walvault.clients.transport import (
             DestinationError,
-            _is_segment,
             discard,
             open_destination,
             segment_problem,
         )
+        from walvault.wal.names import is_segment
 
         assert self.proc.stdin is not None
         self.broken = True  # until the whole answer is read
@@ -160,7 +160,7 @@ class _Session:
             discard(dest)
             error(message.decode("utf-8", "replace") or "stream-wal failed")
             return ABORT
-        problem = segment_problem(dest, name) if _is_segment(name) else None
+        problem = segment_problem(dest, name) if is_segment(name) else None
         if problem is not None:
             discard(dest)
             error(f"received an unusable copy of '{name}': {problem}")

@@ -37,8 +37,7 @@ How each operation maps to requests (what a user pays for, in AWS's request clas
 * ``delete``: DeleteObjects, ``cloud_delete_batch_size`` (1,000) keys per request.
 * ``abort_incomplete``: ListMultipartUploads of the prefix (1,000 per page) and one
   AbortMultipartUpload per upload found.  obstore has no API for either, so these two go
-  through boto3 (imported only here, configured from the same settings); obstore itself
-  aborts an upload whose source fails, so only a killed writer leaves uploads behind.
+  through boto3 (:mod:`walvault.storage.s3uploads`, which alone imports it).
 * ``read_range``: one ranged GET (``Range: bytes=start-end``): parallel downloads.
 
 Every request has bounded timeouts (connect, no-progress, whole request) and is retried by
@@ -148,7 +147,7 @@ class S3Storage:
                         self._store = S3Store(**obstore_arguments(self.location, self.settings))
                     except Exception as exc:  # obstore: ValueError or its BaseError
                         raise StorageError(
-                            f"cannot set up S3 access to {self.url()}: {self._reason(exc)}"
+                            f"cannot set up S3 access to {self.url()}: {self.reason(exc)}"
                         ) from None
         return self._store
 
@@ -157,14 +156,15 @@ class S3Storage:
         (counted as a failed request of ``op``'s first word)."""
         import obstore.exceptions as oe
 
-        _count(op, ok=False)
+        count(op, ok=False)
 
         where = self.url(key)
         if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError) and op == "PUT":
             return ObjectExists(f"{where} already exists: not overwritten")
-        return StorageError(f"S3 {op} {where} failed: {self._reason(exc)}")
+        return StorageError(f"S3 {op} {where} failed: {self.reason(exc)}")
 
-    def _reason(self, exc: BaseException) -> str:
+    def reason(self, exc: BaseException) -> str:
+        """``exc`` in words for an error line, the endpoint explained, secrets masked."""
         reason = describe_failure(str(exc), self.settings.endpoint)
         for secret in self.settings.secrets():
             reason = reason.replace(secret, "*****")
@@ -202,7 +202,7 @@ class S3Storage:
                 )
             except Exception as exc:
                 raise self._fail("PUT", key, exc) from None
-            _count("PUT")
+            count("PUT")
             return ObjectInfo(key, len(head), time.time(), meta)
         if create_only and self.head(key) is not None:
             raise ObjectExists(f"{self.url(key)} already exists: not overwritten")
@@ -220,7 +220,7 @@ class S3Storage:
             )
         except Exception as exc:
             raise self._fail("PUT (multipart)", key, exc) from None
-        _count("PUT")
+        count("PUT")
         return ObjectInfo(key, counter.total, time.time(), meta)
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -236,64 +236,14 @@ class S3Storage:
             except Exception as exc:
                 what = batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} keys)"
                 raise self._fail("DELETE", what, exc) from None
-            _count("DELETE")
+            count("DELETE")
 
     def abort_incomplete(self, prefix: str) -> int:
-        """Abort every incomplete multipart upload under ``prefix``; return how many."""
-        check_prefix(prefix)
-        full = f"{self.location.prefix}/{prefix}" if self.location.prefix else prefix
-        try:
-            client = self._boto_client()
-            aborted = 0
-            pages = client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.location.bucket, Prefix=full
-            )
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    client.abort_multipart_upload(
-                        Bucket=self.location.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
-                    _count("ABORT")
-                _count("LIST")
-        except StorageError:
-            raise
-        except Exception as exc:  # botocore's ClientError, EndpointConnectionError...
-            _count("LIST", ok=False)
-            raise StorageError(
-                f"S3 ListMultipartUploads/AbortMultipartUpload {self.url(prefix)} failed: "
-                f"{self._reason(exc) if str(exc) else type(exc).__name__}"
-            ) from None
-        return aborted
+        """Abort every incomplete multipart upload under ``prefix``; return how many
+        (boto3's, :mod:`walvault.storage.s3uploads`)."""
+        from walvault.storage.s3uploads import abort_incomplete_uploads
 
-    def _boto_client(self) -> Any:
-        """A boto3 S3 client with this driver's endpoint, region, credentials and timeouts."""
-        try:
-            import boto3  # type: ignore[import-untyped]
-            from botocore.config import Config  # type: ignore[import-untyped]
-        except ImportError:
-            raise StorageError(
-                f"cannot clean incomplete uploads under {self.url()}: boto3 is not installed "
-                "(pip install boto3, or give the bucket a lifecycle rule that aborts "
-                "incomplete multipart uploads)"
-            ) from None
-        settings = self.settings
-        config = Config(
-            region_name=settings.region,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            retries={"max_attempts": settings.retries + 1, "mode": "standard"},
-            s3={"addressing_style": "virtual" if settings.virtual_hosted else "path"},
-            user_agent_extra="walvault",
-        )
-        kwargs: dict[str, Any] = {"config": config}
-        if settings.endpoint is not None:
-            kwargs["endpoint_url"] = settings.endpoint
-        if settings.access_key_id is not None:
-            kwargs["aws_access_key_id"] = settings.access_key_id
-            kwargs["aws_secret_access_key"] = settings.secret_access_key
-            kwargs["aws_session_token"] = settings.session_token or None
-        return boto3.session.Session().client("s3", **kwargs)
+        return abort_incomplete_uploads(self, prefix)
 
     # ------------------------------------------------------------ reads
 
@@ -305,11 +255,11 @@ class S3Storage:
         try:
             data = bytes(obstore.get_range(self._client(), key, start=start, end=end))
         except FileNotFoundError as exc:
-            _count("GET", ok=False)
+            count("GET", ok=False)
             raise StorageError(f"S3 GET (range) {self.url(key)} failed: no such key") from exc
         except Exception as exc:
             raise self._fail("GET (range)", key, exc) from None
-        _count("GET")
+        count("GET")
         return data
 
     def put_file(
@@ -335,11 +285,11 @@ class S3Storage:
             result = obstore.get(store, key)
         except FileNotFoundError as exc:
             self._check_not_found(key, str(exc), body_expected=True)
-            _count("GET")  # answered: no such key
+            count("GET")  # answered: no such key
             return None
         except Exception as exc:
             raise self._fail("GET", key, exc) from None
-        _count("GET")
+        count("GET")
         info, digest = _info(key, result.meta, result.attributes)
         return S3Reader(self, info, digest, result.stream(min_chunk_size=_STREAM_CHUNK))
 
@@ -352,11 +302,11 @@ class S3Storage:
             result = obstore.get(store, key, options={"head": True})
         except FileNotFoundError as exc:
             self._check_not_found(key, str(exc), body_expected=False)
-            _count("HEAD")  # answered: no such key
+            count("HEAD")  # answered: no such key
             return None
         except Exception as exc:
             raise self._fail("HEAD", key, exc) from None
-        _count("HEAD")
+        count("HEAD")
         return _info(key, result.meta, result.attributes)[0]
 
     def _check_not_found(self, key: str, text: str, *, body_expected: bool) -> None:
@@ -392,7 +342,7 @@ class S3Storage:
             except ValueError:  # an offset obstore does not take as a path: from the parent
                 stream = obstore.list(self._client(), parent, chunk_size=_LIST_PAGE)
             for page in stream:
-                _count("LIST")
+                count("LIST")
                 for meta in page:
                     path = meta["path"]
                     if path.startswith(prefix):
@@ -405,7 +355,7 @@ class S3Storage:
             raise self._fail("LIST", prefix, exc) from None
 
 
-def _count(op: str, *, ok: bool = True) -> None:
+def count(op: str, *, ok: bool = True) -> None:
     """One request for ``walvault serve``'s ``walvault_storage_requests_total``."""
     from walvault.counters import count_request
 
