@@ -211,6 +211,20 @@ def start_receiver(wv: Walvault, pg: Any) -> subprocess.Popen[str]:
     return proc
 
 
+def archive_last(wv: Walvault, pg: Any, timeout: float = 90) -> str:
+    """Close ``pg``'s current segment and wait until walvault's archive-wal archived it."""
+    last = pg.switch_wal()
+    pg.sql("SELECT txid_current()")
+    wals = Path(wv.server().wals_directory)
+
+    def archived() -> bool:
+        assert wv.run("archive-wal", "pg").returncode == 0
+        return (wals / last[:16] / last).exists()
+
+    wait_for(archived, what=f"{last} archived", timeout=timeout)
+    return str(last)
+
+
 def make_segments(pg: Any, count: int) -> list[str]:
     """Write and switch ``count`` times; return the names of the closed segments."""
     pg.sql("CREATE TABLE IF NOT EXISTS t (i int, pad text)")

@@ -18,26 +18,13 @@ import pytest
 
 from gpgharness import encryption_options, passphrase_file, trust_ultimately
 from walvault.backup import info as binfo
-from wvharness import start_receiver, start_restored, streaming_server, wait_for
+from wvharness import archive_last, start_receiver, start_restored, streaming_server, wait_for
 
 barmanharness = pytest.importorskip("barmanharness")
 
 
-def _archive_one(wv: Any, pg: Any) -> None:
-    """Close a segment and wait until walvault archived it."""
-    last = pg.switch_wal()
-    pg.sql("SELECT txid_current()")
-    wals = Path(wv.server().wals_directory)
-
-    def archived() -> bool:
-        assert wv.run("archive-wal", "pg").returncode == 0
-        return (wals / last[:16] / last).exists()
-
-    wait_for(archived, what=f"{last} archived")
-
-
 def _barman_backup(barman: Any, wv: Any, pg: Any) -> str:
-    _archive_one(wv, pg)  # Barman's check wants a WAL archive that is not empty
+    archive_last(wv, pg)  # Barman's check wants a WAL archive that is not empty
     before = {b.backup_id for b in binfo.iter_backups(wv.server())}
     result = barman.run("backup", "pg", timeout=300)
     checked = "" if result.returncode == 0 else barman.run("check", "pg").stdout
@@ -95,7 +82,7 @@ def test_walvault_recovers_barmans_tar_backups(
     assert f"base{suffix}" in names, names
     pg.sql("INSERT INTO kept SELECT g, md5(g::text) FROM generate_series(5001, 8000) g")
     expected = pg.sql("SELECT id, v FROM kept ORDER BY id")
-    _archive_one(wv, pg)
+    archive_last(wv, pg)
     wv.write({"pg": streaming_server(pg, immediate_checkpoint="true", **crypt)})
 
     if encrypted:  # a wrong passphrase: one line, nothing left, no plaintext on the way

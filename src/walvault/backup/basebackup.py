@@ -45,10 +45,11 @@ from walvault.backup.info import (
 from walvault.backup.label import backup_position, parse_backup_label, parse_manifest_ranges
 from walvault.backup.pgbasebackup import BASEBACKUP_NAMES, build_basebackup_command, run_basebackup
 from walvault.backup.progress import Progress
+from walvault.backup.tarbackup import tar_format
 from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
-from walvault.fs import tree_size
+from walvault.fs import fsync_dir, tree_size
 from walvault.humanize import pretty_duration, pretty_size
 from walvault.postgres.connection import (
     ConnectionFailed,
@@ -307,7 +308,7 @@ def _fail(server: ServerConfig, info: BackupInfo, reason: str) -> None:
     log.error("backup %s of server %s FAILED: %s", info.backup_id, server.name, reason)
 
 
-def _copy_to_bucket(
+def _copy_tars(
     server: ServerConfig,
     info: BackupInfo,
     facts: SourceFacts,
@@ -317,29 +318,41 @@ def _copy_to_bucket(
     progress: Progress,
     parent_manifest: str | None = None,
 ) -> BackupInfo:
-    """Stream pg_basebackup's tar into the bucket (:mod:`walvault.backup.cloudbackup`), then
-    its manifest (before ``backup.info``, which makes the backup visible)."""
+    """Stream pg_basebackup's tar, compressed (and encrypted), into the bucket
+    (:mod:`walvault.backup.cloudbackup`) or into local tars (:mod:`walvault.backup.tarbackup`),
+    then keep its manifest (before ``backup.info``, which makes the backup visible)."""
+    from walvault.archive.archiver import encryption_for
     from walvault.backup import cloudbackup
     from walvault.backup.cloudstore import CloudBackups, backup_compression
+    from walvault.backup.tarbackup import tar_name
+    from walvault.storage.posix import PosixStorage
 
-    where = CloudBackups(server).url(info.backup_id)
+    encrypt = encryption_for(server, "nothing was backed up")  # the key, before pg_basebackup
+    encrypted = encrypt is not None
+    codec = backup_compression(server)
+    if server.basebackups_in_object_storage:
+        target = cloudbackup.bucket_target(server, info.backup_id, encrypted)
+        where = CloudBackups(server).url(info.backup_id)
+    else:
+        where = binfo.data_dir(server, info.backup_id)
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        fsync_dir(os.path.dirname(where))
+        local = PosixStorage(where)
+        target = cloudbackup.TarTarget(local, lambda what: tar_name(what, codec, encrypted))
     echo(f"Starting backup using postgres method for server {server.name} in {where}")
     echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
     started = time.monotonic()
-    from walvault.archive.archiver import encryption_for
-
-    encrypt = encryption_for(server, "nothing was backed up")  # the key, before pg_basebackup
     command = cloudbackup.stream_command(server, program, parent_manifest)
     try:
         if facts.tablespaces:  # one tar per tablespace: through a bounded local spool
-            from walvault.backup.tarspool import spool_to_bucket
+            from walvault.backup.tarspool import spool_tars
 
-            watcher, run, stored, manifest = spool_to_bucket(
-                server, info.backup_id, command, debug, progress, encrypt=encrypt
+            watcher, run, stored, manifest = spool_tars(
+                server, info.backup_id, target, command, debug, progress, encrypt=encrypt
             )
         else:
-            watcher, run, stored = cloudbackup.stream_to_bucket(
-                server, info.backup_id, command, debug, progress, encrypt
+            watcher, run, stored = cloudbackup.stream_tar(
+                server, target, command, debug, progress, encrypt
             )
             manifest = None
     except cloudbackup.CopyFailed as exc:
@@ -368,9 +381,11 @@ def _copy_to_bucket(
         )
     except ValueError as exc:
         raise _Failed(f"cannot read the backup's WAL position: {exc}") from None
-    if manifest:
+    if manifest and server.basebackups_in_object_storage:
         CloudBackups(server).write_manifest(info.backup_id, manifest)
-    return cloudbackup.cloud_info_fields(done, backup_compression(server), encrypt is not None)
+    elif manifest:  # plain, beside the tars, where Barman keeps it
+        local.put("backup_manifest", manifest.encode())
+    return cloudbackup.cloud_info_fields(done, codec, encrypted)
 
 
 def _copy(
@@ -384,8 +399,8 @@ def _copy(
     parent_manifest: str | None = None,
 ) -> BackupInfo:
     """Run pg_basebackup and read where the copy starts and ends (raises on failure)."""
-    if server.basebackups_in_object_storage:
-        return _copy_to_bucket(server, info, facts, program, echo, debug, progress, parent_manifest)
+    if server.basebackups_in_object_storage or tar_format(server):
+        return _copy_tars(server, info, facts, program, echo, debug, progress, parent_manifest)
     backup_dir = os.path.dirname(binfo.data_dir(server, info.backup_id))
     echo(f"Starting backup using postgres method for server {server.name} in {backup_dir}")
     command = build_basebackup_command(
@@ -547,11 +562,17 @@ def take_backup(
         raise WalvaultError(f"server '{server.name}' needs conninfo and streaming_conninfo")
     if name is not None:
         name = validate_name(server, name)
-    if server.encryption == "gpg" and not server.basebackups_in_object_storage:
-        warn(
-            f"encryption = gpg: the backup of server '{server.name}' is a plain copy on local "
-            "disk and is NOT encrypted (walvault encrypts the WAL and backups in object "
-            "storage; protect basebackups_directory, e.g. with an encrypted filesystem)"
+    local_tars = not server.basebackups_in_object_storage and tar_format(server)
+    if server.encryption == "gpg" and server.backup_compression_format == "plain":
+        raise WalvaultError(
+            f"server '{server.name}': encryption = gpg needs tar-format backups, and "
+            "backup_compression_format is 'plain' (accepted with encryption: tar, the default)"
+        )
+    if incremental is not None and local_tars:
+        raise WalvaultError(
+            f"--incremental: server '{server.name}' writes tar-format backups (backup_compression "
+            "or encryption = gpg), and an incremental backup is combined from plain copies: "
+            "unset backup_compression (and encryption) for incremental backups on local disk"
         )
     os.makedirs(server.lock_directory, exist_ok=True)
     lock = locks.ServerLock(server.lock_directory, server.name, locks.BACKUP, wait=False)

@@ -74,9 +74,18 @@ def parent_manifest(server: ServerConfig, parent: BackupInfo) -> str:
         os.makedirs(server.meta_directory, exist_ok=True)
         durable_replace_bytes(manifest_copy(server, parent.backup_id), data)
         return manifest_copy(server, parent.backup_id)
+    from walvault.backup.tarbackup import tar_files
+
+    copy = binfo.data_dir(server, parent.backup_id)
+    if os.path.isdir(copy) and tar_files(copy) is not None:
+        raise WalvaultError(
+            f"backup {parent.backup_id} is tar-format (backup_compression, encryption): "
+            "pg_combinebackup combines plain copies only, so it cannot be the parent of an "
+            "incremental backup"
+        )
     for path in (
         manifest_copy(server, parent.backup_id),
-        os.path.join(binfo.data_dir(server, parent.backup_id), "backup_manifest"),
+        os.path.join(copy, "backup_manifest"),
     ):
         if os.path.isfile(path):
             return path

@@ -25,6 +25,11 @@ incomplete upload, which cron aborts (:mod:`walvault.backup.cloudstore`).
 pg_basebackup writes only one tablespace to its standard output: a cluster with
 tablespaces goes through a bounded local spool instead (:mod:`walvault.backup.tarspool`),
 with the same upload (:func:`upload_tar`) for each of its tars.
+
+The same pipeline writes walvault's tar-format backups on local disk
+(:mod:`walvault.backup.tarbackup`): the store is then a
+:class:`~walvault.storage.posix.PosixStorage` on ``base/<id>/data/`` (temporary name, fsync,
+rename, directory fsync) and the keys are Barman's ``base.tar[.ext][.gpg]`` names.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from walvault.archive.encryption import encrypting
 from walvault.backup.cloudstore import CloudBackups, backup_compression
@@ -53,6 +58,7 @@ from walvault.wal.names import parse_lsn
 
 if TYPE_CHECKING:
     from walvault.archive.ingest import Encrypt
+    from walvault.storage.base import Storage
 
 log = logging.getLogger("walvault.backup")
 Echo = Callable[[str], None]
@@ -171,8 +177,26 @@ class _Checked:
         self._pipe.close()
 
 
+class TarTarget(NamedTuple):
+    """Where a backup's tars go: a store, and the key of each tar ("data" or a tablespace
+    oid): a bucket in barman-cloud's layout, or a local ``base/<id>/data/`` in Barman's."""
+
+    storage: Storage
+    key: Callable[[str], str]
+
+
+def bucket_target(server: ServerConfig, backup_id: str, encrypted: bool) -> TarTarget:
+    """``<server>/base/<id>/data.tar[.ext][.gpg]`` ... in the bucket."""
+    cloud = CloudBackups(server)
+    codec = backup_compression(server)
+    return TarTarget(
+        cloud.storage, lambda what: cloud.tar_key(backup_id, what, codec, encrypted=encrypted)
+    )
+
+
 def upload_tar(
     server: ServerConfig,
+    storage: Storage,
     key: str,
     source: IO[bytes],
     watcher: TarWatcher,
@@ -182,13 +206,12 @@ def upload_tar(
     encrypt: Encrypt | None = None,
 ) -> int:
     """Compress (then, with ``encrypt``, encrypt) the tar read from ``source`` into the
-    object ``key``; return the stored size.
+    object ``key`` of ``storage``; return the stored size.
 
     The upload is completed only if, at the end of ``source``, the compressor finished,
     ``final_check()`` passed and the watcher saw the whole archive; otherwise it is aborted
     and :class:`CopyFailed` raised (``on_failure()`` runs first: stop the producer).
     """
-    cloud = CloudBackups(server)
     codec = backup_compression(server)
     read_end, write_end = os.pipe()
     failure: list[BaseException] = []
@@ -223,7 +246,7 @@ def upload_tar(
     worker.start()
     stream = _Checked(open(read_end, "rb", buffering=_READ), check)  # noqa: SIM115
     try:
-        cloud.storage.put(key, stream)  # type: ignore[arg-type]
+        storage.put(key, stream)  # type: ignore[arg-type]
     except BaseException as exc:
         stream.close()  # a compressor blocked on the full pipe gets EPIPE and ends
         on_failure()
@@ -231,7 +254,7 @@ def upload_tar(
         if isinstance(exc, CopyFailed):
             raise
         if isinstance(exc, WalvaultError):
-            raise CopyFailed(f"upload to {cloud.storage.url(key)} failed: {exc.message}") from None
+            raise CopyFailed(f"writing {storage.url(key)} failed: {exc.message}") from None
         raise
     stream.close()
     return stream.size
@@ -248,20 +271,17 @@ def start_basebackup(command: BaseBackupCommand, **popen: Any) -> subprocess.Pop
     )
 
 
-def stream_to_bucket(
+def stream_tar(
     server: ServerConfig,
-    backup_id: str,
+    target: TarTarget,
     command: BaseBackupCommand,
     debug: Echo,
     progress: Progress,
     encrypt: Encrypt | None = None,
 ) -> tuple[TarWatcher, BaseBackupRun, int]:
-    """Run pg_basebackup into ``data.tar[.ext][.gpg]`` of ``backup_id``; return what the
-    watcher saw, how pg_basebackup ended and the stored size.  Raises :class:`CopyFailed`."""
-    cloud = CloudBackups(server)
-    key = cloud.tar_key(
-        backup_id, "data", backup_compression(server), encrypted=encrypt is not None
-    )
+    """Run pg_basebackup into the target's "data" tar; return what the watcher saw, how
+    pg_basebackup ended and the stored size.  Raises :class:`CopyFailed`."""
+    key = target.key("data")
     log.info("%s: running %s", server.name, command.shown())
     proc = start_basebackup(command, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -278,7 +298,9 @@ def stream_to_bucket(
         stop_process(proc)
         stderr.join()
 
-    stored = upload_tar(server, key, proc.stdout, watcher, progress, exited, stop, encrypt)
+    stored = upload_tar(
+        server, target.storage, key, proc.stdout, watcher, progress, exited, stop, encrypt
+    )
     run = BaseBackupRun(proc.returncode or 0, tuple(stderr.lines), stderr.end_lsn)
     return watcher, run, stored
 

@@ -8,8 +8,12 @@ With ``backup_compression`` and ``backup_compression_format = tar``, Barman runs
     backup_manifest               plain
 
 and with ``encryption = gpg`` it encrypts every tar afterwards: ``base.tar.gz.gpg``, the
-``.tar*`` removed.  walvault's own local backups are plain copies; a data directory holding a
-``base.tar*`` and no ``PG_VERSION`` is one of these.  Recovery streams each file, decrypted
+``.tar*`` removed.  walvault writes the same files (:func:`tar_format`, :func:`tar_name`),
+but never a plaintext tar beside an encrypted one: pg_basebackup's tar stream is
+compressed and encrypted on its way into ``base.tar.<ext>.gpg`` (through
+:func:`walvault.backup.cloudbackup.stream_tar`, as into a bucket; with tablespaces,
+through the bounded spool of :mod:`walvault.backup.tarspool`).  A data directory holding
+a ``base.tar*`` and no ``PG_VERSION`` is one of these.  Recovery streams each file, decrypted
 (gpg, with ``encryption_passphrase_command``) and decompressed on the way, through the same
 checked unpacker as a backup in object storage (:func:`walvault.backup.cloudrecover.
 unpack_files`): no plaintext tar is ever written, and a failure removes what was unpacked.
@@ -25,9 +29,25 @@ from typing import TextIO
 
 from walvault.backup.cloudstore import BackupFile
 from walvault.backup.info import BackupInfo, parse_tablespaces
-from walvault.compression import BY_EXTENSION
+from walvault.compression import BY_EXTENSION, EXTENSIONS
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
+
+
+def tar_format(server: ServerConfig) -> bool:
+    """Whether a new local backup of ``server`` is tar-format: ``backup_compression`` set
+    (``none`` too: uncompressed tars) with ``backup_compression_format = tar`` (Barman's
+    default), or ``encryption = gpg`` (only tars can be encrypted)."""
+    if server.encryption == "gpg":
+        return True
+    return server.backup_compression is not None and server.backup_compression_format == "tar"
+
+
+def tar_name(what: str, codec: str | None, encrypted: bool) -> str:
+    """``base.tar[.ext][.gpg]`` for "data", ``<oid>.tar[.ext][.gpg]`` for a tablespace."""
+    stem = "base" if what == "data" else what
+    return f"{stem}.tar{EXTENSIONS[codec]}" + (".gpg" if encrypted else "")
+
 
 _TAR_RE = re.compile(r"(?P<name>base|[1-9][0-9]{0,9})\.tar(?P<ext>\.(?!gpg$)\w+)?(?P<gpg>\.gpg)?")
 

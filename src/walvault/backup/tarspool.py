@@ -1,10 +1,13 @@
-"""A backup with tablespaces into object storage: pg_basebackup's tars through a bounded spool.
+"""A tar-format backup with tablespaces: pg_basebackup's tars through a bounded spool.
+
+Into object storage, or into a local tar-format backup (:mod:`walvault.backup.tarbackup`):
+the ``target`` (:class:`walvault.backup.cloudbackup.TarTarget`) names the store and keys.
 
 pg_basebackup writes only one tablespace to its standard output, so a cluster with
 tablespaces is backed up with ``--format=tar --pgdata=<spool>``: pg_basebackup writes
 ``<oid>.tar`` for each tablespace and ``base.tar`` (plus ``backup_manifest``) into a local
 spool directory, one archive after the other, and each tar is uploaded *while it is being
-written* (``<oid>.tar[.ext]``, ``data.tar[.ext]`` in the bucket):
+written* (``<oid>.tar[.ext]``, ``data.tar[.ext]`` in the bucket; ``base.tar[.ext]`` on local disk):
 
 * a watcher thread finds each new tar in the spool and hands it to an upload (at most
   :data:`UPLOADS` at a time: the one being written and the one finishing);
@@ -40,11 +43,11 @@ from typing import TYPE_CHECKING
 from walvault.backup.cloudbackup import (
     CopyFailed,
     Stderr,
+    TarTarget,
     start_basebackup,
     stop_process,
     upload_tar,
 )
-from walvault.backup.cloudstore import CloudBackups, backup_compression
 from walvault.backup.pgbasebackup import BaseBackupCommand, BaseBackupRun
 from walvault.backup.progress import Progress
 from walvault.backup.tarstream import TarWatcher
@@ -190,9 +193,10 @@ class _Spool:
             self.stopped = False
 
 
-def spool_to_bucket(
+def spool_tars(
     server: ServerConfig,
     backup_id: str,
+    target: TarTarget,
     command: BaseBackupCommand,
     debug: Echo,
     progress: Progress,
@@ -200,13 +204,12 @@ def spool_to_bucket(
     limit: int = DEFAULT_LIMIT,
     encrypt: Encrypt | None = None,
 ) -> tuple[TarWatcher, BaseBackupRun, int, str | None]:
-    """Run pg_basebackup into the spool and upload every tar as it is written; return the
-    watcher of ``base.tar``, how pg_basebackup ended, the stored size and the manifest."""
+    """Run pg_basebackup into the spool and store every tar into ``target`` as it is
+    written; return the watcher of ``base.tar``, how pg_basebackup ended, the stored size
+    and the manifest."""
     directory = spool_directory(server, backup_id)
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory, mode=0o700)
-    cloud = CloudBackups(server)
-    codec = backup_compression(server)
     argv = [a if a != "--pgdata=-" else f"--pgdata={directory}" for a in command.argv]
     proc = start_basebackup(
         BaseBackupCommand(tuple(argv), command.env),
@@ -226,7 +229,8 @@ def spool_to_bucket(
         try:
             return upload_tar(
                 server,
-                cloud.tar_key(backup_id, what, codec, encrypted=encrypt is not None),
+                target.storage,
+                target.key(what),
                 reader,  # type: ignore[arg-type]
                 watcher,
                 progress,

@@ -120,11 +120,12 @@ def remove_backup_data(server: ServerConfig, backup_id: str) -> bool:
     incomplete uploads, delete its tars and its ``backup.info``
     (:meth:`walvault.backup.cloudstore.CloudBackups.remove`).
     """
+    from walvault.backup.tarspool import spool_directory
+
+    shutil.rmtree(spool_directory(server, backup_id), ignore_errors=True)  # tablespaces' tars
     if server.basebackups_in_object_storage:
         from walvault.backup.cloudstore import CloudBackups
-        from walvault.backup.tarspool import spool_directory
 
-        shutil.rmtree(spool_directory(server, backup_id), ignore_errors=True)
         return CloudBackups(server).remove(backup_id) > 0
     directory = os.path.dirname(binfo.data_dir(server, backup_id))
     if not os.path.lexists(directory):

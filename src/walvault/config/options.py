@@ -75,8 +75,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("xlogdb_directory", "%(wals_directory)s", p.parse_abs_path),
     Option("compression", None, _compression),
     Option("compression_level", "medium", p.parse_compression_level),
-    # the compression of a backup's tar files in object storage (default: ``compression``)
+    # the compression of a backup's tar files (default: ``compression``); set, a local
+    # backup is tar-format as Barman's (see walvault.backup.localtars)
     Option("backup_compression", None, _backup_compression),
+    Option("backup_compression_format", "tar", p.choice("tar", "plain")),
     Option(
         "backup_method",
         "postgres",
@@ -153,7 +155,6 @@ GLOBAL_ALIASES = {
 BARMAN_ONLY = frozenset(
     {
         "backup_options",
-        "backup_compression_format",
         "backup_compression_level",
         "backup_compression_location",
         "backup_compression_workers",

@@ -49,8 +49,10 @@ class ServerConfig(NamedTuple):
     xlogdb_directory: str = ""
     compression: str | None = None
     compression_level: str | int = "medium"
-    #: the codec of backup tar files in object storage ("none", a codec, None: compression)
+    #: the codec of backup tar files ("none", a codec, None: compression); set, local
+    #: backups are tar-format (with ``backup_compression_format = tar``, Barman's default)
     backup_compression: str | None = None
+    backup_compression_format: str = "tar"
     backup_method: str = "postgres"
     immediate_checkpoint: bool = False
     #: pg_basebackup's ``--max-rate`` in kB/s (Barman's option; 0: no limit)

@@ -47,9 +47,18 @@ def _error_lines(output: str) -> list[str]:
 def verify_files(server: ServerConfig, info: BackupInfo) -> FilesVerdict:
     """Run ``pg_verifybackup --no-parse-wal`` on the backup's copy (never raises for what it
     finds: a missing program, manifest or copy is a verdict too)."""
+    from walvault.backup.tarbackup import tar_files
+
     data = binfo.data_dir(server, info.backup_id)
     if not os.path.isdir(data):
         return FilesVerdict(False, f"the backup's copy {data} is missing")
+    if tar_files(data) is not None:
+        return FilesVerdict(
+            False,
+            f"{data} holds a tar-format backup: pg_verifybackup checks plain copies only, so "
+            "its files were not checked (recover checks every tar member; verify --wal-only "
+            "checks its WAL)",
+        )
     if not os.path.isfile(os.path.join(data, "backup_manifest")):
         return FilesVerdict(
             False, f"{data} has no backup_manifest: its files cannot be checked (taken without one)"
