@@ -163,13 +163,8 @@ def test_barman_recovers_walvaults_local_tar_backup(
     target = tmp_path / "by-barman"
     staging = tmp_path / "staging"
     staging.mkdir()
-    # --get-wal: Barman copies WAL with rsync, not installed here; its own get-wal, by path
-    get_wal = f"{barman.install.tool('barman')} -c {barman.conf} get-wal -P pg %f > %p"
-    recovered = barman.run(
+    recovered = barman.run(  # Barman copies (and decrypts) the WAL the backup needs itself
         "recover",
-        "--get-wal",
-        "--restore-command",
-        get_wal,
         "--staging-path",
         str(staging),
         "pg",
