@@ -84,6 +84,10 @@ def test_walvault_recovers_barmans_tar_backups(
     expected = pg.sql("SELECT id, v FROM kept ORDER BY id")
     archive_last(wv, pg)
     wv.write({"pg": streaming_server(pg, immediate_checkpoint="true", **crypt)})
+    verified = wv.run("verify", "pg", backup_id)  # Barman's tars read through, decrypted
+    assert f"backup {backup_id} files: OK (every file matches backup_manifest" in (
+        verified.stdout
+    ), verified.stdout + verified.stderr
 
     if encrypted:  # a wrong passphrase: one line, nothing left, no plaintext on the way
         (tmp_path / "wrong").mkdir()

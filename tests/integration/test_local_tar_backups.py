@@ -24,7 +24,7 @@ from gpgharness import encryption_options, passphrase_file
 from walvault.archive.encryption import identify_encryption
 from walvault.backup import chain
 from walvault.backup import info as binfo
-from walvault.compression import decompress_bytes
+from walvault.compression import compress_bytes, decompress_bytes
 from wvharness import archive_last, start_receiver, start_restored, streaming_server, wait_for
 
 
@@ -81,8 +81,23 @@ def test_a_local_tar_backup_is_barmans_layout_and_recovers_every_row(
             members = tar.getnames()
         assert "PG_VERSION" in members and "backup_label" in members
 
-    verified = wv.run("verify", "pg")
-    assert "holds a tar-format backup" in verified.stdout, verified.stdout + verified.stderr
+    files_line = f"backup {info.backup_id} files: "
+    verified = wv.run("verify", "pg", info.backup_id)
+    assert f"{files_line}OK (every file matches backup_manifest (read through base" in (
+        verified.stdout
+    ), verified.stdout + verified.stderr
+    if not encrypted:  # one changed byte inside a member, the tar recompressed: found
+        plain = bytearray(decompress_bytes("zstd", stored))
+        header = next(
+            at for at in range(0, len(plain), 512) if plain[at : at + 11] == b"PG_VERSION\0"
+        )
+        offset = header + 512  # the top-level PG_VERSION's data block
+        plain[offset] ^= 0x01
+        (data / f"base{suffix}").write_bytes(compress_bytes("zstd", bytes(plain)))
+        tampered = wv.run("verify", "pg", info.backup_id)
+        assert tampered.returncode == 1, tampered.stdout
+        assert f'{files_line}FAILED ("PG_VERSION": checksum mismatch)' in tampered.stdout
+        (data / f"base{suffix}").write_bytes(stored)
 
     pg.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 21000) g")
     if encrypted:

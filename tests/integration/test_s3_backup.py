@@ -419,6 +419,10 @@ def test_an_encrypted_backup_in_the_bucket_is_gpg_and_recovers(
         stored = reader.read()
     assert identify_encryption(stored[:16]) == "gpg" and b"secret" not in stored
     assert "encryption=gpg\n" in (s3_storage.open(f"pg/base/{bid}/backup.info").read().decode())  # type: ignore[union-attr]
+    verified = wv.run("verify", "pg", bid)  # the tar read through, decrypted, from the bucket
+    assert f"backup {bid} files: OK (every file matches backup_manifest" in verified.stdout, (
+        verified.stdout + verified.stderr
+    )
     pg.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 21000) g")
     closed = pg.switch_wal()
 

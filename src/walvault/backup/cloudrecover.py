@@ -206,7 +206,7 @@ def unpack_files(
     progress.close()
 
 
-def _source(
+def tar_source(
     server: ServerConfig, storage: Storage, item: BackupFile, jobs: int, progress: Progress
 ) -> RangedReader | _Counted:
     """The stored bytes of ``item`` as a stream (decrypted when it is encrypted)."""
@@ -234,7 +234,7 @@ def _unpack_one(
     progress: Progress,
 ) -> None:
     where = storage.url(item.key)
-    source = _source(server, storage, item, jobs, progress)
+    source = tar_source(server, storage, item, jobs, progress)
     decoded = _Decoded(open_decompressed(item.compression, source))  # type: ignore[arg-type]
     try:
         unpack(
