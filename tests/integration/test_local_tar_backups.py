@@ -81,6 +81,8 @@ def test_a_local_tar_backup_is_barmans_layout_and_recovers_every_row(
             members = tar.getnames()
         assert "PG_VERSION" in members and "backup_label" in members
 
+    shown = wv.run("show-backup", "pg", info.backup_id).stdout
+    assert ("Encryption" in shown) is encrypted and ("gpg" in shown) is encrypted, shown
     files_line = f"backup {info.backup_id} files: "
     verified = wv.run("verify", "pg", info.backup_id)
     assert f"{files_line}OK (every file matches backup_manifest (read through base" in (

@@ -46,8 +46,11 @@ def spawn() -> Iterator[Spawner]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(script: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+        proc = subprocess.Popen(  # SIGINT as in a foreground start, whatever ran pytest
+            [sys.executable, "-c", script, *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         procs.append(proc)
         assert proc.stdout is not None

@@ -243,7 +243,9 @@ def show_sections(summary: BackupSummary) -> list[tuple[str, list[tuple[str, str
 
         copy = pretty_duration((info.end_time - info.begin_time).total_seconds())
     size = pretty_size(info.size or 0)
-    base = [
+    encryption = dict(info.extra).get("encryption")
+    base = [("Encryption", encryption)] if encryption and encryption != "None" else []
+    base += [
         ("Disk usage", f"{size} ({pretty_size(summary.total_size)} with WALs)"),
         ("Timeline", str(info.timeline)),
         ("Begin WAL", str(info.begin_wal)),

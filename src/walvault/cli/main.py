@@ -90,6 +90,9 @@ COMMANDS: dict[str, str] = {
     "completion": "docgen",
     "man-page": "docgen",
 }
+#: Commands run once per WAL file (by walvault-wal-archive and barman-wal-restore over ssh):
+#: nothing is added to their start-up that they do not need.
+PER_FILE_COMMANDS = frozenset({"get-wal", "put-wal"})
 #: Global options that take a value (the next argument unless written ``--opt=value``).
 _VALUED_GLOBALS = ("-c", "--config", "-f", "--format")
 _FLAG_GLOBALS = ("-q", "--quiet", "-d", "--debug", "-v", "--version")
@@ -206,10 +209,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
+    if args.command not in PER_FILE_COMMANDS:
+        interruptible()
     ctx = Context(
         config_option=args.config, output_format=args.format, quiet=args.quiet, debug=args.debug
     )
     return _guarded(ctx, args, lambda: _start(ctx, args))
+
+
+def interruptible() -> None:
+    """Let SIGINT interrupt even when it was inherited as ignored.
+
+    A shell script's background job (``walvault receive-wal pg &``) starts with SIGINT
+    ignored, and Python then leaves it so: ``terminate-process`` (SIGINT, as Barman's) could
+    not stop it, nor could cron's or serve's children that it starts.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _guarded(ctx: Context, args: argparse.Namespace, body: Callable[[], int]) -> int:

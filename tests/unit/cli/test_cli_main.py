@@ -66,3 +66,26 @@ def test_get_wal_does_not_import_the_other_commands() -> None:
     others = {f"walvault.cli.{name}" for name in main.COMMAND_MODULES} - {"walvault.cli.get_wal"}
     assert not loaded & others
     assert not any(m.startswith(("walvault.postgres", "walvault.backup")) for m in loaded)
+
+
+def test_sigint_inherited_as_ignored_interrupts_again() -> None:
+    """A background job of a shell script starts with SIGINT ignored: terminate-process
+    (SIGINT) must still stop walvault's long-running commands."""
+    import signal
+
+    from walvault.cli import main as cli
+
+    assert set(cli.COMMANDS) >= cli.PER_FILE_COMMANDS
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cli.interruptible()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+        def own(signum: int, frame: object) -> None:
+            pass
+
+        signal.signal(signal.SIGINT, own)
+        cli.interruptible()  # a handler someone installed is left alone
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, previous)
