@@ -49,7 +49,7 @@ from walvault.backup.tarbackup import tar_format
 from walvault.backup.walcheck import check_backup, id_lock, remove_backup_data
 from walvault.config import ServerConfig
 from walvault.errors import LockBusy, WalvaultError
-from walvault.fs import fsync_dir, tree_size
+from walvault.fs import tree_size
 from walvault.humanize import pretty_duration, pretty_size
 from walvault.postgres.connection import (
     ConnectionFailed,
@@ -323,22 +323,16 @@ def _copy_tars(
     then keep its manifest (before ``backup.info``, which makes the backup visible)."""
     from walvault.archive.archiver import encryption_for
     from walvault.backup import cloudbackup
-    from walvault.backup.cloudstore import CloudBackups, backup_compression
-    from walvault.backup.tarbackup import tar_name
-    from walvault.storage.posix import PosixStorage
+    from walvault.backup.cloudstore import backup_compression
+    from walvault.backup.tarbackup import local_target
 
     encrypt = encryption_for(server, "nothing was backed up")  # the key, before pg_basebackup
     encrypted = encrypt is not None
-    codec = backup_compression(server)
     if server.basebackups_in_object_storage:
         target = cloudbackup.bucket_target(server, info.backup_id, encrypted)
-        where = CloudBackups(server).url(info.backup_id)
     else:
-        where = binfo.data_dir(server, info.backup_id)
-        os.makedirs(where, mode=0o700, exist_ok=True)
-        fsync_dir(os.path.dirname(where))
-        local = PosixStorage(where)
-        target = cloudbackup.TarTarget(local, lambda what: tar_name(what, codec, encrypted))
+        target = local_target(server, info.backup_id, encrypted)
+    where = target.where
     echo(f"Starting backup using postgres method for server {server.name} in {where}")
     echo(f"Starting backup copy via pg_basebackup for {info.backup_id}")
     started = time.monotonic()
@@ -381,11 +375,9 @@ def _copy_tars(
         )
     except ValueError as exc:
         raise _Failed(f"cannot read the backup's WAL position: {exc}") from None
-    if manifest and server.basebackups_in_object_storage:
-        CloudBackups(server).write_manifest(info.backup_id, manifest)
-    elif manifest:  # plain, beside the tars, where Barman keeps it
-        local.put("backup_manifest", manifest.encode())
-    return cloudbackup.cloud_info_fields(done, codec, encrypted)
+    if manifest:
+        target.keep_manifest(manifest)
+    return cloudbackup.cloud_info_fields(done, backup_compression(server), encrypted)
 
 
 def _copy(
@@ -563,7 +555,10 @@ def take_backup(
     if name is not None:
         name = validate_name(server, name)
     local_tars = not server.basebackups_in_object_storage and tar_format(server)
-    if server.encryption == "gpg" and server.backup_compression_format == "plain":
+    local_plain = not server.basebackups_in_object_storage and (
+        server.backup_compression_format == "plain"
+    )
+    if server.encryption == "gpg" and local_plain:
         raise WalvaultError(
             f"server '{server.name}': encryption = gpg needs tar-format backups, and "
             "backup_compression_format is 'plain' (accepted with encryption: tar, the default)"

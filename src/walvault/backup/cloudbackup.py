@@ -178,19 +178,29 @@ class _Checked:
 
 
 class TarTarget(NamedTuple):
-    """Where a backup's tars go: a store, and the key of each tar ("data" or a tablespace
-    oid): a bucket in barman-cloud's layout, or a local ``base/<id>/data/`` in Barman's."""
+    """Where a backup's tars go: a bucket in barman-cloud's layout (:func:`bucket_target`),
+    or a local ``base/<id>/data/`` in Barman's (:func:`walvault.backup.tarbackup.
+    local_target`)."""
 
     storage: Storage
+    #: the key of each tar: "data" or a tablespace oid -> its key in ``storage``
     key: Callable[[str], str]
+    #: the backup's place, for messages and backup.info's errors
+    where: str
+    #: keeps the manifest where that layout has it (before backup.info is written)
+    keep_manifest: Callable[[str], None]
 
 
 def bucket_target(server: ServerConfig, backup_id: str, encrypted: bool) -> TarTarget:
-    """``<server>/base/<id>/data.tar[.ext][.gpg]`` ... in the bucket."""
+    """``<server>/base/<id>/data.tar[.ext][.gpg]`` ... in the bucket, the manifest under
+    ``walvault-meta/`` (:class:`~walvault.backup.cloudstore.CloudBackups`)."""
     cloud = CloudBackups(server)
     codec = backup_compression(server)
     return TarTarget(
-        cloud.storage, lambda what: cloud.tar_key(backup_id, what, codec, encrypted=encrypted)
+        cloud.storage,
+        lambda what: cloud.tar_key(backup_id, what, codec, encrypted=encrypted),
+        cloud.url(backup_id),
+        lambda text: cloud.write_manifest(backup_id, text),
     )
 
 

@@ -25,13 +25,16 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from walvault.backup.cloudstore import BackupFile
 from walvault.backup.info import BackupInfo, parse_tablespaces
 from walvault.compression import BY_EXTENSION, EXTENSIONS
 from walvault.config import ServerConfig
 from walvault.errors import WalvaultError
+
+if TYPE_CHECKING:
+    from walvault.backup.cloudbackup import TarTarget
 
 
 def tar_format(server: ServerConfig) -> bool:
@@ -47,6 +50,25 @@ def tar_name(what: str, codec: str | None, encrypted: bool) -> str:
     """``base.tar[.ext][.gpg]`` for "data", ``<oid>.tar[.ext][.gpg]`` for a tablespace."""
     stem = "base" if what == "data" else what
     return f"{stem}.tar{EXTENSIONS[codec]}" + (".gpg" if encrypted else "")
+
+
+def local_target(server: ServerConfig, backup_id: str, encrypted: bool) -> TarTarget:
+    """``base/<id>/data/`` (created durably) as the target of a tar-format backup: Barman's
+    names, the manifest plain beside the tars."""
+    from walvault.backup import info as binfo
+    from walvault.backup.cloudbackup import TarTarget
+    from walvault.backup.cloudstore import backup_compression
+    from walvault.fs import ensure_dir
+    from walvault.storage.posix import PosixStorage
+
+    where = str(ensure_dir(binfo.data_dir(server, backup_id)))
+    storage = PosixStorage(where)
+    codec = backup_compression(server)
+
+    def keep_manifest(text: str) -> None:
+        storage.put("backup_manifest", text.encode())
+
+    return TarTarget(storage, lambda what: tar_name(what, codec, encrypted), where, keep_manifest)
 
 
 _TAR_RE = re.compile(r"(?P<name>base|[1-9][0-9]{0,9})\.tar(?P<ext>\.(?!gpg$)\w+)?(?P<gpg>\.gpg)?")

@@ -49,14 +49,6 @@ def _error_lines(output: str) -> list[str]:
     return errors or lines
 
 
-def _read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
 def _tar_verdict(
     server: ServerConfig, storage: Storage, tars: list[BackupFile], raw: bytes, where: str
 ) -> FilesVerdict:
@@ -106,21 +98,21 @@ def verify_files(server: ServerConfig, info: BackupInfo) -> FilesVerdict:
     data = binfo.data_dir(server, info.backup_id)
     if not os.path.isdir(data):
         return FilesVerdict(False, f"the backup's copy {data} is missing")
-    tars = tar_files(data)
-    if tars is not None:
-        from walvault.storage.posix import PosixStorage
-
-        manifest = os.path.join(data, "backup_manifest")
-        raw = _read_bytes(manifest)
-        if raw is None:
-            return FilesVerdict(
-                False, f"{data} has no backup_manifest: its files cannot be checked"
-            )
-        return _tar_verdict(server, PosixStorage(data), tars, raw, manifest)
-    if not os.path.isfile(os.path.join(data, "backup_manifest")):
+    manifest = os.path.join(data, "backup_manifest")
+    if not os.path.isfile(manifest):
         return FilesVerdict(
             False, f"{data} has no backup_manifest: its files cannot be checked (taken without one)"
         )
+    try:
+        tars = tar_files(data)
+    except WalvaultError as exc:
+        return FilesVerdict(False, exc.message)
+    if tars is not None:
+        from walvault.storage.posix import PosixStorage
+
+        with open(manifest, "rb") as handle:
+            raw = handle.read()
+        return _tar_verdict(server, PosixStorage(data), tars, raw, manifest)
     program = find_program(VERIFYBACKUP_NAMES, server.search_path)
     try:
         require_compatible(program, "pg_verifybackup", (info.version or 0))

@@ -51,11 +51,16 @@ class _Crc32c:
 
 
 def _hasher(algorithm: str) -> Any:
+    """A hasher for the manifest's ``Checksum-Algorithm``; None for NONE (sizes only)."""
     if algorithm == "CRC32C":
         return _Crc32c()
     if algorithm in ("SHA224", "SHA256", "SHA384", "SHA512"):
         return hashlib.new(algorithm.lower())
-    return None  # NONE: sizes only
+    if algorithm == "NONE":
+        return None
+    raise WalvaultError(
+        f"checksum algorithm {algorithm!r} (accepted: CRC32C, SHA224, SHA256, SHA384, SHA512, NONE)"
+    )
 
 
 def parse_manifest(raw: bytes) -> dict[str, dict[str, Any]]:

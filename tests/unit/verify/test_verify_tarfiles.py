@@ -118,3 +118,12 @@ def test_an_encoded_path_is_decoded() -> None:
     ).encode()
     raw = body + f'"Manifest-Checksum": "{hashlib.sha256(body).hexdigest()}"}}\n'.encode()
     assert list(parse_manifest(raw)) == ["odd\udcff"]
+
+
+def test_an_unknown_checksum_algorithm_is_a_problem_not_a_pass(tmp_path: Path) -> None:
+    tars = store(tmp_path, FILES, SPACE)
+    raw = manifest_text(expected(), "SHA256").replace(b'"SHA256"', b'"MD5"')
+    body = raw[: raw.rfind(b'"Manifest-Checksum"')]
+    raw = body + f'"Manifest-Checksum": "{hashlib.sha256(body).hexdigest()}"}}\n'.encode()
+    problems = check_tars(SERVER, PosixStorage(str(tmp_path)), tars, parse_manifest(raw))
+    assert problems and problems[0].startswith("checksum algorithm 'MD5' (accepted: CRC32C")
